@@ -1,0 +1,1 @@
+"""Renderer backends. Each registers in the entry-point group `distren.backends`."""

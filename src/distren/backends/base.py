@@ -1,0 +1,146 @@
+"""The backend interface.
+
+A backend knows one renderer. `Backend.render` (the template method) owns the sandbox, the
+timeout, the log and the collection of outputs; a backend supplies only `check` (are this
+job's settings acceptable), `command` (the renderer's argv for one frame) and, when it wants,
+`outputs` (which produced files are the frame's output).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+from .sandbox import OUT_DIR, Sandbox
+
+LOG_TAIL = 256 * 1024
+
+
+@dataclass
+class FrameTask:
+    """Everything a backend needs to render one frame."""
+
+    settings: dict[str, str]
+    scene: Path          # the extracted job folder on the host (read-only in the sandbox)
+    frame: int
+    frame_ids: tuple[int, ...]
+    out: Path            # an empty folder on the host for the outputs
+    deps: Path           # dependency outputs on the host
+    timeout: float
+    threads: int = 1
+
+
+@dataclass
+class RenderResult:
+    ok: bool
+    log: str
+    error: str | None
+    outputs: list[Path]
+
+
+class Backend:
+    """Base class of every backend. Subclasses set `name` and `executable`."""
+
+    name: str = ""
+    executable: str = ""
+    ro_paths: tuple[str, ...] = ()
+
+    def version(self) -> str | None:
+        """The renderer's version, or None when it is not installed."""
+        return None
+
+    def available(self) -> bool:
+        return self.version() is not None
+
+    def check(self, settings: dict[str, str], scene: Path, frame_ids: list[int]) -> list[str]:
+        """Raise BadSettings when the job cannot be rendered as given; return warnings."""
+        raise NotImplementedError
+
+    def command(self, task: FrameTask) -> list[str]:
+        """The argv (inside the sandbox) that renders `task.frame` into OUT_DIR."""
+        raise NotImplementedError
+
+    def outputs(self, out: Path) -> list[Path]:
+        """The frame's output files: by default every regular file the renderer wrote."""
+        return sorted(p for p in out.rglob("*") if p.is_file() and not p.is_symlink())
+
+    async def render(self, task: FrameTask) -> RenderResult:
+        """Render one frame in the sandbox, with the timeout; never raises for renderer faults."""
+        try:
+            argv = Sandbox(task.scene, task.out, task.deps, self.ro_paths).argv(self.command(task))
+        except Exception as exc:  # a settings problem found late is the frame's failure
+            return RenderResult(False, "", f"cannot start the renderer: {exc}", [])
+        rc, log, timed_out = await run_process(argv, task.timeout)
+        if timed_out:
+            return RenderResult(False, log, f"timed out after {task.timeout:g} s", [])
+        if rc != 0:
+            reason = f"killed by signal {-rc}" if rc < 0 else f"exit code {rc}"
+            return RenderResult(False, log, f"{self.name} failed ({reason})", [])
+        outputs = self.outputs(task.out)
+        if not outputs:
+            return RenderResult(False, log, f"{self.name} wrote no output file", [])
+        return RenderResult(True, log, None, outputs)
+
+
+async def run_process(argv: list[str], timeout: float) -> tuple[int, str, bool]:
+    """Run argv in its own process group; on timeout or cancellation kill the whole group.
+    Returns (exit code, the tail of stdout+stderr, timed out)."""
+    proc = await asyncio.create_subprocess_exec(
+        *argv,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    chunks: list[bytes] = []
+    size = 0
+
+    async def read_all() -> None:
+        nonlocal size
+        assert proc.stdout is not None
+        while chunk := await proc.stdout.read(65536):
+            chunks.append(chunk)
+            size += len(chunk)
+            while size > LOG_TAIL and len(chunks) > 1:
+                size -= len(chunks.pop(0))
+
+    timed_out = False
+    try:
+        await asyncio.wait_for(asyncio.gather(read_all(), proc.wait()), timeout)
+    except asyncio.TimeoutError:
+        timed_out = True
+    finally:
+        if proc.returncode is None:
+            kill_group(proc.pid)
+            await proc.wait()
+    log = b"".join(chunks)[-LOG_TAIL:].decode("utf-8", "replace")
+    return proc.returncode, log, timed_out
+
+
+def kill_group(pid: int) -> None:
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def find_backends() -> dict[str, Backend]:
+    """Every backend registered in the entry-point group `distren.backends` (the built-ins
+    register the same way), whether or not its renderer is installed."""
+    from importlib.metadata import entry_points
+
+    found: dict[str, Backend] = {}
+    for ep in entry_points(group="distren.backends"):
+        cls = ep.load()
+        backend = cls()
+        found[backend.name or ep.name] = backend
+    return found
+
+
+def names(backends: Iterable[Backend]) -> list[str]:
+    return [b.name for b in backends]

@@ -1,0 +1,291 @@
+"""The `distren` command line. Exit codes (also in the README):
+
+0 success; 1 the job ended with frames failed or cancelled (submit --wait, render);
+2 bad command line or local input (a package that cannot be made, a bad URL);
+3 the server refused the request (HTTP 4xx); 4 the server cannot be reached or failed (5xx).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from . import __version__
+from .client import Client, ClientError
+from .errors import DistrenError, ServerError
+from .frames import parse_frames
+
+EXIT_OK, EXIT_JOB_FAILED, EXIT_USAGE, EXIT_REFUSED, EXIT_SERVER = 0, 1, 2, 3, 4
+
+
+def _positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return int(text)
+
+
+def _non_negative_int(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
+    return int(text)
+
+
+def _frames_arg(text: str) -> str:
+    try:
+        parse_frames(text)
+    except DistrenError as exc:
+        raise argparse.ArgumentTypeError(exc.message) from None
+    return text
+
+
+def _add_pack_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--frames", type=_frames_arg, help="frame ids and ranges, e.g. 1-40 or 0,5,1000")
+    p.add_argument("--width", type=_positive_int, help="image width (overrides the INI)")
+    p.add_argument("--height", type=_positive_int, help="image height (overrides the INI)")
+    p.add_argument("--antialias", help="'off' or an antialiasing threshold such as 0.3 (overrides the INI)")
+    p.add_argument("--name", help="job name (default: the scene's name)")
+    p.add_argument("--priority", type=int, default=0, help="job priority, -1000..1000, higher first (default 0)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="distren", description="distren: a distributed render farm.")
+    parser.add_argument("--version", action="version", version=f"distren {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def server_opt(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--server", help="server address, e.g. http://127.0.0.1:7780 (default: $DISTREN_SERVER)")
+        p.add_argument("--json", action="store_true", help="print JSON")
+
+    p = sub.add_parser("pack", help="make a job package from scene.ini or scene.pov")
+    p.add_argument("source", type=Path, help="scene.ini (with its .pov) or a bare scene.pov")
+    p.add_argument("-o", "--output", type=Path, help="package path (default: <scene>.distren.tar.gz)")
+    _add_pack_options(p)
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+    p = sub.add_parser("submit", help="submit a job package; prints the job's distren:// URL")
+    p.add_argument("package", type=Path)
+    p.add_argument("--wait", action="store_true", help="show progress until the job ends")
+    server_opt(p)
+
+    p = sub.add_parser("status", help="state of a server, job or frame URL")
+    p.add_argument("url", help="distren://server, distren://server/job or distren://server/job/frame")
+    server_opt(p)
+
+    p = sub.add_parser("download", help="a job URL: the bundle; a frame URL: the frame's tarball")
+    p.add_argument("url")
+    p.add_argument("-o", "--output", type=Path, required=True, help="file to write")
+    server_opt(p)
+
+    for name, text in (("cancel", "cancel a job"), ("retry", "requeue a job's failed and cancelled frames"),
+                       ("delete", "delete a job (its id is never reused)")):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("url", help="distren://server/job")
+        server_opt(p)
+
+    p = sub.add_parser("serve", help="run a server")
+    p.add_argument("--name", required=True, help="this server's name, [A-Za-z0-9]+")
+    p.add_argument("--listen", default="127.0.0.1:7780", help="HOST:PORT (default 127.0.0.1:7780)")
+    p.add_argument("--data", type=Path, required=True, help="data folder (database, blobs, scenes)")
+    p.add_argument("--slots", type=_non_negative_int, default=os.cpu_count() or 1,
+                   help="concurrent renders (default: number of cores)")
+    p.add_argument("--max-failures", type=_positive_int, default=3, help="failed attempts before a frame fails (3)")
+    p.add_argument("--frame-timeout", type=float, default=3600.0, help="seconds one render may take (3600)")
+    p.add_argument("--max-job-bytes", type=_positive_int, default=2 * 1024**3, help="largest package accepted (2 GiB)")
+    p.add_argument("--max-frames", type=_positive_int, default=100_000, help="most frames in one job (100000)")
+    p.add_argument("--max-members", type=_positive_int, default=10_000, help="most files in one package (10000)")
+    p.add_argument("--max-unpacked-bytes", type=_positive_int, default=2 * 1024**3,
+                   help="largest total unpacked size of a package (2 GiB)")
+
+    p = sub.add_parser("render", help="render a scene on a private in-process server and write the frames")
+    p.add_argument("source", type=Path, help="scene.ini or scene.pov")
+    p.add_argument("-o", "--output", type=Path, required=True, help="folder for the frames")
+    _add_pack_options(p)
+    p.add_argument("--slots", type=_positive_int, help="concurrent renders (default: 4 per core)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    return parser
+
+
+def _print(args, data, text: str | None = None) -> None:
+    if getattr(args, "json", False):
+        print(json.dumps(data, indent=2, sort_keys=True))
+    elif text is not None:
+        print(text)
+
+
+def _job_line(job: dict) -> str:
+    f = job["frames"]
+    return (f"{job['url']}  {job['state']:<9}  {job['name']}  "
+            f"done {f['done']}/{job['total_frames']}  running {f['running']}  failed {f['failed']}")
+
+
+def _frame_text(fr: dict) -> str:
+    lines = [f"{fr['url']}  {fr['state']}  attempts {fr['attempts']}"]
+    if fr.get("rendered_by"):
+        lines.append(f"rendered by: {fr['rendered_by']}")
+    if fr.get("error"):
+        lines.append(f"error: {fr['error']}")
+    for dep in fr.get("depends", []):
+        lines.append(f"depends on: {dep['url']} ({dep['state']})")
+    if fr.get("log"):
+        lines.append("log (last attempt):")
+        lines.append(fr["log"].rstrip())
+    return "\n".join(lines)
+
+
+class Progress:
+    """A one-line progress bar on stderr."""
+
+    def __init__(self, stream=sys.stderr, width: int = 30):
+        self.stream, self.width, self.active = stream, width, stream.isatty()
+
+    def __call__(self, job: dict) -> None:
+        total = max(1, job["total_frames"])
+        f = job["frames"]
+        filled = int(self.width * f["done"] / total)
+        line = (f"\r[{'#' * filled}{'.' * (self.width - filled)}] {f['done']}/{job['total_frames']} done"
+                f", {f['running']} running, {f['failed']} failed  {job['state']}")
+        if self.active:
+            self.stream.write(line)
+            self.stream.flush()
+
+    def end(self, job: dict) -> None:
+        if self.active:
+            self.stream.write("\n")
+        f = job["frames"]
+        self.stream.write(f"{job['url']} {job['state']}: {f['done']}/{job['total_frames']} frames done"
+                          f", {f['failed']} failed, {f['cancelled']} cancelled\n")
+
+
+def _pack(args, out: Path | None):
+    from .pack import pack_povray
+
+    result = pack_povray(
+        args.source, out, frames=args.frames, width=args.width, height=args.height,
+        antialias=args.antialias, name=args.name, priority=args.priority,
+    )
+    for w in result.warnings:
+        print(f"distren: warning: {w}", file=sys.stderr)
+    return result
+
+
+def cmd_pack(args) -> int:
+    result = _pack(args, args.output)
+    data = {"package": str(result.path), "frames": result.spec.frame_ids()[:1000], "files": result.files,
+            "warnings": result.warnings}
+    _print(args, data, f"{result.path}  ({len(result.spec.frames)} frames, {len(result.files)} files)")
+    return EXIT_OK
+
+
+def cmd_submit(args) -> int:
+    with Client(args.server) as client:
+        job = client.submit(args.package)
+        if not args.json:
+            print(job["url"], flush=True)
+        if not args.wait:
+            _print(args, job)
+            return EXIT_OK
+        progress = Progress()
+        job = client.wait(job["url"], on_update=progress)
+        progress.end(job)
+        _print(args, job)
+        return EXIT_OK if job["state"] == "done" else EXIT_JOB_FAILED
+
+
+def cmd_status(args) -> int:
+    with Client(args.server) as client:
+        data = client.status(args.url)
+    if "jobs" in data:
+        s = data["server"]
+        text = "\n".join([f"{s['url']}  distren {s['version']}  slots {s['slots']}"]
+                         + [_job_line(j) for j in data["jobs"]])
+    elif "frame" in data:
+        text = _frame_text(data)
+    else:
+        text = _job_line(data)
+    _print(args, data, text)
+    return EXIT_OK
+
+
+def cmd_download(args) -> int:
+    with Client(args.server) as client:
+        path = client.download(args.url, args.output)
+    _print(args, {"path": str(path)}, str(path))
+    return EXIT_OK
+
+
+def cmd_cancel(args) -> int:
+    with Client(args.server) as client:
+        job = client.cancel(args.url)
+    _print(args, job, _job_line(job))
+    return EXIT_OK
+
+
+def cmd_retry(args) -> int:
+    with Client(args.server) as client:
+        job = client.retry(args.url)
+    _print(args, job, f"{_job_line(job)}  (requeued {job.get('requeued', 0)})")
+    return EXIT_OK
+
+
+def cmd_delete(args) -> int:
+    with Client(args.server) as client:
+        data = client.delete(args.url)
+    _print(args, data, f"deleted {data['deleted']}")
+    return EXIT_OK
+
+
+def cmd_serve(args) -> int:
+    from .server.config import ServerConfig
+    from .server.main import serve
+    from .tarballs import TarLimits
+
+    config = ServerConfig(
+        name=args.name, data=args.data, slots=args.slots, max_failures=args.max_failures,
+        frame_timeout=args.frame_timeout, max_job_bytes=args.max_job_bytes, max_frames=args.max_frames,
+        tar_limits=TarLimits(max_members=args.max_members, max_total_size=args.max_unpacked_bytes,
+                             max_file_size=args.max_unpacked_bytes),
+    )
+    serve(config, args.listen)
+    return EXIT_OK
+
+
+def cmd_render(args) -> int:
+    from .render import render
+
+    result = render(args, _pack)
+    _print(args, result, None)
+    return EXIT_OK if result["job"]["state"] == "done" else EXIT_JOB_FAILED
+
+
+COMMANDS = {
+    "pack": cmd_pack, "submit": cmd_submit, "status": cmd_status, "download": cmd_download,
+    "cancel": cmd_cancel, "retry": cmd_retry, "delete": cmd_delete, "serve": cmd_serve, "render": cmd_render,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except ClientError as exc:
+        print(f"distren: refused ({exc.status}): {exc.message}", file=sys.stderr)
+        return EXIT_REFUSED
+    except ServerError as exc:
+        print(f"distren: {exc.message}", file=sys.stderr)
+        return EXIT_SERVER
+    except DistrenError as exc:
+        print(f"distren: error: {exc.message}", file=sys.stderr)
+        return EXIT_REFUSED if exc.status in (401, 404, 409, 413) and args.command != "pack" else EXIT_USAGE
+    except OSError as exc:
+        print(f"distren: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("distren: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,197 @@
+"""The distren client: submit packages, query jobs and frames, download outputs and bundles.
+
+One module serves the CLI, the embedded renderer and the tests. It talks HTTP to one server
+(`DISTREN_SERVER`, default http://127.0.0.1:7780); `distren://` URLs name jobs and frames.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Callable, Iterator
+
+import httpx
+
+from .errors import (
+    BadPackage, Conflict, DistrenError, NotFound, ServerError, TooLarge, Unauthorized,
+)
+from .url import DistrenURL, parse_url
+
+DEFAULT_SERVER = "http://127.0.0.1:7780"
+CHUNK = 1024 * 1024
+_BY_STATUS = {401: Unauthorized, 404: NotFound, 409: Conflict, 413: TooLarge}
+
+
+class ClientError(DistrenError):
+    """Raised when the server refuses a request (4xx); carries its status and message."""
+
+    def __init__(self, status: int, code: str, message: str):
+        super().__init__(message)
+        self.status = status
+        self.code = code
+
+
+def _file_chunks(path: Path) -> Iterator[bytes]:
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK):
+            yield chunk
+
+
+class Client:
+    def __init__(
+        self,
+        server: str | None = None,
+        *,
+        token: str | None = None,
+        transport: httpx.BaseTransport | None = None,
+        timeout: float = 60.0,
+    ):
+        self.base = (server or os.environ.get("DISTREN_SERVER") or DEFAULT_SERVER).rstrip("/")
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.http = httpx.Client(base_url=self.base, transport=transport, timeout=timeout, headers=headers)
+        self._name: str | None = None
+
+    def close(self) -> None:
+        self.http.close()
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- plumbing --------------------------------------------------------------------------
+    def _request(self, method: str, path: str, **kw) -> httpx.Response:
+        try:
+            resp = self.http.request(method, "/api/v1" + path, **kw)
+        except httpx.HTTPError as exc:
+            raise ServerError(f"cannot reach the server at {self.base}: {exc}") from None
+        self._check(resp)
+        return resp
+
+    @staticmethod
+    def _check(resp: httpx.Response) -> None:
+        if resp.status_code < 400:
+            return
+        try:
+            body = resp.json()["error"]
+            code, message = body["code"], body["message"]
+        except Exception:
+            code, message = "http_error", f"HTTP {resp.status_code}: {resp.text[:200]}"
+        if resp.status_code >= 500:
+            raise ServerError(f"server error: {message}")
+        raise ClientError(resp.status_code, code, message)
+
+    def _json(self, method: str, path: str, **kw):
+        return self._request(method, path, **kw).json()
+
+    @property
+    def server_name(self) -> str:
+        if self._name is None:
+            self._name = self.server_info()["name"]
+        return self._name
+
+    def _local(self, url: DistrenURL | str) -> DistrenURL:
+        """The URL, checked to name a job or frame of this server."""
+        if isinstance(url, str):
+            url = parse_url(url)
+        if url.server != self.server_name:
+            raise NotFound(f"{url} is on server {url.server!r}, but {self.base} is server {self.server_name!r}")
+        return url
+
+    # -- API -------------------------------------------------------------------------------
+    def server_info(self) -> dict:
+        return self._json("GET", "/server")
+
+    def submit(self, package: Path) -> dict:
+        package = Path(package)
+        if not package.is_file():
+            raise BadPackage(f"no such package file: {package}")
+        return self._json(
+            "POST", "/jobs", content=_file_chunks(package),
+            headers={"Content-Type": "application/octet-stream", "Content-Length": str(package.stat().st_size)},
+        )
+
+    def jobs(self) -> list[dict]:
+        return self._json("GET", "/jobs")
+
+    def job(self, url: DistrenURL | str) -> dict:
+        u = self._local(url)
+        return self._json("GET", f"/jobs/{u.job}")
+
+    def frames(self, url: DistrenURL | str) -> list[dict]:
+        u = self._local(url)
+        return self._json("GET", f"/jobs/{u.job}/frames")
+
+    def frame(self, url: DistrenURL | str) -> dict:
+        u = self._local(url)
+        return self._json("GET", f"/jobs/{u.job}/frames/{u.frame}")
+
+    def status(self, url: DistrenURL | str) -> dict | list:
+        """What `distren status` shows: server (with its jobs), job or frame."""
+        u = parse_url(url) if isinstance(url, str) else url
+        if u.kind == "server":
+            self._local(u)
+            return {"server": self.server_info(), "jobs": self.jobs()}
+        return self.job(u) if u.kind == "job" else self.frame(u)
+
+    def cancel(self, url: DistrenURL | str) -> dict:
+        u = self._job_url(url)
+        return self._json("POST", f"/jobs/{u.job}/cancel")
+
+    def retry(self, url: DistrenURL | str) -> dict:
+        u = self._job_url(url)
+        return self._json("POST", f"/jobs/{u.job}/retry")
+
+    def delete(self, url: DistrenURL | str) -> dict:
+        u = self._job_url(url)
+        return self._json("DELETE", f"/jobs/{u.job}")
+
+    def _job_url(self, url: DistrenURL | str) -> DistrenURL:
+        u = self._local(url)
+        if u.kind != "job":
+            raise ClientError(400, "bad_url", f"{u} is not a job URL (distren://server/job)")
+        return u
+
+    def download(self, url: DistrenURL | str, dest: Path) -> Path:
+        """A job URL downloads the bundle, a frame URL the frame's tarball. Streams to a
+        temporary file beside dest, then renames it: dest is never half-written."""
+        u = self._local(url)
+        if u.kind == "server":
+            raise ClientError(400, "bad_url", f"{u} names a server; give a job or frame URL")
+        path = f"/jobs/{u.job}/bundle" if u.kind == "job" else f"/jobs/{u.job}/frames/{u.frame}/output"
+        dest = Path(dest)
+        tmp = dest.with_name(dest.name + ".part")
+        try:
+            with self.http.stream("GET", "/api/v1" + path) as resp:
+                if resp.status_code >= 400:
+                    resp.read()
+                    self._check(resp)
+                with open(tmp, "wb") as f:
+                    for chunk in resp.iter_bytes(CHUNK):
+                        f.write(chunk)
+        except httpx.HTTPError as exc:
+            tmp.unlink(missing_ok=True)
+            raise ServerError(f"download from {self.base} failed: {exc}") from None
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        os.replace(tmp, dest)
+        return dest
+
+    def wait(
+        self, url: DistrenURL | str, *, interval: float = 0.5, on_update: Callable[[dict], None] | None = None,
+        timeout: float | None = None,
+    ) -> dict:
+        """Poll a job until it is done, failed or cancelled; returns its last state."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            info = self.job(url)
+            if on_update:
+                on_update(info)
+            if info["state"] in ("done", "failed", "cancelled"):
+                return info
+            if deadline is not None and time.monotonic() > deadline:
+                raise ServerError(f"timed out waiting for {info['url']} ({info['state']})")
+            time.sleep(interval)

@@ -1,0 +1,1 @@
+"""Jobs: the distrenjob.xml format, package intake and bundles."""

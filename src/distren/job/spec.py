@@ -1,0 +1,211 @@
+"""distrenjob.xml: the job description inside every job package.
+
+`parse_job_xml` turns hostile bytes into a checked `JobSpec` (no DTDs, size cap, the shipped
+schema, then the checks a schema cannot make: duplicate frames, unknown frames in dependencies,
+dependency cycles, a frame-count cap). `JobSpec.to_xml` writes the canonical form that
+`distren pack` puts into packages. The format is documented in docs/job-format.md.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import lru_cache
+from importlib import resources
+
+from lxml import etree
+
+from ..errors import BadJob, BadJobXML
+from ..frames import group_ranges
+from ..url import DistrenURL, parse_dependency
+
+JOB_XML_NAME = "distrenjob.xml"
+MAX_XML_BYTES = 1024 * 1024
+DEFAULT_MAX_FRAMES = 100_000
+# Where a package may not put files: the server mounts its own directories there.
+RESERVED_NAMES = ("_distren",)
+
+
+@dataclass
+class FrameSpec:
+    """One frame of a job and the frames it waits for (same job: bare ids in the XML)."""
+
+    id: int
+    depends: list[DistrenURL] = field(default_factory=list)
+
+
+@dataclass
+class JobSpec:
+    """A parsed job description. Dependencies are full URLs; `server`/`job` in them for
+    same-job dependencies are those given to `parse_job_xml` (placeholders before submit)."""
+
+    name: str
+    backend: str
+    settings: dict[str, str]
+    frames: list[FrameSpec]
+    priority: int = 0
+
+    def frame_ids(self) -> list[int]:
+        return [f.id for f in self.frames]
+
+    def to_xml(self, server: str = "", job: int = 0) -> bytes:
+        """The canonical XML; dependencies on frame `(server, job, F)` are written as bare `F`."""
+        root = etree.Element("distrenjob", version="1")
+        etree.SubElement(root, "name").text = self.name
+        if self.priority:
+            etree.SubElement(root, "priority").text = str(self.priority)
+        backend = etree.SubElement(root, "backend", name=self.backend)
+        for key, value in self.settings.items():
+            etree.SubElement(backend, key).text = value
+        frames_el = etree.SubElement(root, "frames")
+
+        def dep_text(url: DistrenURL) -> str:
+            same_job = url.server == server and url.job == job
+            return str(url.frame) if same_job else str(url)
+
+        # Frames with identical dependency lists in consecutive runs become ranges.
+        by_deps: dict[tuple[str, ...], list[int]] = {}
+        for frame in self.frames:
+            by_deps.setdefault(tuple(dep_text(d) for d in frame.depends), []).append(frame.id)
+        for deps, ids in by_deps.items():
+            for first, last in group_ranges(ids):
+                if first == last:
+                    el = etree.SubElement(frames_el, "frame", id=str(first))
+                else:
+                    el = etree.SubElement(frames_el, "range", first=str(first), last=str(last))
+                for dep in deps:
+                    etree.SubElement(el, "depends").text = dep
+        return etree.tostring(root, xml_declaration=True, encoding="UTF-8", pretty_print=True)
+
+
+@lru_cache(maxsize=1)
+def _schema() -> etree.XMLSchema:
+    xsd = resources.files("distren.job").joinpath("schema/distrenjob.xsd").read_bytes()
+    return etree.XMLSchema(etree.fromstring(xsd, _parser()))
+
+
+def _parser() -> etree.XMLParser:
+    return etree.XMLParser(
+        resolve_entities=False,
+        no_network=True,
+        load_dtd=False,
+        dtd_validation=False,
+        huge_tree=False,
+        remove_comments=True,
+        remove_pis=True,
+    )
+
+
+def _load(data: bytes) -> etree._Element:
+    if len(data) > MAX_XML_BYTES:
+        raise BadJobXML(f"{JOB_XML_NAME} is {len(data)} bytes; the limit is {MAX_XML_BYTES}")
+    if b"<!DOCTYPE" in data or b"<!ENTITY" in data:
+        raise BadJobXML(f"{JOB_XML_NAME} must not contain a DOCTYPE or entity declarations")
+    try:
+        tree = etree.fromstring(data, _parser()).getroottree()
+    except etree.XMLSyntaxError as exc:
+        raise BadJobXML(f"{JOB_XML_NAME} is not well-formed XML: {exc}") from None
+    if tree.docinfo.doctype or tree.docinfo.internalDTD is not None:
+        raise BadJobXML(f"{JOB_XML_NAME} must not contain a DOCTYPE")
+    root = tree.getroot()
+    schema = _schema()
+    if not schema.validate(root):
+        err = schema.error_log.last_error
+        raise BadJobXML(f"{JOB_XML_NAME} does not match the job schema: line {err.line}: {err.message}")
+    return root
+
+
+def _backend_settings(el: etree._Element) -> dict[str, str]:
+    settings: dict[str, str] = {}
+    for child in el:
+        if not isinstance(child.tag, str):
+            continue
+        if etree.QName(child).namespace is not None:
+            raise BadJobXML(f"backend setting <{child.tag}> must not use a namespace")
+        key = child.tag
+        if len(child):
+            raise BadJobXML(f"backend setting <{key}> must hold text only")
+        if key in settings:
+            raise BadJobXML(f"backend setting <{key}> is given twice")
+        settings[key] = (child.text or "").strip()
+    return settings
+
+
+def parse_job_xml(
+    data: bytes, server: str, job: int, max_frames: int = DEFAULT_MAX_FRAMES
+) -> JobSpec:
+    """Parse and check distrenjob.xml bytes. `server` and `job` name the job being created,
+    so that bare dependency ids become full URLs. Raises BadJobXML or BadJob."""
+    root = _load(data)
+    name = root.findtext("name") or ""
+    priority = int(root.findtext("priority") or 0)
+    backend_el = root.find("backend")
+    backend = backend_el.get("name")
+    settings = _backend_settings(backend_el)
+
+    frames: list[FrameSpec] = []
+    count = 0
+    for el in root.find("frames"):
+        if not isinstance(el.tag, str):
+            continue
+        deps = [parse_dependency(d.text or "", server, job) for d in el.findall("depends")]
+        if el.tag == "frame":
+            ids = range(int(el.get("id")), int(el.get("id")) + 1)
+        else:
+            first, last = int(el.get("first")), int(el.get("last"))
+            if first > last:
+                raise BadJob(f"frame range {first}-{last} is empty: first must be <= last")
+            ids = range(first, last + 1)
+        count += len(ids)
+        if count > max_frames:
+            raise BadJob(f"the job has more than {max_frames} frames")
+        frames.extend(FrameSpec(i, list(deps)) for i in ids)
+
+    seen: set[int] = set()
+    for frame in frames:
+        if frame.id in seen:
+            raise BadJob(f"frame {frame.id} is listed twice")
+        seen.add(frame.id)
+    spec = JobSpec(name=name, backend=backend, settings=settings, frames=frames, priority=priority)
+    check_same_job_deps(spec, server, job)
+    return spec
+
+
+def check_same_job_deps(spec: JobSpec, server: str, job: int) -> None:
+    """Unknown frames and cycles among the job's own frames; raises BadJob naming them."""
+    ids = {f.id for f in spec.frames}
+    graph: dict[int, list[int]] = {}
+    for frame in spec.frames:
+        local = []
+        for dep in frame.depends:
+            if dep.server == server and dep.job == job:
+                if dep.frame not in ids:
+                    raise BadJob(f"frame {frame.id} depends on frame {dep.frame}, which the job does not have")
+                local.append(dep.frame)
+        graph[frame.id] = local
+    cycle = find_cycle(graph)
+    if cycle:
+        raise BadJob("dependency cycle: " + " -> ".join(str(f) for f in cycle))
+
+
+def find_cycle(graph: dict[int, list[int]]) -> list[int] | None:
+    """A cycle in a dependency graph as a closed path [a, b, ..., a], or None. Iterative DFS."""
+    WHITE, GREY, BLACK = 0, 1, 2
+    colour = dict.fromkeys(graph, WHITE)
+    for start in graph:
+        if colour[start] != WHITE:
+            continue
+        path: list[int] = [start]
+        iters = [iter(graph[start])]
+        colour[start] = GREY
+        while iters:
+            nxt = next(iters[-1], None)
+            if nxt is None:
+                colour[path.pop()] = BLACK
+                iters.pop()
+            elif colour[nxt] == GREY:
+                return path[path.index(nxt):] + [nxt]
+            elif colour[nxt] == WHITE:
+                colour[nxt] = GREY
+                path.append(nxt)
+                iters.append(iter(graph[nxt]))
+    return None

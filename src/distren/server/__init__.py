@@ -1,0 +1,1 @@
+"""The distren server: core (state, intake, bundles), local runner, HTTP app."""

@@ -1,0 +1,32 @@
+"""Server settings, with their defaults. Every one is documented in docs/configuration.md
+(and the README); `distren serve --help` lists the command-line flags that set them."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..tarballs import TarLimits
+
+
+@dataclass
+class ServerConfig:
+    name: str
+    data: Path
+    slots: int = field(default_factory=lambda: os.cpu_count() or 1)
+    # A frame fails for good after this many failed attempts.
+    max_failures: int = 3
+    # Wall-clock limit of one render, seconds.
+    frame_timeout: float = 3600.0
+    # Largest job package accepted by POST /jobs, bytes.
+    max_job_bytes: int = 2 * 1024**3
+    max_frames: int = 100_000
+    tar_limits: TarLimits = field(default_factory=TarLimits)
+    # POV-Ray threads per render; None: cores / slots, at least 1.
+    render_threads: int | None = None
+
+    def threads(self) -> int:
+        if self.render_threads:
+            return self.render_threads
+        return max(1, (os.cpu_count() or 1) // max(1, self.slots))

@@ -1,0 +1,186 @@
+"""The server's core: owns the database, blob store, scheduler and backends, takes packages
+in, and builds bundles. The HTTP app (app.py) and the embedded renderer use it."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import shutil
+import tarfile
+import tempfile
+from pathlib import Path
+
+from .. import __version__
+from ..backends.base import Backend, find_backends
+from ..backends.sandbox import prepare_scene
+from ..errors import BadJob, BadJobXML, BadPackage, DistrenError
+from ..job.spec import JOB_XML_NAME, RESERVED_NAMES, parse_job_xml
+from ..scheduler import Scheduler
+from ..store import db
+from ..store.blobs import Blob, BlobStore, BlobWriter
+from ..tarballs import iter_tar_files, safe_extract
+from ..url import check_server_name
+from .config import ServerConfig
+
+
+class Core:
+    def __init__(self, config: ServerConfig, backends: dict[str, Backend] | None = None):
+        check_server_name(config.name)
+        self.config = config
+        self.name = config.name
+        data = Path(config.data)
+        data.mkdir(parents=True, exist_ok=True)
+        self.data = data
+        self.blobs = BlobStore(data / "blobs")
+        self.scenes_dir = data / "scenes"
+        self.work_dir = data / "work"
+        self.tmp_dir = data / "tmp"
+        for d in (self.scenes_dir, self.work_dir, self.tmp_dir):
+            d.mkdir(exist_ok=True)
+        # Leftovers of a crash: half-extracted scratch folders and frame work folders.
+        for d in (self.work_dir, self.tmp_dir):
+            for child in d.iterdir():
+                _remove(child)
+        self.conn = db.connect(data / "distren.sqlite3")
+        self.scheduler = Scheduler(self.conn, self.name, max_failures=config.max_failures)
+        self.scheduler.discard_intake()
+        self.backends = find_backends() if backends is None else backends
+        self.lease_owner = f"local:{self.name}"
+
+    def available_backends(self) -> list[str]:
+        return [name for name, b in self.backends.items() if b.available()]
+
+    def server_info(self) -> dict:
+        return {
+            "name": self.name,
+            "url": f"distren://{self.name}",
+            "version": __version__,
+            "slots": self.config.slots,
+            "backends": {
+                name: {"available": b.available(), "version": b.version()} for name, b in self.backends.items()
+            },
+        }
+
+    # -- intake --------------------------------------------------------------------------
+    def new_upload(self) -> BlobWriter:
+        return self.blobs.writer(self.config.max_job_bytes)
+
+    async def submit(self, upload: BlobWriter) -> dict:
+        """Check an uploaded package and create its job. Raises a DistrenError (4xx) naming
+        the problem; then nothing of the package is left behind."""
+        job = self.scheduler.begin_job()
+        try:
+            upload.close()
+            spec, scratch = await asyncio.to_thread(self._check_package, upload.path, job)
+            try:
+                problems = self.scheduler.check_external_deps(spec, job)
+                if problems:
+                    raise BadJob("; ".join(problems))
+                seed = upload.commit()
+                await asyncio.to_thread(self._install_scene, scratch, seed.sha256)
+            finally:
+                _remove(scratch)
+            self.scheduler.activate_job(job, spec, seed)
+        except BaseException:
+            upload.abort()
+            self.scheduler.drop_job(job)
+            raise
+        return self.scheduler.job(job)
+
+    def _check_package(self, path: Path, job: int):
+        scratch = safe_extract(path, self.tmp_dir, self.config.tar_limits, reserved=RESERVED_NAMES)
+        try:
+            xml_path = scratch / JOB_XML_NAME
+            if not xml_path.is_file():
+                raise BadJobXML(f"the package has no {JOB_XML_NAME} at its top level")
+            spec = parse_job_xml(xml_path.read_bytes(), self.name, job, self.config.max_frames)
+            backend = self.backends.get(spec.backend)
+            if backend is None:
+                known = ", ".join(sorted(self.backends)) or "none"
+                raise BadJob(f"unknown backend {spec.backend!r} (this server knows: {known})")
+            for frame in spec.frames:
+                for dep in frame.depends:
+                    if dep.server != self.name:
+                        raise BadJob(
+                            f"frame {frame.id} depends on {dep}: server {dep.server!r} is not this server or a peer"
+                        )
+            backend.check(spec.settings, scratch, spec.frame_ids())
+            return spec, scratch
+        except BaseException:
+            _remove(scratch)
+            raise
+
+    def _install_scene(self, scratch: Path, sha256: str) -> None:
+        final = self.scenes_dir / sha256
+        if final.exists():
+            return
+        prepare_scene(scratch)
+        os.replace(scratch, final)
+
+    def scene(self, sha256: str) -> Path:
+        """The extracted scene folder of a seed blob, extracting it again when missing."""
+        final = self.scenes_dir / sha256
+        if not final.is_dir():
+            scratch = safe_extract(self.blobs.path(sha256), self.tmp_dir, self.config.tar_limits, reserved=RESERVED_NAMES)
+            try:
+                self._install_scene(scratch, sha256)
+            finally:
+                _remove(scratch)
+        return final
+
+    # -- outputs -------------------------------------------------------------------------
+    def put_output(self, files: list[Path], root: Path) -> Blob:
+        """A frame's output tarball (deterministic) into the blob store."""
+        from ..tarballs import write_tar
+
+        entries = [(p.relative_to(root).as_posix(), p) for p in files]
+        with self.blobs.writer() as w:
+            write_tar(w, entries)
+            return w.commit()
+
+    def extract_output(self, blob: Blob, dest: Path) -> None:
+        """Unpack a dependency's output tarball into dest (strictly)."""
+        scratch = safe_extract(self.blobs.path(blob.sha256), self.tmp_dir, self.config.tar_limits)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(scratch, dest)
+
+    def bundle(self, job: int) -> tuple[Path, bool]:
+        """The job's bundle: every finished frame's files as `<frame>/<file>`, in frame order.
+        Returns (path, temporary): a done job's bundle is kept as a blob; a partial one is a
+        temporary file the caller removes."""
+        info = self.scheduler.job(job)
+        outputs = self.scheduler.done_outputs(job)
+        key = hashlib.sha256(json.dumps([(f, b.sha256) for f, b in outputs]).encode()).hexdigest()
+        cached = self.scheduler.cached_bundle(job, key)
+        if cached and self.blobs.has(cached):
+            return self.blobs.path(cached), False
+        with self.blobs.writer() as w:
+            with tarfile.open(fileobj=w, mode="w|", format=tarfile.PAX_FORMAT) as out:
+                for frame, blob in outputs:
+                    for name, member, stream in iter_tar_files(self.blobs.path(blob.sha256)):
+                        info_ = tarfile.TarInfo(f"{frame}/{name}")
+                        info_.size = member.size
+                        info_.mode = 0o644
+                        info_.mtime = 0
+                        out.addfile(info_, stream)
+            if info["state"] == "done":
+                blob = w.commit()
+                self.scheduler.set_cached_bundle(job, key, blob.sha256)
+                return self.blobs.path(blob.sha256), False
+            w.close()
+            fd, tmp = tempfile.mkstemp(dir=self.tmp_dir, prefix="bundle-")
+            os.close(fd)
+            os.replace(w.path, tmp)
+            return Path(tmp), True
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)

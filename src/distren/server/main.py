@@ -1,0 +1,84 @@
+"""Running the server: `distren serve` (uvicorn on HOST:PORT) and the embedded private server
+that `distren render` starts in its own process (on a Unix socket in a private folder)."""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import uvicorn
+
+from ..client import Client
+from ..errors import DistrenError
+from .app import create_app
+from .config import ServerConfig
+
+# Limits of the HTTP layer (uvicorn alone keeps stalled connections and huge headers).
+MAX_HEADER_BYTES = 16 * 1024
+KEEP_ALIVE_SECONDS = 5
+MAX_CONNECTIONS = 1000
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise DistrenError(f"--listen {text!r}: expected HOST:PORT, e.g. 127.0.0.1:7780")
+    return host.strip("[]"), int(port)
+
+
+def uvicorn_config(app, **kw) -> uvicorn.Config:
+    return uvicorn.Config(
+        app,
+        log_level="warning",
+        access_log=False,
+        lifespan="on",
+        timeout_keep_alive=KEEP_ALIVE_SECONDS,
+        limit_concurrency=MAX_CONNECTIONS,
+        h11_max_incomplete_event_size=MAX_HEADER_BYTES,
+        **kw,
+    )
+
+
+def serve(config: ServerConfig, listen: str) -> None:
+    host, port = parse_listen(listen)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    server = uvicorn.Server(uvicorn_config(create_app(config), host=host, port=port))
+    logging.getLogger("distren.server").info("server %s listening on http://%s:%d", config.name, host, port)
+    server.run()
+    if not server.started:
+        raise DistrenError(f"server could not start on {listen} (port in use?)")
+
+
+class EmbeddedServer:
+    """A private server in this process: temporary data folder, a Unix socket only this
+    process knows. Use as a context manager; `client` talks to it."""
+
+    def __init__(self, slots: int, name: str = "local", **settings):
+        self._tmp = tempfile.TemporaryDirectory(prefix="distren-render-")
+        root = Path(self._tmp.name)
+        self.config = ServerConfig(name=name, data=root / "data", slots=slots, **settings)
+        self.socket = str(root / "server.sock")
+        self._server = uvicorn.Server(uvicorn_config(create_app(self.config), uds=self.socket))
+        self._thread = threading.Thread(target=self._server.run, name="distren-embedded", daemon=True)
+        self.client: Client | None = None
+
+    def __enter__(self) -> "EmbeddedServer":
+        self._thread.start()
+        deadline = time.monotonic() + 30
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise DistrenError("the embedded server did not start")
+            time.sleep(0.01)
+        self.client = Client("http://distren", transport=httpx.HTTPTransport(uds=self.socket))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.client is not None:
+            self.client.close()
+        self._server.should_exit = True
+        self._thread.join(timeout=30)
+        self._tmp.cleanup()

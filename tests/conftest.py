@@ -1,0 +1,140 @@
+"""Shared fixtures: real server processes on loopback ports, small POV-Ray scenes, packages."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from distren.client import Client
+
+ROOT = Path(__file__).resolve().parent.parent
+DISTREN = [sys.executable, "-m", "distren.cli"]
+
+# A small animated scene: the clock moves a sphere and changes its colour.
+SCENE_POV = """#version 3.7;
+global_settings { assumed_gamma 1.0 }
+#include "colors.inc"
+#include "local.inc"
+camera { location <0, 2, -5> look_at <0, 0, 0> }
+light_source { <2, 4, -3> color White }
+sphere { <sin(clock * 2 * pi), 0, 0>, 1 pigment { color rgb <clock, 0.5, 1 - clock> } }
+plane { y, -1 pigment { checker FloorA FloorB } }
+"""
+SCENE_INC = "#declare FloorA = rgb <0.9, 0.9, 0.9>;\n#declare FloorB = rgb <0.2, 0.3, 0.6>;\n"
+SCENE_INI = """; test animation
+Input_File_Name=scene.pov
+Initial_Frame=0
+Final_Frame={final}
+Initial_Clock=0
+Final_Clock=1
+Width=48
+Height=36
+Antialias=on
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def make_scene(folder: Path, final: int = 9) -> Path:
+    """Write the test scene into folder; returns the INI's path."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "scene.pov").write_text(SCENE_POV)
+    (folder / "local.inc").write_text(SCENE_INC)
+    ini = folder / "scene.ini"
+    ini.write_text(SCENE_INI.format(final=final))
+    return ini
+
+
+class ServerProcess:
+    """`distren serve` in a subprocess, on a free loopback port, with its own data folder."""
+
+    def __init__(self, data: Path, name: str = "alpha", slots: int = 2, extra: list[str] | None = None):
+        self.data, self.name, self.slots, self.extra = data, name, slots, extra or []
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen | None = None
+        self.log = data.parent / f"{name}-{self.port}.log"
+
+    def start(self) -> "ServerProcess":
+        cmd = DISTREN + ["serve", "--name", self.name, "--listen", f"127.0.0.1:{self.port}",
+                         "--data", str(self.data), "--slots", str(self.slots), *self.extra]
+        self._logf = open(self.log, "ab")
+        self.proc = subprocess.Popen(cmd, stdout=self._logf, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited: {self.log.read_text()[-2000:]}")
+            try:
+                if httpx.get(self.url + "/api/v1/server", timeout=1).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                time.sleep(0.05)
+        raise RuntimeError("server did not start")
+
+    def client(self) -> Client:
+        return Client(self.url)
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, sig)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        self._logf.close()
+
+
+@pytest.fixture
+def server_factory(tmp_path):
+    started: list[ServerProcess] = []
+
+    def factory(name: str = "alpha", slots: int = 2, data: Path | None = None, extra=None) -> ServerProcess:
+        s = ServerProcess(data or tmp_path / f"data-{name}", name, slots, extra).start()
+        started.append(s)
+        return s
+
+    yield factory
+    for s in started:
+        s.stop()
+
+
+@pytest.fixture
+def server(server_factory) -> ServerProcess:
+    return server_factory()
+
+
+def run_cli(*args: str, env: dict | None = None, cwd: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(DISTREN + list(args), capture_output=True, text=True, env={**os.environ, **(env or {})},
+                          cwd=cwd, timeout=timeout)
+
+
+def povray_direct(scene_dir: Path, frame: int, out: Path, ini: str = "scene.ini", extra: list[str] = ()) -> Path:
+    """Render one frame with POV-Ray itself, the way a person would: `povray scene.ini +SFn +EFn`."""
+    out.mkdir(parents=True, exist_ok=True)
+    before = set(out.iterdir())
+    subprocess.run(["povray", ini, f"+SF{frame}", f"+EF{frame}", "-D", "-P", f"+O{out}/direct", *extra],
+                   cwd=scene_dir, check=True, capture_output=True, timeout=120)
+    new = sorted(set(out.iterdir()) - before)
+    assert len(new) == 1, new
+    return new[0]
+
+
+def pixels(path: Path):
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return im.size, im.mode, im.tobytes()
+
