@@ -370,6 +370,16 @@ def test_gzip_bomb_many_members_writes_little(tmp_path: Path, scratch: Path, mon
     assert on_disk and on_disk[0] <= 1024**2
 
 
+def test_copy_counts_bytes_actually_read(tmp_path: Path, scratch: Path, monkeypatch) -> None:
+    """Data beyond a member's declared size is refused, not written.
+
+    tarfile never hands out more than the declared size, so simulate a reader
+    that does."""
+    archive = build(tmp_path / "a.tar", [reg("f", b"0123456789")])
+    monkeypatch.setattr(tarfile.TarFile, "extractfile", lambda self, member: io.BytesIO(b"z" * 5000))
+    refused(archive, scratch, "member 'f': more data than its declared size")
+
+
 @pytest.mark.parametrize("compress", ["gz", "xz", "bz2", None])
 def test_truncated_archive(compress: str | None, tmp_path: Path, scratch: Path) -> None:
     raw = tar_bytes([reg("noise", os.urandom(300_000))])
@@ -498,7 +508,8 @@ def tree(tmp_path: Path) -> Path:
     (root / "scenes" / "parts").mkdir(parents=True)
     (root / "empty-dir").mkdir()
     (root / "scene.pov").write_text("camera {}\n")
-    (root / "scenes" / "parts" / "a.inc").write_bytes(os.urandom(3 * 1024 * 1024 + 17))
+    # Over CHUNK_SIZE, so files are copied in several chunks; repetitive, so xz is quick.
+    (root / "scenes" / "parts" / "a.inc").write_bytes(os.urandom(1000) * 1100 + b"tail")
     (root / "scenes-b.txt").write_text("b")
     (root / ("n" * 150)).write_text("long")
     os.chmod(root / "scene.pov", 0o755)
@@ -632,3 +643,38 @@ def test_iter_tar_files_refuses_links_and_junk(tmp_path: Path) -> None:
         next(files)
     with pytest.raises(BadPackage, match="not a tar archive"):
         list(iter_tar_files(io.BytesIO(b"junk" * 200)))
+
+
+@pytest.mark.parametrize(
+    ("members", "expected"),
+    [
+        ([reg("../x")], "member '../x': name contains a '..' component"),
+        ([reg("./x")], "member './x': archive names must be normalised relative paths"),
+        ([reg("a\\b")], "name contains a backslash"),
+        ([reg("x", comment="1" * 1000)], "a number longer than 64 digits"),
+        ([reg("neg", b"", size="-1")], "member 'neg': negative size"),
+    ],
+)
+def test_iter_tar_files_checks_names_and_headers(members: list[Member], expected: str, tmp_path: Path) -> None:
+    archive = build(tmp_path / "a.tar", members)
+    with pytest.raises(BadPackage) as info:
+        list(iter_tar_files(archive))
+    assert expected in info.value.message
+
+
+def test_iter_tar_files_truncated(tmp_path: Path) -> None:
+    raw = gzip.compress(tar_bytes([reg("a", os.urandom(50_000)), reg("b", os.urandom(50_000))]))
+    archive = tmp_path / "cut.tar.gz"
+    archive.write_bytes(raw[: len(raw) * 3 // 4])
+    with pytest.raises(BadPackage, match="corrupt archive"):
+        for _name, _info, data in iter_tar_files(archive):
+            data.read()
+
+
+def test_iter_tar_files_leaves_file_open(tmp_path: Path) -> None:
+    (tmp_path / "f").write_bytes(b"data")
+    buffer = io.BytesIO()
+    write_tar(buffer, [("f", tmp_path / "f")], compress="gz")
+    buffer.seek(0)
+    assert [name for name, _, _ in iter_tar_files(buffer)] == ["f"]
+    assert not buffer.closed

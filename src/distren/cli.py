@@ -103,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("source", type=Path, help="scene.ini or scene.pov")
     p.add_argument("-o", "--output", type=Path, required=True, help="folder for the frames")
     _add_pack_options(p)
-    p.add_argument("--slots", type=_positive_int, help="concurrent renders (default: 4 per core)")
+    p.add_argument("--slots", type=_positive_int, help="concurrent renders (default: 8 per core)")
     p.add_argument("--json", action="store_true", help="print JSON")
     return parser
 

@@ -12,9 +12,9 @@ from .cli import Progress
 from .errors import DistrenError
 from .tarballs import TarLimits, iter_tar_files
 
-# POV-Ray idles about 0.7 s per process before it renders (DESIGN.md): more processes than
+# POV-Ray idles about 0.7 s per process before it renders (DESIGN.md): many more processes than
 # cores keep the CPU busy.
-SLOTS_PER_CORE = 4
+SLOTS_PER_CORE = 8
 
 
 def render(args, pack) -> dict:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import bz2
 import contextlib
 import gzip
+import io
 import lzma
 import os
 import re
@@ -227,8 +228,9 @@ class _CheckedTarInfo(tarfile.TarInfo):
 
 def _decompressed(raw: BinaryIO) -> BinaryIO:
     """Return a reader of raw's decompressed content, sniffing the compression."""
+    start = raw.tell()
     magic = raw.read(6)
-    raw.seek(0)
+    raw.seek(start)
     if magic.startswith(b"\x1f\x8b"):
         return gzip.GzipFile(fileobj=raw, mode="rb")
     if magic.startswith(b"BZh"):
@@ -239,11 +241,18 @@ def _decompressed(raw: BinaryIO) -> BinaryIO:
 
 
 @contextlib.contextmanager
-def _open_checked(archive: Path) -> Iterator[tarfile.TarFile]:
-    """Open a plain, gzip, bzip2 or xz tarball for reading with hardened headers."""
+def _open_checked(archive: Path | BinaryIO) -> Iterator[tarfile.TarFile]:
+    """Open a plain, gzip, bzip2 or xz tarball for reading with hardened headers.
+
+    archive is a path or a seekable binary file, which is left open.
+    """
     with contextlib.ExitStack() as stack:
-        raw = stack.enter_context(open(archive, "rb"))
-        stream = stack.enter_context(_decompressed(raw))
+        raw = archive
+        if isinstance(archive, (str, os.PathLike)):
+            raw = stack.enter_context(open(archive, "rb"))
+        stream = _decompressed(raw)
+        if stream is not raw:
+            stack.enter_context(stream)  # closing a decompressor leaves raw open
         try:
             tar = tarfile.open(
                 fileobj=_HeaderGuard(stream), mode="r:", tarinfo=_CheckedTarInfo
@@ -252,6 +261,11 @@ def _open_checked(archive: Path) -> Iterator[tarfile.TarFile]:
             raise BadPackage(_NOT_A_TARBALL) from None
         with tar:
             yield tar
+
+
+def _corrupt(exc: Exception) -> BadPackage:
+    """Return the BadPackage reporting an unexpected error while reading an archive."""
+    return BadPackage(f"corrupt archive: {str(exc) or type(exc).__name__}")
 
 
 # ---------------------------------------------------------------------------
@@ -395,7 +409,7 @@ def safe_extract(
         shutil.rmtree(dest, ignore_errors=True)
         if isinstance(exc, BadPackage) or not isinstance(exc, Exception):
             raise
-        raise BadPackage(f"corrupt archive: {str(exc) or type(exc).__name__}") from exc
+        raise _corrupt(exc) from exc
     return dest
 
 
@@ -498,26 +512,49 @@ def tar_directory_entries(root: Path) -> list[tuple[str, Path]]:
     return entries
 
 
+class _MemberData(io.RawIOBase):
+    """The data of one archive member, reporting corrupt data as BadPackage."""
+
+    def __init__(self, data: BinaryIO):
+        self._data = data
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        try:
+            chunk = self._data.read(len(buffer))
+        except Exception as exc:  # EOFError, zlib.error, lzma.LZMAError, tarfile.ReadError
+            raise _corrupt(exc) from exc
+        buffer[: len(chunk)] = chunk
+        return len(chunk)
+
+
 def iter_tar_files(
     archive: Path | BinaryIO,
 ) -> Iterator[tuple[str, tarfile.TarInfo, BinaryIO]]:
-    """Yield (name, info, data) for each regular file of a tarball we wrote ourselves.
+    """Yield (name, info, data) for each regular file of a tarball, in archive order.
 
-    Meant for re-bundling archives made by write_tar, not for untrusted input
-    (use safe_extract for that). Members come in archive order and directories
-    are skipped; any other member type raises BadPackage. The archive is read
-    as a stream, so each data object is only valid until the next item.
+    Meant for re-reading archives made by write_tar (to re-bundle them), so it
+    expects what write_tar makes: normalised relative names and regular files.
+    Directories are skipped; any other member, or an unsafe name, raises
+    BadPackage. Headers are parsed with the same hardening as safe_extract,
+    but sizes are not capped: use safe_extract for untrusted packages.
+    archive is a path or a seekable binary file (left open); the data objects
+    can be read only while the iteration is still running.
     """
-    with contextlib.ExitStack() as stack:
-        if isinstance(archive, (str, os.PathLike)):
-            archive = stack.enter_context(open(archive, "rb"))
-        try:
-            tar = stack.enter_context(tarfile.open(fileobj=archive, mode="r|*"))
-        except tarfile.ReadError:
-            raise BadPackage(_NOT_A_TARBALL) from None
-        for member in tar:
-            if member.isdir():
-                continue
-            if member.type not in _FILE_TYPES or member.sparse is not None:
-                raise _refuse(member.name, "not a regular file or directory")
-            yield member.name, member, tar.extractfile(member)
+    try:
+        with _open_checked(archive) as tar:
+            for member in tar:
+                if member.isdir():
+                    continue
+                if member.type not in _FILE_TYPES or member.sparse is not None:
+                    raise _refuse(member.name, "not a regular file or directory")
+                if member.size < 0:
+                    raise _refuse(member.name, "negative size")
+                _check_arcname(member.name)
+                yield member.name, member, _MemberData(tar.extractfile(member))
+    except BadPackage:
+        raise
+    except Exception as exc:  # truncated or corrupt data: EOFError, zlib, lzma, ...
+        raise _corrupt(exc) from exc
