@@ -68,7 +68,7 @@ Final_Frame=40
         "Antialias_Threshold": "0.3", "Initial_Frame": "1", "Final_Frame": "40",
     }
     assert parsed.warnings == []
-    assert parsed.ini_files == ["scene.ini"]
+    assert parsed.files == ["scene.ini", "scene.pov"]
 
 
 def test_crlf_and_last_value_wins(root):
@@ -192,7 +192,7 @@ def test_include_ini_inside_root_is_followed(root):
     (root / "sub" / "size.ini").write_text("Width=320\n[Big]\nWidth=1600\n")
     parsed = ini(root, "Width=10\nInclude_Ini=sub/quality.ini\nHeight=240\n")
     assert parsed.options == {"Width": "320", "Antialias": "on", "Height": "240"}
-    assert parsed.ini_files == ["scene.ini", "sub/quality.ini", "sub/size.ini"]
+    assert parsed.files == ["scene.ini", "sub/quality.ini", "sub/size.ini"]
 
 
 def test_include_ini_with_a_section(root):
@@ -290,7 +290,7 @@ DROPPED = [
     ("Test_Abort=on", "Test_Abort"),
     ("Test_Abort_Count=100", "Test_Abort_Count"),
     ("Continue_Trace=on", "Continue_Trace"),
-    ("Output_to_File=off", "Output_To_File"),
+    ("Output_to_File=off", "Output_to_File"),
     ("Buffer_Output=on", "Buffer_Output"),
     ("Buffer_Size=100", "Buffer_Size"),
     ("Work_Threads=64", "Work_Threads"),
@@ -304,7 +304,7 @@ DROPPED = [
     ("+P", "Pause_When_Done"),
     ("+V", "Verbose"),
     ("+C", "Continue_Trace"),
-    ("+F", "Output_To_File"),
+    ("+F", "Output_to_File"),
     ("+GA", "All_Console"),
     ("-GW", "Warning_Console"),
     ("+X100", "Test_Abort"),
@@ -492,7 +492,7 @@ def test_frame_args(root):
     assert args == [
         "Output_File_Type=N", "Width=80", "Height=60", "Antialias=on", "Antialias_Threshold=0.3",
         "Initial_Frame=1", "Final_Frame=12", "Include_Header=header.inc", "Declare=Shift=1.0",
-        "Input_File_Name=scene.pov", "Output_To_File=on", "Output_File_Name=/job/_distren/out/scene",
+        "Input_File_Name=scene.pov", "Output_to_File=on", "Output_File_Name=/job/_distren/out/scene",
         "Display=off", "Pause_When_Done=off", "Subset_Start_Frame=3", "Subset_End_Frame=3",
         "Work_Threads=2",
     ]
@@ -553,14 +553,28 @@ def test_frame_args_threads_must_be_sane(root):
 # Every argument frame_args emits has one of these forms.
 SAFE_ARG = re.compile(r'[A-Z][A-Za-z_]*=(?:[A-Za-z0-9_.+\-=/]+|"[^"\x00-\x1f]*")')
 
-_line_parts = st.sampled_from([
-    "Width", "Height", "Antialias", "Declare", "Input_File_Name", "Include_Ini", "Library_Path",
-    "Output_File_Name", "Initial_Frame", "Final_Frame", "Include_Header", "Dither_Method",
-    "File_Gamma", "Start_Column", "+W", "+O", "+I", "+HI", "+SF", "+A", "-D", "+FN", "+L",
-    "=", " ", ",", ";", "#", "[", "]", '"', "'", "\t", "scene.pov", "header.inc", "/tmp/x",
-    "../", "1", "0.5", "-", "on", "X=1", "$(id)", "`id`", "\\", "sRGB", "\x00", "\u00e9",
+# Lines that POV-Ray accepts (mostly), then hostile and broken text around them.
+_good_lines = st.sampled_from([
+    "Width=160", "height = 120", "Antialias=on", "Antialias_Threshold=0.3", "Declare=Shift=0.5",
+    "Declare=A_1=-2", "Input_File_Name=scene.pov", 'Input_File_Name="scene.pov"', "Include_Header=header.inc",
+    "Initial_Frame=1", "Final_Frame=40", "Initial_Clock=0", "Cyclic_Animation=yes", "Dither_Method=fs",
+    "File_Gamma=sRGB", "Start_Column=0.25", "Output_File_Type=N16", "Quality=9", "Version=3.7",
+    "Subset_Start_Frame=3", "Display=on", "Verbose=off", "Unknown_Key=1", "+W160 +H120 -D +A0.3",
+    "+KFI1 +KFF40 +KC", "+FN16 +UA", "+Iscene.pov +HIheader.inc", "+SF2 +EF5", "scene.pov", "; comment",
 ])
-_ini_text = st.lists(st.lists(_line_parts, max_size=8).map("".join), max_size=6).map("\n".join)
+_hostile = st.sampled_from([
+    "X=1 +O/tmp/x", '"X=1 +O/tmp/x"', "/tmp/x", "../x", "$(id)", "`id`", "a b", "", "\\x", "\x00",
+    "\u00e9", "1;2", "1#2", "1,2", "[Sec]", " ", "\t", ",", ";", "#", "[", "]", '"', "'", "=", "+",
+    "-", "\r", "+O", "+L", "+GA", "+I", "Library_Path", "Output_File_Name", "Include_Ini", "0", "on",
+])
+_line = st.one_of(
+    _good_lines,
+    _good_lines,
+    st.tuples(_good_lines, _hostile).map("".join),
+    st.tuples(_good_lines, st.sampled_from([" ", "\t"]), _hostile).map("".join),
+    st.lists(st.one_of(_hostile, _good_lines), max_size=5).map("".join),
+)
+_ini_text = st.lists(_line, max_size=6).map("\n".join)
 
 
 @pytest.fixture(scope="module")
@@ -583,7 +597,7 @@ def test_frame_args_only_ever_hold_checked_values(fuzz_root, text):
     for arg in args:
         assert SAFE_ARG.fullmatch(arg), arg
         key, _, value = arg.partition("=")
-        assert key in pi._KEPT or key in ("Input_File_Name", "Include_Header", "Declare", "Output_To_File",
+        assert key in pi._KEPT or key in ("Input_File_Name", "Include_Header", "Declare", "Output_to_File",
                                           "Output_File_Name", "Display", "Pause_When_Done",
                                           "Subset_Start_Frame", "Subset_End_Frame")
         if key in ("Input_File_Name", "Include_Header"):

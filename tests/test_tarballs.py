@@ -8,6 +8,7 @@ say what is wrong, and leave the scratch parent directory empty.
 
 from __future__ import annotations
 
+import bz2
 import gzip
 import io
 import lzma
@@ -388,8 +389,6 @@ def test_truncated_archive(compress: str | None, tmp_path: Path, scratch: Path) 
     elif compress == "xz":
         raw = lzma.compress(raw)
     elif compress == "bz2":
-        import bz2
-
         raw = bz2.compress(raw)
     archive = tmp_path / "cut.tar"
     archive.write_bytes(raw[: len(raw) // 2])

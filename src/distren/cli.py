@@ -86,18 +86,27 @@ def build_parser() -> argparse.ArgumentParser:
         server_opt(p)
 
     p = sub.add_parser("serve", help="run a server")
-    p.add_argument("--name", required=True, help="this server's name, [A-Za-z0-9]+")
-    p.add_argument("--listen", default="127.0.0.1:7780", help="HOST:PORT (default 127.0.0.1:7780)")
-    p.add_argument("--data", type=Path, required=True, help="data folder (database, blobs, scenes)")
-    p.add_argument("--slots", type=_non_negative_int, default=os.cpu_count() or 1,
-                   help="concurrent renders (default: number of cores)")
-    p.add_argument("--max-failures", type=_positive_int, default=3, help="failed attempts before a frame fails (3)")
-    p.add_argument("--frame-timeout", type=float, default=3600.0, help="seconds one render may take (3600)")
-    p.add_argument("--max-job-bytes", type=_positive_int, default=2 * 1024**3, help="largest package accepted (2 GiB)")
-    p.add_argument("--max-frames", type=_positive_int, default=100_000, help="most frames in one job (100000)")
-    p.add_argument("--max-members", type=_positive_int, default=10_000, help="most files in one package (10000)")
-    p.add_argument("--max-unpacked-bytes", type=_positive_int, default=2 * 1024**3,
-                   help="largest total unpacked size of a package (2 GiB)")
+    p.add_argument("--config", type=Path, help="TOML file with any of the settings below (flags win)")
+    p.add_argument("--name", help="this server's name, [A-Za-z0-9]+ (required here or in --config)")
+    p.add_argument("--listen", help="HOST:PORT (default 127.0.0.1:7780)")
+    p.add_argument("--data", type=Path, help="data folder: database, blobs, scenes (required here or in --config)")
+    p.add_argument("--slots", type=_non_negative_int, help="concurrent renders; 0 renders nothing (default: cores)")
+    p.add_argument("--max-failures", type=_positive_int, help="failed attempts before a frame fails (3)")
+    p.add_argument("--frame-timeout", type=float, help="seconds one render may take (3600)")
+    p.add_argument("--max-job-bytes", type=_positive_int, help="largest package accepted (2 GiB)")
+    p.add_argument("--max-frames", type=_positive_int, help="most frames in one job (100000)")
+    p.add_argument("--max-members", type=_positive_int, help="most files in one package (10000)")
+    p.add_argument("--max-unpacked-bytes", type=_positive_int, help="largest unpacked size of a package (2 GiB)")
+    p.add_argument("--peer", action="append", metavar="NAME=URL", help="a peer server (repeatable)")
+    p.add_argument("--federation-secret-file", type=Path, help="file holding the secret shared by all peers")
+    p.add_argument("--client-token-file", type=Path, help="file holding the token that submit/cancel/retry/delete need")
+    p.add_argument("--lease-seconds", type=float, help="lease length granted to peers (60)")
+    p.add_argument("--heartbeat-seconds", type=float, help="heartbeat period of leases held (lease / 3)")
+    p.add_argument("--claim-backoff-max", type=float, help="longest wait before asking an idle peer again (5)")
+    p.add_argument("--watch-seconds", type=float, help="how often frames on peers that jobs here wait for are checked (2)")
+
+    p = sub.add_parser("peers", help="a server's peers and their health")
+    server_opt(p)
 
     p = sub.add_parser("render", help="render a scene on a private in-process server and write the frames")
     p.add_argument("source", type=Path, help="scene.ini or scene.pov")
@@ -237,18 +246,75 @@ def cmd_delete(args) -> int:
     return EXIT_OK
 
 
+SERVE_DEFAULTS = {
+    "listen": "127.0.0.1:7780", "slots": os.cpu_count() or 1, "max_failures": 3, "frame_timeout": 3600.0,
+    "max_job_bytes": 2 * 1024**3, "max_frames": 100_000, "max_members": 10_000, "max_unpacked_bytes": 2 * 1024**3,
+    "lease_seconds": 60.0, "heartbeat_seconds": None, "claim_backoff_max": 5.0, "watch_seconds": 2.0,
+    "federation_secret_file": None, "client_token_file": None, "name": None, "data": None,
+}
+
+
+def serve_settings(args) -> dict:
+    """Flags, then the --config file, then the defaults."""
+    import tomllib
+
+    from .federation.peers import parse_peer
+
+    conf: dict = {}
+    if args.config is not None:
+        try:
+            conf = tomllib.loads(args.config.read_text())
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise DistrenError(f"cannot read config {args.config}: {exc}") from None
+        unknown = set(conf) - set(SERVE_DEFAULTS) - {"peers"}
+        if unknown:
+            raise DistrenError(f"config {args.config}: unknown settings {', '.join(sorted(unknown))}")
+    out = {}
+    for key, default in SERVE_DEFAULTS.items():
+        flag = getattr(args, key)
+        out[key] = flag if flag is not None else conf.get(key, default)
+    for key in ("name", "data"):
+        if out[key] is None:
+            raise DistrenError(f"serve needs --{key} (or {key} in --config)")
+    peers = dict(conf.get("peers", {}))
+    for text in args.peer or []:
+        name, url = parse_peer(text)
+        peers[name] = url
+    for name, url in peers.items():
+        parse_peer(f"{name}={url}")
+    out["peers"] = {name: url.rstrip("/") for name, url in peers.items()}
+    return out
+
+
 def cmd_serve(args) -> int:
     from .server.config import ServerConfig
     from .server.main import serve
     from .tarballs import TarLimits
 
+    s = serve_settings(args)
+    path = lambda v: None if v is None else Path(v)  # noqa: E731
     config = ServerConfig(
-        name=args.name, data=args.data, slots=args.slots, max_failures=args.max_failures,
-        frame_timeout=args.frame_timeout, max_job_bytes=args.max_job_bytes, max_frames=args.max_frames,
-        tar_limits=TarLimits(max_members=args.max_members, max_total_size=args.max_unpacked_bytes,
-                             max_file_size=args.max_unpacked_bytes),
+        name=s["name"], data=Path(s["data"]), slots=int(s["slots"]), max_failures=int(s["max_failures"]),
+        frame_timeout=float(s["frame_timeout"]), max_job_bytes=int(s["max_job_bytes"]),
+        max_frames=int(s["max_frames"]),
+        tar_limits=TarLimits(max_members=int(s["max_members"]), max_total_size=int(s["max_unpacked_bytes"]),
+                             max_file_size=int(s["max_unpacked_bytes"])),
+        peers=s["peers"], federation_secret_file=path(s["federation_secret_file"]),
+        client_token_file=path(s["client_token_file"]), lease_seconds=float(s["lease_seconds"]),
+        heartbeat_seconds=s["heartbeat_seconds"], claim_backoff_max=float(s["claim_backoff_max"]),
+        watch_seconds=float(s["watch_seconds"]),
     )
-    serve(config, args.listen)
+    serve(config, s["listen"])
+    return EXIT_OK
+
+
+def cmd_peers(args) -> int:
+    with Client(args.server) as client:
+        peers = client.peers()
+    lines = [f"{p['name']:<12} {p['url']:<30} {'healthy' if p['healthy'] else 'unhealthy'}"
+             f"  failures {p['failures']}  last contact {p['last_contact'] or 'never'}"
+             + (f"  ({p['last_error']})" if p["last_error"] else "") for p in peers]
+    _print(args, peers, "\n".join(lines) or "no peers")
     return EXIT_OK
 
 
@@ -262,7 +328,7 @@ def cmd_render(args) -> int:
 
 COMMANDS = {
     "pack": cmd_pack, "submit": cmd_submit, "status": cmd_status, "download": cmd_download,
-    "cancel": cmd_cancel, "retry": cmd_retry, "delete": cmd_delete, "serve": cmd_serve, "render": cmd_render,
+    "cancel": cmd_cancel, "retry": cmd_retry, "delete": cmd_delete, "peers": cmd_peers, "serve": cmd_serve, "render": cmd_render,
 }
 
 

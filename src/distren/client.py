@@ -48,6 +48,7 @@ class Client:
         timeout: float = 60.0,
     ):
         self.base = (server or os.environ.get("DISTREN_SERVER") or DEFAULT_SERVER).rstrip("/")
+        token = token or os.environ.get("DISTREN_TOKEN") or None
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.http = httpx.Client(base_url=self.base, transport=transport, timeout=timeout, headers=headers)
         self._name: str | None = None
@@ -92,17 +93,29 @@ class Client:
             self._name = self.server_info()["name"]
         return self._name
 
-    def _local(self, url: DistrenURL | str) -> DistrenURL:
-        """The URL, checked to name a job or frame of this server."""
+    def _route(self, url: DistrenURL | str) -> tuple[DistrenURL, str]:
+        """The URL and the path prefix that reaches it: this server's own jobs directly, a
+        peer's through this server (`/servers/<name>`)."""
         if isinstance(url, str):
             url = parse_url(url)
-        if url.server != self.server_name:
-            raise NotFound(f"{url} is on server {url.server!r}, but {self.base} is server {self.server_name!r}")
-        return url
+        prefix = "" if url.server == self.server_name else f"/servers/{url.server}"
+        return url, prefix
+
+    def _own(self, url: DistrenURL | str) -> DistrenURL:
+        """The URL, checked to name a job of this server (for actions that change things)."""
+        u, prefix = self._route(url)
+        if prefix:
+            raise ClientError(400, "bad_url", f"{u} is on server {u.server!r}; send this to that server")
+        if u.kind != "job":
+            raise ClientError(400, "bad_url", f"{u} is not a job URL (distren://server/job)")
+        return u
 
     # -- API -------------------------------------------------------------------------------
     def server_info(self) -> dict:
         return self._json("GET", "/server")
+
+    def peers(self) -> list[dict]:
+        return self._json("GET", "/peers")
 
     def submit(self, package: Path) -> dict:
         package = Path(package)
@@ -117,50 +130,46 @@ class Client:
         return self._json("GET", "/jobs")
 
     def job(self, url: DistrenURL | str) -> dict:
-        u = self._local(url)
-        return self._json("GET", f"/jobs/{u.job}")
+        u, prefix = self._route(url)
+        return self._json("GET", f"{prefix}/jobs/{u.job}")
 
     def frames(self, url: DistrenURL | str) -> list[dict]:
-        u = self._local(url)
-        return self._json("GET", f"/jobs/{u.job}/frames")
+        u, prefix = self._route(url)
+        return self._json("GET", f"{prefix}/jobs/{u.job}/frames")
 
     def frame(self, url: DistrenURL | str) -> dict:
-        u = self._local(url)
-        return self._json("GET", f"/jobs/{u.job}/frames/{u.frame}")
+        u, prefix = self._route(url)
+        return self._json("GET", f"{prefix}/jobs/{u.job}/frames/{u.frame}")
 
     def status(self, url: DistrenURL | str) -> dict | list:
         """What `distren status` shows: server (with its jobs), job or frame."""
         u = parse_url(url) if isinstance(url, str) else url
         if u.kind == "server":
-            self._local(u)
+            _, prefix = self._route(u)
+            if prefix:
+                return {"server": {"url": str(u), "name": u.server}, "jobs": self._json("GET", f"{prefix}/jobs")}
             return {"server": self.server_info(), "jobs": self.jobs()}
         return self.job(u) if u.kind == "job" else self.frame(u)
 
     def cancel(self, url: DistrenURL | str) -> dict:
-        u = self._job_url(url)
+        u = self._own(url)
         return self._json("POST", f"/jobs/{u.job}/cancel")
 
     def retry(self, url: DistrenURL | str) -> dict:
-        u = self._job_url(url)
+        u = self._own(url)
         return self._json("POST", f"/jobs/{u.job}/retry")
 
     def delete(self, url: DistrenURL | str) -> dict:
-        u = self._job_url(url)
+        u = self._own(url)
         return self._json("DELETE", f"/jobs/{u.job}")
-
-    def _job_url(self, url: DistrenURL | str) -> DistrenURL:
-        u = self._local(url)
-        if u.kind != "job":
-            raise ClientError(400, "bad_url", f"{u} is not a job URL (distren://server/job)")
-        return u
 
     def download(self, url: DistrenURL | str, dest: Path) -> Path:
         """A job URL downloads the bundle, a frame URL the frame's tarball. Streams to a
         temporary file beside dest, then renames it: dest is never half-written."""
-        u = self._local(url)
+        u, prefix = self._route(url)
         if u.kind == "server":
             raise ClientError(400, "bad_url", f"{u} names a server; give a job or frame URL")
-        path = f"/jobs/{u.job}/bundle" if u.kind == "job" else f"/jobs/{u.job}/frames/{u.frame}/output"
+        path = prefix + (f"/jobs/{u.job}/bundle" if u.kind == "job" else f"/jobs/{u.job}/frames/{u.frame}/output")
         dest = Path(dest)
         tmp = dest.with_name(dest.name + ".part")
         try:

@@ -14,10 +14,11 @@ import os
 import posixpath
 import re
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from .backends.povray_ini import check_frames, parse_ini, plan, relative_file
+from .backends.povray_ini import MAX_INI_BYTES, PovrayPlan, check_frames, parse_ini, plan, relative_file
 from .errors import BadFrameSpec, DistrenError, PackError
 from .frames import parse_frames
 from .job.spec import DEFAULT_MAX_FRAMES, JOB_XML_NAME, FrameSpec, JobSpec, parse_job_xml
@@ -88,16 +89,18 @@ class PackResult:
 
 _TOKEN_RE = re.compile(
     r"""
-      (?P<space>\s+)
-    | (?P<comment>//[^\r\n]*)
+      (?P<comment>//[^\r\n]*)
     | (?P<block>/\*)
     | (?P<string>"(?:[^"\\\r\n]|\\.)*"?)
     | (?P<directive>\#[ \t]*[A-Za-z_][A-Za-z0-9_]*)
     | (?P<word>[A-Za-z_][A-Za-z0-9_]*)
+    | (?P<brace>\{)
+    | (?P<run>[^"/\#A-Za-z_{]+)
     | (?P<other>.)
     """,
     re.VERBOSE | re.DOTALL,
 )
+_BLANK_RE = re.compile(r"\s+")
 _BLOCK_MARK_RE = re.compile(r"/\*|\*/")
 
 
@@ -113,9 +116,10 @@ def _unescape(body: str) -> str:
     return re.sub(r'\\([\\"])', r"\1", body)
 
 
-def _tokens(text: str) -> list[_Token]:
-    """The tokens of scene text without blanks and comments. Block comments nest, as in POV-Ray."""
-    tokens: list[_Token] = []
+def _tokens(text: str) -> Iterator[_Token]:
+    """The tokens of scene text without blanks and comments. Block comments nest, as in POV-Ray.
+    Numbers and operators come as one "other" token per run: no rule needs them one by one,
+    and meshes of millions of numbers then scan quickly."""
     pos, line = 0, 1
     while pos < len(text):
         match = _TOKEN_RE.match(text, pos)
@@ -133,14 +137,17 @@ def _tokens(text: str) -> list[_Token]:
                 end = len(text)
         elif kind == "string":
             body = value[1:-1] if len(value) > 1 and value.endswith('"') else value[1:]
-            tokens.append(_Token("string", _unescape(body), line))
+            yield _Token("string", _unescape(body), line)
         elif kind == "directive":
-            tokens.append(_Token("directive", value[1:].strip(), line))
-        elif kind in ("word", "other"):
-            tokens.append(_Token(kind, value, line))
+            yield _Token("directive", value[1:].strip(), line)
+        elif kind == "word":
+            yield _Token("word", value, line)
+        elif kind == "brace":
+            yield _Token("other", "{", line)
+        elif kind in ("run", "other") and not _BLANK_RE.fullmatch(value):
+            yield _Token("other", value.strip(), line)
         line += text.count("\n", pos, end)
         pos = end
-    return tokens
 
 
 def _in_system_dir(path: Path) -> bool:
@@ -173,26 +180,29 @@ class _SceneScanner:
         self.scanned.add(rel)
         self.found.add(rel)
         text = (self.root / rel).read_bytes().decode("utf-8", errors="replace")
-        tokens = _tokens(text)
-        for i, token in enumerate(tokens):
-            if token.kind != "string":
-                continue
-            prev = tokens[i - 1] if i >= 1 else None
-            prev2 = tokens[i - 2] if i >= 2 else None
-            where = f"{rel} line {token.line}"
-            if prev and prev.kind == "directive" and prev.text == "include":
-                self.use(token.text, where, (".inc",), system_ok=True)
-            elif prev and prev.kind == "word" and prev.text in FILE_KEYWORDS:
-                self.use(token.text, where, FILE_KEYWORDS[prev.text], system_ok=True)
-            elif prev and prev.text == "{" and prev2 and prev2.kind == "word" and prev2.text in MAP_KEYWORDS:
-                self.use(token.text, where, (), system_ok=True)
-            elif prev2 and prev2.kind == "directive" and prev2.text == "fopen":
-                mode = tokens[i + 1].text if i + 1 < len(tokens) else ""
-                if mode == "read":
-                    self.use(token.text, where, (), system_ok=False)
+        prev: _Token | None = None
+        prev2: _Token | None = None
+        reading: tuple[str, str] | None = None  # a #fopen file whose mode comes next
+        for token in _tokens(text):
+            if reading is not None:
+                if token.kind == "word" and token.text == "read":
+                    self.use(reading[0], reading[1], (), system_ok=False)
                 # write and append name an output of the scene, not an input
-            else:
-                self.maybe(token.text)
+                reading = None
+            if token.kind == "string":
+                where = f"{rel} line {token.line}"
+                if prev and prev.kind == "directive" and prev.text == "include":
+                    self.use(token.text, where, (".inc",), system_ok=True)
+                elif prev and prev.kind == "word" and prev.text in FILE_KEYWORDS:
+                    self.use(token.text, where, FILE_KEYWORDS[prev.text], system_ok=True)
+                elif (prev and prev.text == "{" and prev2 and prev2.kind == "word"
+                      and prev2.text in MAP_KEYWORDS):
+                    self.use(token.text, where, (), system_ok=True)
+                elif prev2 and prev2.kind == "directive" and prev2.text == "fopen":
+                    reading = (token.text, where)
+                else:
+                    self.maybe(token.text)
+            prev2, prev = prev, token
 
     def _add(self, rel: str) -> None:
         self.found.add(rel)
@@ -283,7 +293,7 @@ def scan_scene(pov: Path, root: Path) -> tuple[set[str], list[str]]:
 # Packing
 
 
-def _default_frames(povplan, subset: tuple[int | None, int | None]) -> list[int]:
+def _default_frames(povplan: PovrayPlan, subset: tuple[int | None, int | None]) -> list[int]:
     """An animating INI's frames, as `povray scene.ini` renders them: the Subset range when
     the INI gives one, else Initial_Frame..Final_Frame, in steps of Frame_Step."""
     step = int(povplan.options.get("Frame_Step", "1"))
@@ -328,7 +338,7 @@ def pack_povray(
         raise PackError(f"{source}: no such file")
     root = source.parent.resolve()
     settings: dict[str, str] = {}
-    ini_files: list[str] = []
+    named: list[str] = []
     subset: tuple[int | None, int | None] = (None, None)
     kind = source.suffix.lower()
     try:
@@ -341,7 +351,7 @@ def pack_povray(
                     raise PackError(f"{source.name} names no scene (Input_File_Name) and there is "
                                     f"no {scene} beside it")
             settings = {"scene": scene, "ini": source.name}
-            ini_files, subset = parsed.ini_files, parsed.subset
+            named, subset = parsed.files, parsed.subset
         elif kind == ".pov":
             settings = {"scene": source.name}
         else:
@@ -377,7 +387,7 @@ def pack_povray(
     if missing:
         raise PackError(f"cannot pack {final.scene}: {len(missing)} file(s) missing or outside the "
                         "scene folder: " + "; ".join(missing))
-    files = sorted(found | set(ini_files))
+    files = sorted(found | set(named))
     for rel in files:
         if rel.lower() == "povray.ini":
             raise PackError(f"{rel}: POV-Ray would read a povray.ini at the top of the job folder as "
@@ -394,9 +404,34 @@ def pack_povray(
     except DistrenError as exc:
         raise PackError(f"the job description would be refused: {exc.message}") from None
 
-    target = Path(out) if out is not None else Path.cwd() / f"{PurePosixPath(final.scene).stem}.distren.tar.gz"
+    _check_as_the_server_will(settings, frame_ids, files, set(named), root)
+    default_name = f"{PurePosixPath(final.scene).stem}.distren.tar.gz"
+    target = Path(out) if out is not None else Path.cwd() / default_name
+    if target.is_dir():
+        target = target / default_name
     _write_package(target, xml, [(rel, root / rel) for rel in files])
     return PackResult(path=target, spec=spec, files=files, warnings=list(final.warnings))
+
+
+def _check_as_the_server_will(settings: dict[str, str], frame_ids: list[int], files: list[str],
+                              ini_named: set[str], root: Path) -> None:
+    """Plan the job in a folder holding only the packed files (those the INI names copied when
+    they are small enough to be INIs, the rest empty stand-ins), so that a file the settings
+    need but the package lacks is found now rather than by the server."""
+    with tempfile.TemporaryDirectory(prefix="distren-check-") as scratch:
+        folder = Path(scratch)
+        for rel in files:
+            path = folder / rel
+            path.parent.mkdir(parents=True, exist_ok=True)
+            source = root / rel
+            if rel in ini_named and source.stat().st_size <= MAX_INI_BYTES:
+                path.write_bytes(source.read_bytes())
+            else:
+                path.touch()
+        try:
+            check_frames(plan(settings, folder), frame_ids)
+        except DistrenError as exc:
+            raise PackError(f"the package would be refused: {exc.message}") from None
 
 
 def _write_package(target: Path, xml: bytes, entries: list[tuple[str, Path]]) -> None:

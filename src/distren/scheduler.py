@@ -39,8 +39,16 @@ class Lease:
     seed_sha256: str
     seed_size: int
     frame_ids: tuple[int, ...]
-    depends: tuple[str, ...]
+    depends: tuple[dict, ...]   # {"url", "sha256", "size"} of each dependency's output
     expires: float | None
+    owner: str = ""
+
+    def to_json(self, lease_seconds: float | None) -> dict:
+        return {
+            "job": self.job, "frame": self.frame, "attempt": self.attempt, "backend": self.backend,
+            "settings": self.settings, "seed": {"sha256": self.seed_sha256, "size": self.seed_size},
+            "frame_ids": list(self.frame_ids), "depends": list(self.depends), "lease_seconds": lease_seconds,
+        }
 
 
 def _clip_log(log: str | None) -> str | None:
@@ -106,6 +114,10 @@ class Scheduler:
                 "INSERT OR IGNORE INTO deps(job_id, frame, dep_server, dep_job, dep_frame) VALUES (?,?,?,?,?)",
                 ((job, f.id, d.server, d.job, d.frame) for f in spec.frames for d in f.depends),
             )
+            c.executemany(
+                "INSERT OR IGNORE INTO remote_deps(server, job, frame) VALUES (?,?,?)",
+                ((d.server, d.job, d.frame) for f in spec.frames for d in f.depends if d.server != self.server),
+            )
             self._settle(c, ((job, f.id) for f in spec.frames))
         self.on_ready()
 
@@ -130,14 +142,23 @@ class Scheduler:
             c.execute("DELETE FROM jobs WHERE status='intake'")
 
     # -- readiness -----------------------------------------------------------------------
-    def _dep_states(self, c: sqlite3.Connection, job: int, frame: int) -> list[tuple[str, str | None]]:
+    def _deps(self, c: sqlite3.Connection, job: int, frame: int) -> list[sqlite3.Row]:
+        """A frame's dependencies: url, state and output, for frames here and on peers."""
         rows = c.execute(
-            "SELECT d.dep_server, d.dep_job, d.dep_frame, f.state FROM deps d"
-            " LEFT JOIN frames f ON f.job_id=d.dep_job AND f.frame=d.dep_frame AND d.dep_server=?"
-            " WHERE d.job_id=? AND d.frame=?",
-            (self.server, job, frame),
+            "SELECT d.dep_server, d.dep_job, d.dep_frame,"
+            " CASE WHEN d.dep_server=? THEN f.state ELSE r.state END AS state,"
+            " CASE WHEN d.dep_server=? THEN f.output_sha256 ELSE r.output_sha256 END AS sha256,"
+            " CASE WHEN d.dep_server=? THEN f.output_size ELSE r.output_size END AS size"
+            " FROM deps d"
+            " LEFT JOIN frames f ON d.dep_server=? AND f.job_id=d.dep_job AND f.frame=d.dep_frame"
+            " LEFT JOIN remote_deps r ON r.server=d.dep_server AND r.job=d.dep_job AND r.frame=d.dep_frame"
+            " WHERE d.job_id=? AND d.frame=? ORDER BY d.dep_server, d.dep_job, d.dep_frame",
+            (self.server, self.server, self.server, self.server, job, frame),
         ).fetchall()
-        return [(format_url(r[0], r[1], r[2]), r[3]) for r in rows]
+        return rows
+
+    def _dep_states(self, c: sqlite3.Connection, job: int, frame: int) -> list[tuple[str, str | None]]:
+        return [(format_url(r[0], r[1], r[2]), r["state"]) for r in self._deps(c, job, frame)]
 
     def _settle(self, c: sqlite3.Connection, frames: Iterable[tuple[int, int]]) -> None:
         """Move waiting frames on: ready when every dependency is done, failed when one failed
@@ -165,10 +186,10 @@ class Scheduler:
             elif all(st == "done" for _, st in deps):
                 c.execute("UPDATE frames SET state='ready' WHERE job_id=? AND frame=?", (job, frame))
 
-    def _dependents(self, c: sqlite3.Connection, job: int, frame: int) -> list[tuple[int, int]]:
+    def _dependents(self, c: sqlite3.Connection, job: int, frame: int, server: str | None = None) -> list[tuple[int, int]]:
         rows = c.execute(
             "SELECT job_id, frame FROM deps WHERE dep_server=? AND dep_job=? AND dep_frame=?",
-            (self.server, job, frame),
+            (server or self.server, job, frame),
         ).fetchall()
         return [(r[0], r[1]) for r in rows]
 
@@ -205,28 +226,35 @@ class Scheduler:
                 "SELECT backend, settings, seed_sha256, seed_size FROM jobs WHERE id=?", (job,)
             ).fetchone()
             ids = tuple(r[0] for r in c.execute("SELECT frame FROM frames WHERE job_id=? ORDER BY frame", (job,)))
-            deps = tuple(url for url, _ in self._dep_states(c, job, frame))
+            deps = tuple(
+                {"url": format_url(r[0], r[1], r[2]), "sha256": r["sha256"], "size": r["size"]}
+                for r in self._deps(c, job, frame)
+            )
         return Lease(
             job=job, frame=frame, attempt=attempt, backend=jrow["backend"],
             settings=json.loads(jrow["settings"]), seed_sha256=jrow["seed_sha256"],
-            seed_size=jrow["seed_size"], frame_ids=ids, depends=deps, expires=expires,
+            seed_size=jrow["seed_size"], frame_ids=ids, depends=deps, expires=expires, owner=owner,
         )
 
-    def _running(self, c: sqlite3.Connection, job: int, frame: int, attempt: int) -> None:
-        row = c.execute("SELECT state, attempts FROM frames WHERE job_id=? AND frame=?", (job, frame)).fetchone()
+    def _running(self, c: sqlite3.Connection, job: int, frame: int, attempt: int, owner: str | None = None) -> None:
+        row = c.execute(
+            "SELECT state, attempts, lease_owner FROM frames WHERE job_id=? AND frame=?", (job, frame)
+        ).fetchone()
         if row is None:
             raise NotFound(f"no frame {format_url(self.server, job, frame)}")
-        if row["state"] != "running" or row["attempts"] != attempt:
+        if row["state"] != "running" or row["attempts"] != attempt or (owner and row["lease_owner"] != owner):
             raise Conflict(
                 f"attempt {attempt} of {format_url(self.server, job, frame)} is not current"
                 f" (frame is {row['state']}, attempt {row['attempts']})"
             )
 
-    def complete(self, job: int, frame: int, attempt: int, output: Blob, rendered_by: str, log: str) -> None:
+    def complete(
+        self, job: int, frame: int, attempt: int, output: Blob, rendered_by: str, log: str, owner: str | None = None
+    ) -> None:
         """Record a frame's output. Raises Conflict for a superseded or expired attempt."""
         now = self.clock()
         with self._tx() as c:
-            self._running(c, job, frame, attempt)
+            self._running(c, job, frame, attempt, owner)
             c.execute(
                 "UPDATE frames SET state='done', finished=?, output_sha256=?, output_size=?,"
                 " rendered_by=?, lease_owner=NULL, lease_expires=NULL WHERE job_id=? AND frame=?",
@@ -236,14 +264,16 @@ class Scheduler:
             self._settle(c, self._dependents(c, job, frame))
         self.on_ready()
 
-    def fail(self, job: int, frame: int, attempt: int, log: str, error: str, *, counts: bool = True) -> str:
+    def fail(
+        self, job: int, frame: int, attempt: int, log: str, error: str, *, counts: bool = True, owner: str | None = None
+    ) -> str:
         """Record a failed attempt. The frame is ready again until it has failed
         `max_failures` times; then it is failed, and so are the frames waiting for it.
         `counts=False` for attempts that were interrupted through no fault of the frame.
         Returns the frame's new state."""
         now = self.clock()
         with self._tx() as c:
-            self._running(c, job, frame, attempt)
+            self._running(c, job, frame, attempt, owner)
             failures = c.execute(
                 "SELECT failures FROM frames WHERE job_id=? AND frame=?", (job, frame)
             ).fetchone()[0] + (1 if counts else 0)
@@ -265,6 +295,38 @@ class Scheduler:
             "UPDATE attempts SET finished=?, outcome=?, log=? WHERE job_id=? AND frame=? AND attempt=?",
             (self.clock(), outcome, _clip_log(log), job, frame, attempt),
         )
+
+    def heartbeat(self, job: int, frame: int, attempt: int, owner: str, lease_seconds: float) -> float:
+        """Extend a lease; Conflict when it is no longer this renderer's. Returns the expiry."""
+        expires = self.clock() + lease_seconds
+        with self._tx() as c:
+            self._running(c, job, frame, attempt, owner)
+            c.execute("UPDATE frames SET lease_expires=? WHERE job_id=? AND frame=?", (expires, job, frame))
+        return expires
+
+    def pending_remote_deps(self) -> list[tuple[str, int, int]]:
+        """Frames on peers that waiting frames here depend on, not yet known done or failed."""
+        rows = self.conn.execute(
+            "SELECT DISTINCT r.server, r.job, r.frame FROM remote_deps r JOIN deps d"
+            " ON d.dep_server=r.server AND d.dep_job=r.job AND d.dep_frame=r.frame"
+            " JOIN frames f ON f.job_id=d.job_id AND f.frame=d.frame"
+            " WHERE r.state='waiting' AND f.state='waiting'"
+        ).fetchall()
+        return [(r[0], r[1], r[2]) for r in rows]
+
+    def set_remote_dep(self, server: str, job: int, frame: int, state: str, output: Blob | None = None,
+                       error: str | None = None) -> None:
+        """What a peer reported of a frame that frames here depend on: 'done' (with its output,
+        already in the blob store), 'failed' or 'cancelled'; dependents move on."""
+        with self._tx() as c:
+            c.execute(
+                "UPDATE remote_deps SET state=?, output_sha256=?, output_size=?, error=?, checked=?"
+                " WHERE server=? AND job=? AND frame=?",
+                (state, output.sha256 if output else None, output.size if output else None, error,
+                 self.clock(), server, job, frame),
+            )
+            self._settle(c, self._dependents(c, job, frame, server))
+        self.on_ready()
 
     def recover(self, owner: str) -> int:
         """At start-up: frames leased to this server's own renderers were interrupted by the
@@ -332,6 +394,13 @@ class Scheduler:
                 (job,),
             )
             c.execute("UPDATE jobs SET status='active', bundle_sha256=NULL, bundle_key=NULL WHERE id=?", (job,))
+            # frames on peers that failed may have been retried there: ask again
+            c.execute(
+                "UPDATE remote_deps SET state='waiting', error=NULL WHERE state != 'done' AND EXISTS"
+                " (SELECT 1 FROM deps d WHERE d.job_id=? AND d.dep_server=remote_deps.server"
+                " AND d.dep_job=remote_deps.job AND d.dep_frame=remote_deps.frame)",
+                (job,),
+            )
             self._settle(c, ((job, f) for f in sorted(frames)))
         self.on_ready()
         return len(frames)
@@ -462,9 +531,12 @@ class Scheduler:
         ).fetchall()
         return [(r[0], Blob(r[1], r[2])) for r in rows]
 
-    def is_running(self, job: int, frame: int, attempt: int) -> bool:
-        row = self.conn.execute("SELECT state, attempts FROM frames WHERE job_id=? AND frame=?", (job, frame)).fetchone()
-        return row is not None and row["state"] == "running" and row["attempts"] == attempt
+    def is_running(self, job: int, frame: int, attempt: int, owner: str | None = None) -> bool:
+        row = self.conn.execute(
+            "SELECT state, attempts, lease_owner FROM frames WHERE job_id=? AND frame=?", (job, frame)
+        ).fetchone()
+        return (row is not None and row["state"] == "running" and row["attempts"] == attempt
+                and (owner is None or row["lease_owner"] == owner))
 
     def cached_bundle(self, job: int, key: str) -> str | None:
         row = self.conn.execute("SELECT bundle_sha256, bundle_key FROM jobs WHERE id=?", (job,)).fetchone()

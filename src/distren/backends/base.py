@@ -49,6 +49,7 @@ class Backend:
     name: str = ""
     executable: str = ""
     ro_paths: tuple[str, ...] = ()
+    env: dict[str, str] = {}
 
     def version(self) -> str | None:
         """The renderer's version, or None when it is not installed."""
@@ -72,7 +73,7 @@ class Backend:
     async def render(self, task: FrameTask) -> RenderResult:
         """Render one frame in the sandbox, with the timeout; never raises for renderer faults."""
         try:
-            argv = Sandbox(task.scene, task.out, task.deps, self.ro_paths).argv(self.command(task))
+            argv = Sandbox(task.scene, task.out, task.deps, self.ro_paths, dict(self.env)).argv(self.command(task))
         except Exception as exc:  # a settings problem found late is the frame's failure
             return RenderResult(False, "", f"cannot start the renderer: {exc}", [])
         rc, log, timed_out = await run_process(argv, task.timeout)

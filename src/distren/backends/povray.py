@@ -23,6 +23,9 @@ class PovrayBackend(Backend):
     name = "povray"
     executable = "povray"
     ro_paths = ("/etc/povray",)
+    # POV-Ray reads ./povray.ini instead of the system one; pin the system file (plan() also
+    # refuses a job folder holding povray.ini).
+    env = {"POVINI": "/etc/povray/3.7/povray.ini"}
 
     def version(self) -> str | None:
         return _povray_version()

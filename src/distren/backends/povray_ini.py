@@ -287,7 +287,7 @@ _DROPPED: dict[str, str] = {
     "Test_Abort_Count": "distren stops renders itself",
     "Continue_Trace": "distren renders every frame from the start",
     "Create_Continue_Trace_Log": "distren renders every frame from the start",
-    "Output_To_File": _OUTPUT,
+    "Output_to_File": _OUTPUT,
     "Buffer_Output": _OUTPUT,
     "Buffer_Size": _OUTPUT,
     "Work_Threads": "distren chooses the number of threads",
@@ -346,7 +346,7 @@ _SWITCHES = (
     _Switch("EF", "Subset_End_Frame"),
     _Switch("EP", "Preview_End_Size"),
     _Switch("ER", "End_Row"),
-    _Switch("F", "Output_File_Type", "Output_To_File", optional=True),
+    _Switch("F", "Output_File_Type", "Output_to_File", optional=True),
     _Switch("GA", "All_File", "All_Console", optional=True),
     _Switch("GD", "Debug_File", "Debug_Console", optional=True),
     _Switch("GF", "Fatal_File", "Fatal_Console", optional=True),
@@ -479,14 +479,15 @@ class IniOptions:
     `options` maps canonical option names to canonical values (the last one wins);
     `declares` holds every `NAME=value` Declare in order; `subset` is the INI's
     Subset_Start_Frame/Subset_End_Frame (whole frames only), which distren does not pass on
-    but `distren pack` uses as the default frame range; `ini_files` lists the INI and every
-    INI it includes, as relative paths, in the order read."""
+    but `distren pack` uses as the default frame range; `files` lists, as relative paths in
+    the order met, every file the INI names and distren checks: the INI itself, the INIs it
+    includes, and each Input_File_Name and Include_Header (also those a later line overrides)."""
 
     options: dict[str, str] = field(default_factory=dict)
     declares: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     subset: tuple[int | None, int | None] = (None, None)
-    ini_files: list[str] = field(default_factory=list)
+    files: list[str] = field(default_factory=list)
 
 
 _DELIMS = frozenset(" \t\v\f,;#\"'[]=")  # where a key or switch name ends
@@ -529,7 +530,7 @@ class _IniReader:
             raise BadSettings(f"{rel} is larger than {MAX_INI_BYTES} bytes; that is no INI file")
         text = path.read_bytes().decode("utf-8", errors="replace")
         self.stack.append(rel)
-        self.result.ini_files.append(rel)
+        self._note_file(rel)
         # Options before the first section header always apply; a named section only when asked for.
         active = True
         for number, line in enumerate(re.split(r"\r\n|\r|\n", text), start=1):
@@ -574,6 +575,9 @@ class _IniReader:
                     return active  # POV-Ray reads one option per line and skips the rest
             start = pos
             value, pos = self._read_plain(line, pos, smart=True)
+            if not value:
+                pos += 1  # a stray separator such as ','
+                continue
             if "=" in value:
                 # POV-Ray stops with a parse error here; distren drops the text.
                 self._warn(where, f"unknown option {_show(line[start:].strip())} dropped")
@@ -685,7 +689,7 @@ class _IniReader:
                 raise BadSettings(f"{where}: bad value {_show(param)} for Output_File_Type (switch {shown}): "
                                   "expected a type letter, then bits per colour or g")
             if sign == "-":
-                assign("Output_To_File", "off")
+                assign("Output_to_File", "off")
             assign("Output_File_Type", match.group(1))
             extra = match.group(2) or ""
             if extra.isdigit():
@@ -701,6 +705,10 @@ class _IniReader:
             assign(switch.key, param)
 
     # -- options -------------------------------------------------------------------------------
+
+    def _note_file(self, rel: str) -> None:
+        if rel not in self.result.files:
+            self.result.files.append(rel)
 
     def _warn(self, where: str, message: str) -> None:
         self.result.warnings.append(f"{where}: {message}")
@@ -724,9 +732,11 @@ class _IniReader:
         if key in _PATH_KEYS:
             extension = ".pov" if key == "Input_File_Name" else ".inc"
             try:
-                self.result.options[key] = _find_file(value.strip(), self.root, extension)
+                rel = _find_file(value.strip(), self.root, extension)
             except ValueError as exc:
                 raise self._bad_value(where, shown, value, str(exc)) from None
+            self.result.options[key] = rel
+            self._note_file(rel)
             return
         validator = _declare if key == "Declare" else _KEPT[key]
         try:
@@ -787,8 +797,9 @@ class _IniReader:
 
 def parse_ini(path: Path, root: Path) -> IniOptions:
     """Read the INI file at `path` (absolute, or relative to the job folder `root`) and the INIs
-    it includes. Raises BadSettings for a refused option, a bad value, a file outside root,
-    an Include_Ini cycle or nesting deeper than MAX_INCLUDE_DEPTH."""
+    it includes. File names in INIs are relative to root, POV-Ray's working directory, not to
+    the INI's own folder. Raises BadSettings for a refused option, a bad value, a file outside
+    root, an Include_Ini cycle or nesting deeper than MAX_INCLUDE_DEPTH."""
     root = Path(root)
     path = Path(path)
     try:
@@ -997,7 +1008,7 @@ def frame_args(plan: PovrayPlan, frame: int, output_prefix: str, threads: int | 
         raise BadSettings(f"scene {_show(plan.scene)} is not a relative path")
     args += [
         f"Input_File_Name={_arg_path(plan.scene, 'scene')}",
-        "Output_To_File=on",
+        "Output_to_File=on",
         f"Output_File_Name={_arg_path(output_prefix, 'output prefix')}",
         "Display=off",
         "Pause_When_Done=off",

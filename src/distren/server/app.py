@@ -19,7 +19,11 @@ from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
-from ..errors import DistrenError, TooLarge
+from ..errors import DistrenError, NotFound, TooLarge
+from ..federation.auth import Verifier, check_client_token, load_secret
+from ..federation.peers import PeerClient, PeerError
+from ..federation.routes import create_peer_router
+from ..federation.service import Federation, FederationSettings
 from ..url import MAX_ID, format_url
 from .config import ServerConfig
 from .core import Core
@@ -50,16 +54,23 @@ def error_response(status: int, code: str, message: str) -> JSONResponse:
 def create_app(config: ServerConfig, core: Core | None = None) -> FastAPI:
     state: dict = {}
 
+    token = load_token(config.client_token_file)
+
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
         c = core or Core(config)
-        runner = Runner(c, config.slots)
-        state["core"], state["runner"] = c, runner
+        fed = make_federation(c, config)
+        runner = Runner(c, config.slots, fed)
+        state["core"], state["runner"], state["fed"] = c, runner, fed
         await runner.start()
+        if fed is not None:
+            fed.start()
         try:
             yield
         finally:
             await runner.stop()
+            if fed is not None:
+                await fed.stop()
             if core is None:
                 c.close()
 
@@ -95,12 +106,41 @@ def create_app(config: ServerConfig, core: Core | None = None) -> FastAPI:
     def core_() -> Core:
         return state["core"]
 
-    @api.get("/server", summary="This server: name, version, backends, slots")
+    def fed_():
+        return state.get("fed")
+
+    def client_auth(request: Request) -> None:
+        check_client_token(token, request.headers.get("authorization"))
+
+    def peers_json() -> list[dict]:
+        fed = fed_()
+        return [p.to_json() for p in fed.peers.peers.values()] if fed else []
+
+    @api.get("/server", summary="This server: name, version, backends, slots, peers")
     async def server_info() -> dict:
-        return core_().server_info()
+        info = core_().server_info()
+        info["peers"] = peers_json()
+        return info
+
+    @api.get("/peers", summary="This server's peers and their health")
+    async def peers() -> list[dict]:
+        return peers_json()
+
+    @api.get("/servers/{server}/{rest:path}", summary="Query a peer's jobs and frames through this server")
+    async def proxy(server: str, rest: str, request: Request):
+        c = core_()
+        if server == c.name:
+            raise NotFound(f"use /api/v1/{rest} for this server's own jobs")
+        fed = fed_()
+        if fed is None or server not in fed.peers.peers:
+            raise NotFound(f"server {server!r} is not a peer of {c.name!r}")
+        if not rest.startswith("jobs") or ".." in rest.split("/"):
+            raise NotFound(f"only jobs, frames, outputs and bundles of peers can be queried: {rest!r}")
+        return await proxy_get(fed.peers, server, f"/api/v1/{rest}")
 
     @api.post("/jobs", status_code=201, openapi_extra=TARBALL_BODY, summary="Submit a job package (raw tarball body)")
     async def submit(request: Request) -> dict:
+        client_auth(request)
         c = core_()
         length = request.headers.get("content-length")
         if length is not None:
@@ -159,14 +199,16 @@ def create_app(config: ServerConfig, core: Core | None = None) -> FastAPI:
         )
 
     @api.post("/jobs/{job}/cancel", summary="Cancel a job: unfinished frames are cancelled")
-    async def cancel(job: int = JobId) -> dict:
+    async def cancel(request: Request, job: int = JobId) -> dict:
+        client_auth(request)
         c = core_()
         for j, f, _ in c.scheduler.cancel(job):
             state["runner"].kill(j, f)
         return c.scheduler.job(job)
 
     @api.post("/jobs/{job}/retry", summary="Requeue a job's failed and cancelled frames")
-    async def retry(job: int = JobId) -> dict:
+    async def retry(request: Request, job: int = JobId) -> dict:
+        client_auth(request)
         c = core_()
         n = c.scheduler.retry(job)
         out = c.scheduler.job(job)
@@ -174,11 +216,62 @@ def create_app(config: ServerConfig, core: Core | None = None) -> FastAPI:
         return out
 
     @api.delete("/jobs/{job}", summary="Delete a job (its id is never reused)")
-    async def delete(job: int = JobId) -> dict:
+    async def delete(request: Request, job: int = JobId) -> dict:
+        client_auth(request)
         c = core_()
         for j, f, _ in c.scheduler.delete(job):
             state["runner"].kill(j, f)
         return {"deleted": format_url(c.name, job)}
 
     app.include_router(api)
+    app.include_router(create_peer_router(core_, fed_))
     return app
+
+
+def load_token(path: Path | None) -> str | None:
+    if path is None:
+        return None
+    try:
+        token = Path(path).read_text().strip()
+    except OSError as exc:
+        raise DistrenError(f"cannot read the client token file {path}: {exc.strerror}") from None
+    if not token:
+        raise DistrenError(f"the client token file {path} is empty")
+    return token
+
+
+def make_federation(core: Core, config: ServerConfig):
+    """The federation service, when a secret is configured (peers may be none: a server that
+    only hands out work still needs the secret to check the requests of those who claim)."""
+    if config.federation_secret_file is None:
+        if config.peers:
+            raise DistrenError("--peer needs --federation-secret-file")
+        return None
+    secret = load_secret(config.federation_secret_file)
+    settings = FederationSettings(
+        lease_seconds=config.lease_seconds, heartbeat_seconds=config.heartbeat_seconds,
+        claim_backoff_max=config.claim_backoff_max, watch_seconds=config.watch_seconds,
+    )
+    return Federation(core, PeerClient(core.name, secret, config.peers), settings, Verifier(secret))
+
+
+async def proxy_get(peers, server: str, path: str):
+    """Forward a GET to a peer; stream its answer back (downloads are never held in memory)."""
+    from starlette.responses import StreamingResponse
+
+    cm = await peers.stream(server, path)
+    try:
+        resp = await cm.__aenter__()
+    except Exception as exc:
+        raise PeerError(f"peer {server} unreachable: {exc}") from None
+    headers = {k: v for k, v in resp.headers.items()
+               if k.lower() in ("content-type", "content-disposition", "x-distren-sha256", "content-length")}
+
+    async def body():
+        try:
+            async for chunk in resp.aiter_raw(1024 * 1024):
+                yield chunk
+        finally:
+            await cm.__aexit__(None, None, None)
+
+    return StreamingResponse(body(), status_code=resp.status_code, headers=headers)

@@ -25,6 +25,15 @@ class ServerConfig:
     tar_limits: TarLimits = field(default_factory=TarLimits)
     # POV-Ray threads per render; None: cores / slots, at least 1.
     render_threads: int | None = None
+    # Federation: peers by name -> base URL, the shared secret's file, lease timings.
+    peers: dict[str, str] = field(default_factory=dict)
+    federation_secret_file: Path | None = None
+    lease_seconds: float = 60.0
+    heartbeat_seconds: float | None = None
+    claim_backoff_max: float = 5.0
+    watch_seconds: float = 2.0
+    # When set, submit, cancel, retry and delete need "Authorization: Bearer <token>".
+    client_token_file: Path | None = None
 
     def threads(self) -> int:
         if self.render_threads:

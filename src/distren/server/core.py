@@ -102,7 +102,7 @@ class Core:
                 raise BadJob(f"unknown backend {spec.backend!r} (this server knows: {known})")
             for frame in spec.frames:
                 for dep in frame.depends:
-                    if dep.server != self.name:
+                    if dep.server != self.name and dep.server not in self.config.peers:
                         raise BadJob(
                             f"frame {frame.id} depends on {dep}: server {dep.server!r} is not this server or a peer"
                         )

@@ -1,15 +1,18 @@
-"""Local render slots. Each slot takes a lease on the best ready frame, prepares the frame's
-folders (scene, dependency outputs, an empty output folder), has the backend render it in the
-sandbox, stores the output tarball as a blob and reports the result to the scheduler."""
+"""Render slots. A free slot leases the best ready frame of its own server; when there is none
+it claims one from a peer (federation). It prepares the frame's folders (scene, dependency
+outputs, an empty output folder), has the backend render it in the sandbox, stores the output
+tarball as a blob and reports the result to the frame's home server: its own scheduler, or the
+peer that granted the lease (heartbeating while it renders)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import shutil
 from pathlib import Path
 
-from ..backends.base import FrameTask
+from ..backends.base import FrameTask, RenderResult
 from ..errors import Conflict, DistrenError
 from ..scheduler import Lease
 from ..store.blobs import Blob
@@ -21,12 +24,13 @@ IDLE_POLL = 1.0
 
 
 class Runner:
-    def __init__(self, core: Core, slots: int):
+    def __init__(self, core: Core, slots: int, federation=None):
         self.core = core
         self.slots = slots
+        self.federation = federation
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
-        self._renders: dict[tuple[int, int], asyncio.Task] = {}
+        self._renders: dict[tuple[str, int, int], asyncio.Task] = {}
         core.scheduler.on_ready = self.wake
 
     def wake(self) -> None:
@@ -42,88 +46,131 @@ class Runner:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
 
-    def kill(self, job: int, frame: int) -> None:
-        task = self._renders.get((job, frame))
+    def kill(self, job: int, frame: int, home: str | None = None) -> None:
+        task = self._renders.get((home or self.core.name, job, frame))
         if task is not None:
             task.cancel()
+
+    async def _next(self, backends: list[str]) -> tuple[str | None, Lease] | None:
+        lease = self.core.scheduler.claim(self.core.lease_owner, backends)
+        if lease is not None:
+            return None, lease
+        if self.federation is not None:
+            return await self.federation.claim(backends)
+        return None
 
     async def _slot(self, index: int) -> None:
         backends = self.core.available_backends()
         while True:
             self._wake.clear()
-            lease = self.core.scheduler.claim(self.core.lease_owner, backends)
-            if lease is None:
-                try:
-                    await asyncio.wait_for(self._wake.wait(), IDLE_POLL)
-                except asyncio.TimeoutError:
-                    pass
+            got = await self._next(backends)
+            if got is None:
+                idle = IDLE_POLL
+                if self.federation is not None:
+                    idle = min(IDLE_POLL, max(0.05, self.federation.next_claim_in()))
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), idle)
                 continue
-            render = asyncio.create_task(self._render(lease))
-            self._renders[(lease.job, lease.frame)] = render
+            home, lease = got
+            key = (home or self.core.name, lease.job, lease.frame)
+            render = asyncio.create_task(self._render(home, lease))
+            self._renders[key] = render
             try:
                 await asyncio.wait({render})
             except asyncio.CancelledError:
                 render.cancel()
                 await asyncio.gather(render, return_exceptions=True)
-                self._interrupted(lease)
+                if home is None:
+                    self._local_failure(lease, "", "interrupted: server stopping", counts=False)
                 raise
             finally:
-                self._renders.pop((lease.job, lease.frame), None)
-            if render.cancelled():
-                continue  # the job was cancelled; the scheduler already knows
-            exc = render.exception()
-            if exc is not None:
-                log.error("render of %s/%s failed unexpectedly: %r", lease.job, lease.frame, exc)
-                self._report_failure(lease, "", f"internal error: {exc}")
+                self._renders.pop(key, None)
+            if not render.cancelled() and render.exception() is not None:
+                exc = render.exception()
+                log.error("render of %s failed unexpectedly: %r", key, exc)
+                if home is None:
+                    self._local_failure(lease, "", f"internal error: {exc}")
 
-    def _interrupted(self, lease: Lease) -> None:
+    def _local_failure(self, lease: Lease, log_text: str, error: str, counts: bool = True) -> None:
         try:
-            self.core.scheduler.fail(lease.job, lease.frame, lease.attempt, "", "interrupted: server stopping", counts=False)
-        except DistrenError:
-            pass
-
-    def _report_failure(self, lease: Lease, log_text: str, error: str) -> None:
-        try:
-            self.core.scheduler.fail(lease.job, lease.frame, lease.attempt, log_text, error)
+            self.core.scheduler.fail(lease.job, lease.frame, lease.attempt, log_text, error, counts=counts)
         except Conflict:
             pass  # cancelled or superseded meanwhile
 
-    async def _render(self, lease: Lease) -> None:
+    async def _render(self, home: str | None, lease: Lease) -> None:
         core = self.core
-        work = core.work_dir / f"{lease.job}-{lease.frame}-{lease.attempt}"
+        work = core.work_dir / f"{home or core.name}-{lease.job}-{lease.frame}-{lease.attempt}"
+        heart = asyncio.create_task(self._heartbeat(home, lease, asyncio.current_task())) if home else None
+        try:
+            result = await self._prepare_and_render(home, lease, work)
+            if result.ok:
+                blob: Blob = await asyncio.to_thread(core.put_output, result.outputs, work / "out")
+            if heart is not None:
+                heart.cancel()
+            await self._report(home, lease, result, blob if result.ok else None)
+        finally:
+            if heart is not None:
+                heart.cancel()
+            await asyncio.to_thread(shutil.rmtree, work, True)
+
+    async def _prepare_and_render(self, home: str | None, lease: Lease, work: Path) -> RenderResult:
+        core = self.core
         out, deps = work / "out", work / "deps"
         try:
             out.mkdir(parents=True)
             deps.mkdir()
+            if home is not None:
+                await self.federation.fetch_blob(home, lease.seed_sha256, lease.seed_size)
             scene = await asyncio.to_thread(core.scene, lease.seed_sha256)
-            await asyncio.to_thread(self._fetch_deps, lease, deps)
-            backend = core.backends[lease.backend]
-            task = FrameTask(
-                settings=lease.settings, scene=scene, frame=lease.frame, frame_ids=lease.frame_ids,
-                out=out, deps=deps, timeout=core.config.frame_timeout, threads=core.config.threads(),
-            )
-            result = await backend.render(task)
-            if not result.ok:
-                self._report_failure(lease, result.log, result.error or "render failed")
-                return
-            blob: Blob = await asyncio.to_thread(core.put_output, result.outputs, out)
-            try:
-                core.scheduler.complete(lease.job, lease.frame, lease.attempt, blob, core.name, result.log)
-            except Conflict:
-                pass
+            for dep in lease.depends:
+                if home is not None:
+                    await self.federation.fetch_blob(home, dep["sha256"], dep["size"])
+                url = parse_url(dep["url"])
+                dest = deps / url.server / str(url.job) / str(url.frame)
+                await asyncio.to_thread(core.extract_output, Blob(dep["sha256"], dep["size"]), dest)
         except DistrenError as exc:
-            self._report_failure(lease, "", exc.message)
+            return RenderResult(False, "", f"cannot prepare the frame: {exc.message}", [])
         except OSError as exc:
-            self._report_failure(lease, "", f"cannot prepare or store the frame: {exc}")
-        finally:
-            await asyncio.to_thread(shutil.rmtree, work, True)
+            return RenderResult(False, "", f"cannot prepare the frame: {exc}", [])
+        task = FrameTask(
+            settings=lease.settings, scene=scene, frame=lease.frame, frame_ids=lease.frame_ids,
+            out=out, deps=deps, timeout=core.config.frame_timeout, threads=core.config.threads(),
+        )
+        return await core.backends[lease.backend].render(task)
 
-    def _fetch_deps(self, lease: Lease, deps: Path) -> None:
-        """Dependency outputs unpacked at deps/<server>/<job>/<frame>/ (in the sandbox:
-        /job/_distren/deps/<server>/<job>/<frame>/)."""
-        for text in lease.depends:
-            url = parse_url(text)
-            if url.server != self.core.name:
-                raise Conflict(f"dependency {url} is on another server")  # federation: later
-            blob = self.core.scheduler.frame_output(url.job, url.frame)
-            self.core.extract_output(blob, deps / url.server / str(url.job) / str(url.frame))
+    async def _report(self, home: str | None, lease: Lease, result: RenderResult, blob: Blob | None) -> None:
+        core = self.core
+        if home is None:
+            if blob is not None:
+                try:
+                    core.scheduler.complete(lease.job, lease.frame, lease.attempt, blob, core.name, result.log)
+                except Conflict:
+                    pass
+            else:
+                self._local_failure(lease, result.log, result.error or "render failed")
+            return
+        try:
+            if blob is not None:
+                await self.federation.upload_result(home, lease, blob, result.log)
+            else:
+                await self.federation.report_failure(home, lease, result.log, result.error or "render failed")
+        except DistrenError as exc:
+            # 409: our lease expired or was superseded; the home server has moved on
+            log.warning("result of distren://%s/%d/%d attempt %d not taken: %s",
+                        home, lease.job, lease.frame, lease.attempt, exc.message)
+
+    async def _heartbeat(self, home: str, lease: Lease, render: asyncio.Task) -> None:
+        """Renew the lease every third of its length; stop the render when the home server
+        says the lease is gone (409)."""
+        period = self.federation.settings.heartbeat()
+        while True:
+            await asyncio.sleep(period)
+            try:
+                await self.federation.heartbeat(home, lease)
+            except DistrenError as exc:
+                status = getattr(exc, "http_status", None)
+                if status in (404, 409):
+                    log.warning("lease of distren://%s/%d/%d lost: %s", home, lease.job, lease.frame, exc.message)
+                    render.cancel()
+                    return
+                # unreachable: keep rendering, try again next period

@@ -112,6 +112,22 @@ class BlobStore:
                 w.write(chunk)
             return w.commit()
 
+    def adopt(self, path: Path, expect_sha256: str) -> Blob:
+        """Move a finished file (inside the store's tmp folder, e.g. a resumed download) into
+        the store after checking its hash; ValueError when it does not match (file removed)."""
+        h = hashlib.sha256()
+        size = 0
+        with open(path, "rb") as f:
+            while chunk := f.read(CHUNK):
+                h.update(chunk)
+                size += len(chunk)
+            os.fsync(f.fileno())
+        if h.hexdigest() != expect_sha256:
+            path.unlink(missing_ok=True)
+            raise ValueError(f"hash mismatch: expected {expect_sha256}, got {h.hexdigest()}")
+        self._publish(path, expect_sha256)
+        return Blob(expect_sha256, size)
+
     def _publish(self, tmp: Path, digest: str) -> None:
         final = self.path(digest)
         final.parent.mkdir(exist_ok=True)

@@ -58,6 +58,19 @@ CREATE TABLE IF NOT EXISTS deps (
     PRIMARY KEY (job_id, frame, dep_server, dep_job, dep_frame)
 );
 CREATE INDEX IF NOT EXISTS deps_target ON deps (dep_server, dep_job, dep_frame);
+-- Frames of other servers that frames here depend on, and what is known of them.
+CREATE TABLE IF NOT EXISTS remote_deps (
+    server TEXT NOT NULL,
+    job INTEGER NOT NULL,
+    frame INTEGER NOT NULL,
+    -- 'waiting' until the peer reports the frame done (output fetched), 'failed' or 'cancelled'
+    state TEXT NOT NULL DEFAULT 'waiting',
+    output_sha256 TEXT,
+    output_size INTEGER,
+    error TEXT,
+    checked REAL,
+    PRIMARY KEY (server, job, frame)
+);
 CREATE TABLE IF NOT EXISTS attempts (
     job_id INTEGER NOT NULL,
     frame INTEGER NOT NULL,

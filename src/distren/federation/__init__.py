@@ -1,0 +1,1 @@
+"""Federation: named servers share a job's frames (pull, with leases) and dependencies."""

@@ -1,0 +1,173 @@
+"""The peer table: which servers this one shares work with, how to reach them, how they are.
+
+A peer is a name and a base URL. On first contact the server asks the peer's name
+(`GET /api/v1/peer/hello`) and refuses to work with a peer whose answer differs. Every request
+is signed (auth.py). Health: last contact, consecutive failures, last error.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, AsyncIterator
+
+import httpx
+
+from ..errors import DistrenError
+from ..url import check_server_name
+from . import auth
+
+CHUNK = 1024 * 1024
+
+
+class PeerError(DistrenError):
+    """Raised when a peer cannot be reached, answers with an error, or sends bad data."""
+
+    status = 502
+    code = "peer_error"
+
+    def __init__(self, message: str, status: int | None = None):
+        super().__init__(message)
+        self.http_status = status
+
+
+@dataclass
+class Peer:
+    name: str
+    url: str
+    verified: bool = False
+    last_contact: float | None = None
+    failures: int = 0
+    last_error: str | None = None
+    # claim back-off: no claim before this time
+    next_claim: float = 0.0
+    backoff: float = 0.0
+
+    def to_json(self) -> dict:
+        return {
+            "name": self.name, "url": self.url, "verified": self.verified,
+            "last_contact": self.last_contact, "failures": self.failures, "last_error": self.last_error,
+            "healthy": self.verified and self.failures == 0,
+        }
+
+
+def parse_peer(text: str) -> tuple[str, str]:
+    """`NAME=URL` as given to --peer."""
+    name, sep, url = text.partition("=")
+    if not sep or not url.startswith(("http://", "https://")):
+        raise DistrenError(f"--peer {text!r}: expected NAME=http://HOST:PORT")
+    return check_server_name(name), url.rstrip("/")
+
+
+class PeerClient:
+    """Signed HTTP requests from this server to its peers."""
+
+    def __init__(self, me: str, secret: bytes, peers: dict[str, str], timeout: float = 30.0):
+        self.me = me
+        self.secret = secret
+        self.peers = {name: Peer(name, url) for name, url in peers.items()}
+        self.http = httpx.AsyncClient(timeout=timeout)
+
+    async def close(self) -> None:
+        await self.http.aclose()
+
+    def get(self, name: str) -> Peer:
+        peer = self.peers.get(name)
+        if peer is None:
+            raise PeerError(f"server {name!r} is not a peer of {self.me!r}", 404)
+        return peer
+
+    def _ok(self, peer: Peer) -> None:
+        peer.last_contact = time.time()
+        peer.failures = 0
+        peer.last_error = None
+
+    def _failed(self, peer: Peer, error: str) -> None:
+        peer.failures += 1
+        peer.last_error = error
+
+    async def ensure_verified(self, peer: Peer) -> None:
+        if peer.verified:
+            return
+        resp = await self._send(peer, "GET", "/api/v1/peer/hello", verify=False)
+        name = resp.json().get("name")
+        if name != peer.name:
+            self._failed(peer, f"answers as {name!r}, not {peer.name!r}")
+            raise PeerError(f"peer at {peer.url} answers as {name!r}, not {peer.name!r}")
+        peer.verified = True
+
+    async def request(
+        self, name: str, method: str, path: str, *, json: Any = None, content: bytes | None = None,
+        file: Path | None = None, file_sha256: str | None = None, headers: dict | None = None,
+        ok: tuple[int, ...] = (200, 201, 204),
+    ) -> httpx.Response:
+        peer = self.get(name)
+        await self.ensure_verified(peer)
+        return await self._send(peer, method, path, json=json, content=content, file=file,
+                                file_sha256=file_sha256, headers=headers, ok=ok)
+
+    async def _send(
+        self, peer: Peer, method: str, path: str, *, json: Any = None, content: bytes | None = None,
+        file: Path | None = None, file_sha256: str | None = None, headers: dict | None = None,
+        ok: tuple[int, ...] = (200, 201, 204), verify: bool = True,
+    ) -> httpx.Response:
+        import json as _json
+
+        body: Any = None
+        hdrs = dict(headers or {})
+        if json is not None:
+            content = _json.dumps(json).encode()
+            hdrs["Content-Type"] = "application/json"
+        if file is not None:
+            body_sha = file_sha256 or _file_sha256(file)
+            body = _file_chunks(file)
+            hdrs["Content-Length"] = str(file.stat().st_size)
+        else:
+            body = content
+            body_sha = hashlib.sha256(content or b"").hexdigest()
+        hdrs.update(auth.sign(self.secret, self.me, method, path, body_sha))
+        try:
+            resp = await self.http.request(method, peer.url + path, content=body, headers=hdrs)
+        except httpx.HTTPError as exc:
+            self._failed(peer, f"{type(exc).__name__}: {exc}")
+            raise PeerError(f"peer {peer.name} at {peer.url} unreachable: {exc}") from None
+        if resp.status_code not in ok:
+            message = _error_message(resp)
+            if resp.status_code >= 500 or resp.status_code == 401:
+                self._failed(peer, message)
+            else:
+                self._ok(peer)
+            raise PeerError(f"peer {peer.name}: {message}", resp.status_code)
+        self._ok(peer)
+        return resp
+
+    async def stream(self, name: str, path: str, headers: dict | None = None) -> AsyncIterator[httpx.Response]:
+        """A signed streaming GET; use as `async with client.stream(...) as resp`."""
+        peer = self.get(name)
+        await self.ensure_verified(peer)
+        hdrs = dict(headers or {})
+        hdrs.update(auth.sign(self.secret, self.me, "GET", path))
+        return self.http.stream("GET", peer.url + path, headers=hdrs)
+
+
+def _error_message(resp: httpx.Response) -> str:
+    try:
+        return f"HTTP {resp.status_code}: {resp.json()['error']['message']}"
+    except Exception:
+        return f"HTTP {resp.status_code}"
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+async def _file_chunks(path: Path):
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK):
+            yield chunk

@@ -1,0 +1,142 @@
+"""The peer API under /api/v1/peer: every route needs a signed request (auth.py).
+
+    GET  /peer/hello                                   this server's name
+    POST /peer/claim             {"backends": [...]}   200 a lease, or 204 no work
+    POST /peer/leases/{job}/{frame}/{attempt}/heartbeat   renew; 409 when the lease is gone
+    PUT  /peer/leases/{job}/{frame}/{attempt}/output      the frame tarball (body hash signed)
+    POST /peer/leases/{job}/{frame}/{attempt}/complete {"sha256", "size", "log"}
+    POST /peer/leases/{job}/{frame}/{attempt}/fail     {"log", "error"}
+    GET  /peer/blobs/{sha256}                          a seed or output blob (HTTP Range)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Callable
+
+from fastapi import APIRouter, Request
+from fastapi.responses import FileResponse, JSONResponse, Response
+
+from ..errors import BadJob, Conflict, DistrenError, TooLarge, Unauthorized
+from ..store.blobs import Blob
+from ..url import MAX_ID
+from . import auth
+
+MAX_JSON_BYTES = 4 * 1024 * 1024
+
+
+def _target(request: Request) -> str:
+    q = request.url.query
+    return request.url.path + (f"?{q}" if q else "")
+
+
+def create_peer_router(get_core: Callable, get_fed: Callable) -> APIRouter:
+    router = APIRouter(prefix="/api/v1/peer", tags=["peer"])
+
+    def verifier() -> auth.Verifier:
+        fed = get_fed()
+        if fed is None:
+            raise Unauthorized("this server has no federation secret: peer requests are refused")
+        return fed.verifier
+
+    async def signed_json(request: Request) -> tuple[str, dict]:
+        peer, body_sha = verifier().verify(request.method, _target(request), request.headers)
+        body = b""
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > MAX_JSON_BYTES:
+                raise TooLarge(f"peer request body exceeds {MAX_JSON_BYTES} bytes")
+        auth.check_body(body_sha, hashlib.sha256(body).hexdigest())
+        try:
+            data = json.loads(body) if body else {}
+        except ValueError:
+            raise BadJob("peer request body is not JSON") from None
+        if not isinstance(data, dict):
+            raise BadJob("peer request body must be a JSON object")
+        return peer, data
+
+    def check_ids(job: int, frame: int, attempt: int) -> None:
+        for v in (job, frame, attempt):
+            if not 0 <= v <= MAX_ID:
+                raise BadJob("ids must be integers >= 0")
+
+    @router.get("/hello")
+    async def hello(request: Request) -> dict:
+        verifier().verify(request.method, _target(request), request.headers)
+        return {"name": get_core().name}
+
+    @router.post("/claim", responses={204: {"description": "no work"}})
+    async def claim(request: Request):
+        peer, data = await signed_json(request)
+        backends = data.get("backends")
+        if not isinstance(backends, list) or not all(isinstance(b, str) for b in backends):
+            raise BadJob("claim needs {\"backends\": [names]}")
+        core, fed = get_core(), get_fed()
+        lease = core.scheduler.claim(peer, backends, fed.settings.lease_seconds)
+        if lease is None:
+            return Response(status_code=204)
+        return lease.to_json(fed.settings.lease_seconds)
+
+    @router.post("/leases/{job}/{frame}/{attempt}/heartbeat")
+    async def heartbeat(job: int, frame: int, attempt: int, request: Request) -> dict:
+        peer, _ = await signed_json(request)
+        check_ids(job, frame, attempt)
+        fed = get_fed()
+        expires = get_core().scheduler.heartbeat(job, frame, attempt, peer, fed.settings.lease_seconds)
+        return {"lease_seconds": fed.settings.lease_seconds, "expires": expires}
+
+    @router.put("/leases/{job}/{frame}/{attempt}/output")
+    async def put_output(job: int, frame: int, attempt: int, request: Request) -> dict:
+        peer, body_sha = verifier().verify(request.method, _target(request), request.headers)
+        check_ids(job, frame, attempt)
+        core = get_core()
+        if not core.scheduler.is_running(job, frame, attempt, peer):
+            raise Conflict(f"attempt {attempt} of frame {frame} of job {job} is not leased to {peer}")
+        writer = core.blobs.writer(core.config.max_job_bytes)
+        try:
+            async for chunk in request.stream():
+                writer.write(chunk)
+            writer.close()
+        except BaseException:
+            writer.abort()
+            raise
+        try:
+            blob = writer.commit(expect_sha256=body_sha)
+        except ValueError:
+            raise Unauthorized("body does not match its signed hash (tampered?)") from None
+        return {"sha256": blob.sha256, "size": blob.size}
+
+    @router.post("/leases/{job}/{frame}/{attempt}/complete")
+    async def complete(job: int, frame: int, attempt: int, request: Request) -> dict:
+        peer, data = await signed_json(request)
+        check_ids(job, frame, attempt)
+        core = get_core()
+        sha, size, log = data.get("sha256"), data.get("size"), data.get("log", "")
+        if not isinstance(sha, str) or not isinstance(size, int) or not isinstance(log, str):
+            raise BadJob("complete needs {\"sha256\": str, \"size\": int, \"log\": str}")
+        if not core.blobs.has(sha):
+            raise Conflict(f"output {sha} was not uploaded")
+        core.scheduler.complete(job, frame, attempt, Blob(sha, size), peer, log, owner=peer)
+        return {"state": "done"}
+
+    @router.post("/leases/{job}/{frame}/{attempt}/fail")
+    async def fail(job: int, frame: int, attempt: int, request: Request) -> dict:
+        peer, data = await signed_json(request)
+        check_ids(job, frame, attempt)
+        log, error = data.get("log", ""), data.get("error", "render failed")
+        if not isinstance(log, str) or not isinstance(error, str):
+            raise BadJob("fail needs {\"log\": str, \"error\": str}")
+        state = get_core().scheduler.fail(job, frame, attempt, log, f"{error} (on {peer})", owner=peer)
+        return {"state": state}
+
+    @router.get("/blobs/{sha256}")
+    async def blob(sha256: str, request: Request):
+        verifier().verify(request.method, _target(request), request.headers)
+        core = get_core()
+        path = core.blobs.path(sha256)
+        if not path.is_file():
+            return JSONResponse({"error": {"code": "not_found", "message": f"no blob {sha256}"}}, status_code=404)
+        return FileResponse(path, media_type="application/octet-stream")
+
+    return router
