@@ -266,3 +266,89 @@ def test_signed_requests(farm, tmp_path):
     # a signature for one path does not open another
     other = signed(secret, "GET", "/api/v1/peer/hello")
     assert httpx.get(a.url + "/api/v1/peer/blobs/" + "0" * 64, headers=other).status_code == 401
+
+
+def test_peer_with_the_wrong_name_is_not_trusted(farm, tmp_path):
+    a = farm.add("A", 1, [])
+    c = farm.add("C", 0, [])
+    c.start()
+    a.extra += ["--peer", f"B={c.url}"]  # B's address, but C answers there
+    a.start()
+    deadline = time.monotonic() + 20
+    while True:
+        peers = a.client().peers()
+        if peers[0]["last_error"]:
+            break
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    assert peers[0]["name"] == "B" and not peers[0]["verified"] and not peers[0]["healthy"]
+    assert "answers as 'C'" in peers[0]["last_error"]
+
+
+def test_client_token_guards_changes(tmp_path):
+    token = tmp_path / "token"
+    token.write_text("s3cret-token\n")
+    s = ServerProcess(tmp_path / "data", "alpha", 0, ["--client-token-file", str(token)]).start()
+    try:
+        pkg = pack(tmp_path, final=1)
+        r = run_cli("submit", str(pkg), "--server", s.url)
+        assert r.returncode == 3 and "token" in r.stderr
+        r = run_cli("submit", str(pkg), "--server", s.url, env={"DISTREN_TOKEN": "wrong"})
+        assert r.returncode == 3
+        r = run_cli("submit", str(pkg), "--server", s.url, env={"DISTREN_TOKEN": "s3cret-token"})
+        assert r.returncode == 0, r.stderr
+        url = r.stdout.strip()
+        assert httpx.post(f"{s.url}/api/v1/jobs/1/cancel").status_code == 401
+        assert run_cli("cancel", url, "--server", s.url, env={"DISTREN_TOKEN": "s3cret-token"}).returncode == 0
+        # queries stay open
+        assert httpx.get(f"{s.url}/api/v1/jobs/1").status_code == 200
+    finally:
+        s.stop()
+
+
+def test_interrupted_download_resumes_with_range(farm, tmp_path):
+    import asyncio
+
+    from distren.federation.peers import PeerClient
+    from distren.federation.service import Federation, FederationSettings
+    from distren.store.blobs import BlobStore
+
+    a = farm.add("A", 0, ["B"])
+    farm.start()
+    big = tmp_path / "big"
+    make_scene(big)
+    (big / "noise.bin").write_bytes(os.urandom(3_000_000))  # incompressible: a large seed
+    pkg = tmp_path / "big.tar"
+    (big / "distrenjob.xml").write_text('<distrenjob><name>big</name><backend name="povray"><ini>scene.ini</ini>'
+                                        '</backend><frames><frame id="0"/></frames></distrenjob>')
+    with tarfile.open(pkg, "w") as t:
+        for p in sorted(big.iterdir()):
+            t.add(p, p.name)
+    job = a.client().submit(pkg)
+    seed = job["seed"]
+
+    class Core:
+        blobs = BlobStore(tmp_path / "b-blobs")
+
+    seen = []
+
+    async def run():
+        peers = PeerClient("B", farm.secret.read_bytes().strip(), {"A": a.url})
+        peers.http.event_hooks["request"] = [lambda req: _record(seen, req)]
+        fed = Federation(Core(), peers, FederationSettings(), verifier=None)
+        whole = (a.data / "blobs" / seed["sha256"][:2] / seed["sha256"]).read_bytes()
+        part = Core.blobs.tmp_dir / f"download-{seed['sha256']}.part"
+        part.write_bytes(whole[:1_000_000])  # what an interrupted transfer left
+        blob = await fed.fetch_blob("A", seed["sha256"], seed["size"])
+        await peers.close()
+        return blob, whole
+
+    blob, whole = asyncio.run(run())
+    assert blob.sha256 == seed["sha256"] and blob.size == len(whole)
+    assert Core.blobs.path(blob.sha256).read_bytes() == whole
+    ranges = [r for r in seen if "/peer/blobs/" in r[0]]
+    assert ranges == [(f"/api/v1/peer/blobs/{seed['sha256']}", "bytes=1000000-")]
+
+
+async def _record(seen: list, request) -> None:
+    seen.append((request.url.path, request.headers.get("range")))

@@ -1,0 +1,171 @@
+"""The scheduler's state machine on a real SQLite file, with a controlled clock."""
+
+from __future__ import annotations
+
+import pytest
+
+from distren.errors import Conflict, NotFound
+from distren.job.spec import FrameSpec, JobSpec
+from distren.scheduler import Scheduler
+from distren.store import db
+from distren.store.blobs import Blob
+from distren.url import DistrenURL
+
+SEED = Blob("a" * 64, 10)
+OUT = Blob("b" * 64, 20)
+
+
+class Clock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def sched(tmp_path):
+    clock = Clock()
+    s = Scheduler(db.connect(tmp_path / "db.sqlite3"), "me", max_failures=2, clock=clock)
+    s.test_clock = clock
+    return s
+
+
+def add_job(s: Scheduler, frames: dict[int, list], priority: int = 0, server: str = "me") -> int:
+    job = s.begin_job()
+    specs = [FrameSpec(f, [d if isinstance(d, DistrenURL) else DistrenURL(server, job, d) for d in deps])
+             for f, deps in frames.items()]
+    s.activate_job(job, JobSpec("j", "povray", {}, specs, priority), SEED)
+    return job
+
+
+def states(s: Scheduler, job: int) -> dict[int, str]:
+    return {f["frame"]: f["state"] for f in s.frames(job)}
+
+
+def test_claim_order_priority_then_job_then_frame(sched):
+    low = add_job(sched, {3: [], 1: []})
+    high = add_job(sched, {9: []}, priority=5)
+    order = [(l.job, l.frame) for l in iter(lambda: sched.claim("r", ["povray"]), None)]
+    assert order == [(high, 9), (low, 1), (low, 3)]
+
+
+def test_claim_only_for_known_backends(sched):
+    add_job(sched, {0: []})
+    assert sched.claim("r", ["blender"]) is None
+    assert sched.claim("r", []) is None
+
+
+def test_dependencies_gate_readiness_and_ripple(sched):
+    job = add_job(sched, {0: [], 5: [0], 1000: [5]})
+    assert states(sched, job) == {0: "ready", 5: "waiting", 1000: "waiting"}
+    lease = sched.claim("r", ["povray"])
+    assert (lease.frame, lease.attempt) == (0, 1)
+    assert sched.claim("r", ["povray"]) is None
+    sched.complete(job, 0, 1, OUT, "me", "log")
+    assert states(sched, job)[5] == "ready"
+    lease = sched.claim("r", ["povray"])
+    assert lease.depends == ({"url": f"distren://me/{job}/0", "sha256": OUT.sha256, "size": OUT.size},)
+
+
+def test_attempt_number_fences_late_results(sched):
+    job = add_job(sched, {0: []})
+    first = sched.claim("peerB", ["povray"], lease_seconds=10)
+    sched.test_clock.now += 11
+    assert sched.expire_leases() == 1
+    assert states(sched, job)[0] == "ready"
+    second = sched.claim("peerC", ["povray"], lease_seconds=10)
+    assert second.attempt == first.attempt + 1
+    with pytest.raises(Conflict):
+        sched.complete(job, 0, first.attempt, OUT, "peerB", "late", owner="peerB")
+    with pytest.raises(Conflict):  # right attempt, wrong renderer
+        sched.complete(job, 0, second.attempt, OUT, "peerB", "x", owner="peerB")
+    sched.complete(job, 0, second.attempt, OUT, "peerC", "ok", owner="peerC")
+    frame = sched.frame(job, 0)
+    assert frame["state"] == "done" and frame["rendered_by"] == "peerC"
+    assert [h["outcome"] for h in frame["history"]] == ["failed", "done"]
+
+
+def test_heartbeat_extends_the_lease(sched):
+    job = add_job(sched, {0: []})
+    lease = sched.claim("peerB", ["povray"], lease_seconds=10)
+    sched.test_clock.now += 8
+    sched.heartbeat(job, 0, lease.attempt, "peerB", 10)
+    sched.test_clock.now += 8
+    assert sched.expire_leases() == 0
+    with pytest.raises(Conflict):
+        sched.heartbeat(job, 0, lease.attempt, "peerC", 10)
+
+
+def test_failures_requeue_until_the_limit_then_fail_dependents(sched):
+    job = add_job(sched, {0: [], 1: [0]})
+    other = add_job(sched, {7: [DistrenURL("me", job, 1)]})
+    lease = sched.claim("r", ["povray"])
+    assert sched.fail(job, 0, lease.attempt, "log 1", "exit code 1") == "ready"
+    lease = sched.claim("r", ["povray"])
+    assert sched.fail(job, 0, lease.attempt, "log 2", "exit code 1") == "failed"
+    assert states(sched, job) == {0: "failed", 1: "failed"}
+    assert sched.frame(job, 1)["error"] == f"dependency distren://me/{job}/0 failed"
+    assert states(sched, other) == {7: "failed"}
+    assert sched.job(job)["state"] == "failed"
+    assert [h["log"] for h in sched.frame(job, 0)["history"]] == ["log 1", "log 2"]
+
+
+def test_interrupted_attempts_do_not_count(sched):
+    job = add_job(sched, {0: []})
+    for _ in range(3):
+        sched.claim("local:me", ["povray"])
+        assert sched.recover("local:me") == 1
+    assert sched.frame(job, 0)["failures"] == 0 and states(sched, job)[0] == "ready"
+
+
+def test_cancel_and_retry(sched):
+    job = add_job(sched, {0: [], 1: []})
+    other = add_job(sched, {5: [DistrenURL("me", job, 1)]})
+    lease = sched.claim("r", ["povray"])
+    running = sched.cancel(job)
+    assert running == [(job, lease.frame, lease.attempt)]
+    assert sched.job(job)["state"] == "cancelled"
+    assert states(sched, job) == {0: "cancelled", 1: "cancelled"}
+    assert states(sched, other) == {5: "failed"}
+    with pytest.raises(Conflict):
+        sched.complete(job, lease.frame, lease.attempt, OUT, "r", "")
+    assert sched.claim("r", ["povray"]) is None
+    assert sched.retry(job) == 2
+    assert sched.job(job)["state"] == "queued"
+    assert sched.retry(other) == 1
+    assert states(sched, other) == {5: "waiting"}
+
+
+def test_job_states(sched):
+    job = add_job(sched, {0: [], 1: []})
+    assert sched.job(job)["state"] == "queued"
+    a = sched.claim("r", ["povray"])
+    assert sched.job(job)["state"] == "running"
+    sched.complete(job, a.frame, a.attempt, OUT, "me", "")
+    b = sched.claim("r", ["povray"])
+    sched.complete(job, b.frame, b.attempt, OUT, "me", "")
+    info = sched.job(job)
+    assert info["state"] == "done" and info["frames"]["done"] == 2 and info["finished"] is not None
+
+
+def test_delete_refused_while_others_wait_and_ids_never_reused(sched):
+    first = add_job(sched, {0: []})
+    second = add_job(sched, {0: [DistrenURL("me", first, 0)]})
+    with pytest.raises(Conflict):
+        sched.delete(first)
+    sched.delete(second)
+    with pytest.raises(NotFound):
+        sched.job(second)
+    assert add_job(sched, {0: []}) == second + 1
+
+
+def test_remote_dependencies(sched):
+    job = add_job(sched, {0: [DistrenURL("peer", 4, 2)], 1: [DistrenURL("peer", 4, 3)]})
+    assert states(sched, job) == {0: "waiting", 1: "waiting"}
+    assert sorted(sched.pending_remote_deps()) == [("peer", 4, 2), ("peer", 4, 3)]
+    sched.set_remote_dep("peer", 4, 2, "done", OUT)
+    sched.set_remote_dep("peer", 4, 3, "cancelled")
+    assert states(sched, job) == {0: "ready", 1: "failed"}
+    assert sched.frame(job, 1)["error"] == "dependency distren://peer/4/3 cancelled"
+    assert sched.claim("r", ["povray"]).depends[0]["sha256"] == OUT.sha256
