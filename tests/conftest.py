@@ -57,6 +57,33 @@ def make_scene(folder: Path, final: int = 9) -> Path:
     return ini
 
 
+def dependent_package(folder: Path, dep_url: str, dep_file: str, last_frame: int = 0) -> Path:
+    """A package whose frames 0..last_frame depend on dep_url and map its output file onto a
+    plane: they cannot even parse unless the dependency's output is unpacked where
+    docs/job-format.md says (_distren/deps/<server>/<job>/<frame>/)."""
+    import tarfile
+
+    from distren.url import parse_url
+
+    u = parse_url(dep_url)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "use.pov").write_text(f"""#version 3.7;
+global_settings {{ assumed_gamma 1.0 }}
+camera {{ location <0.5, 0.5, -1> look_at <0.5, 0.5, 0> }}
+plane {{ z, 0 pigment {{ image_map {{ png "_distren/deps/{u.server}/{u.job}/{u.frame}/{dep_file}" }} }}
+  finish {{ emission 1 }} }}
+""")
+    (folder / "distrenjob.xml").write_text(f"""<distrenjob><name>use</name>
+<backend name="povray"><scene>use.pov</scene><width>16</width><height>12</height>
+<initial-frame>0</initial-frame><final-frame>{max(1, last_frame)}</final-frame></backend>
+<frames><range first="0" last="{last_frame}"><depends>{dep_url}</depends></range></frames></distrenjob>""")
+    pkg = folder.parent / f"{folder.name}.tar"
+    with tarfile.open(pkg, "w") as t:
+        t.add(folder / "distrenjob.xml", "distrenjob.xml")
+        t.add(folder / "use.pov", "use.pov")
+    return pkg
+
+
 class ServerProcess:
     """`distren serve` in a subprocess, on a free loopback port, with its own data folder."""
 

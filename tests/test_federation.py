@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import ServerProcess, make_scene, run_cli
+from conftest import ServerProcess, dependent_package, make_scene, run_cli
 from distren.federation import auth
 
 LEASE = ["--lease-seconds", "3", "--heartbeat-seconds", "0.5", "--claim-backoff-max", "0.3", "--watch-seconds", "0.3"]
@@ -127,21 +127,7 @@ def test_dependency_on_a_frame_of_another_server(farm, tmp_path):
     farm.start()
     pkg_a = pack(tmp_path, final=1, name="first")
     job_a = a.client().submit(pkg_a)
-    second = tmp_path / "second"
-    second.mkdir()
-    (second / "use.pov").write_text(f"""#version 3.7;
-global_settings {{ assumed_gamma 1.0 }}
-camera {{ location <0.5, 0.5, -1> look_at <0.5, 0.5, 0> }}
-plane {{ z, 0 pigment {{ image_map {{ png "_distren/deps/A/{job_a['id']}/1/scene1.png" }} }} finish {{ emission 1 }} }}
-""")
-    (second / "distrenjob.xml").write_text(f"""<distrenjob><name>use</name>
-<backend name="povray"><scene>use.pov</scene><width>16</width><height>12</height>
-<initial-frame>0</initial-frame><final-frame>1</final-frame></backend>
-<frames><range first="0" last="1"><depends>distren://A/{job_a['id']}/1</depends></range></frames></distrenjob>""")
-    pkg_b = tmp_path / "second.tar"
-    with tarfile.open(pkg_b, "w") as t:
-        t.add(second / "distrenjob.xml", "distrenjob.xml")
-        t.add(second / "use.pov", "use.pov")
+    pkg_b = dependent_package(tmp_path / "second", f"distren://A/{job_a['id']}/1", "scene1.png", last_frame=1)
     cb = b.client()
     job_b = cb.submit(pkg_b)
     info = cb.wait(job_b["url"], interval=0.2, timeout=120)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import httpx
 
-from conftest import make_scene, pixels, povray_direct, run_cli
+from conftest import dependent_package, make_scene, pixels, povray_direct, run_cli
 
 SLOW_POV = """#version 3.7;
 global_settings { assumed_gamma 1.0 }
@@ -116,22 +116,7 @@ def test_dependency_on_another_job_is_unpacked_for_the_renderer(server, tmp_path
     pkg = tmp_path / "first.tar.gz"
     assert run_cli("pack", str(ini), "-o", str(pkg)).returncode == 0
     job1 = client.submit(pkg)
-    # the second job's scene maps the first job's frame 1 onto a plane: it cannot parse unless
-    # the dependency output is where docs/job-format.md says
-    second = tmp_path / "second"
-    second.mkdir()
-    (second / "use.pov").write_text(f"""#version 3.7;
-global_settings {{ assumed_gamma 1.0 }}
-camera {{ location <0.5, 0.5, -1> look_at <0.5, 0.5, 0> }}
-plane {{ z, 0 pigment {{ image_map {{ png "_distren/deps/alpha/{job1['id']}/1/scene1.png" }} }} finish {{ emission 1 }} }}
-""")
-    (second / "distrenjob.xml").write_text(f"""<distrenjob><name>use</name>
-<backend name="povray"><scene>use.pov</scene><width>16</width><height>12</height></backend>
-<frames><frame id="0"><depends>distren://alpha/{job1['id']}/1</depends></frame></frames></distrenjob>""")
-    pkg2 = tmp_path / "second.tar"
-    with tarfile.open(pkg2, "w") as t:
-        t.add(second / "distrenjob.xml", "distrenjob.xml")
-        t.add(second / "use.pov", "use.pov")
+    pkg2 = dependent_package(tmp_path / "second", f"distren://alpha/{job1['id']}/1", "scene1.png")
     job2 = client.submit(pkg2)
     info = wait_done(client, job2["url"])
     assert info["state"] == "done", client.frame(f"{job2['url']}/0")

@@ -1,0 +1,341 @@
+#!/usr/bin/env python3
+"""Benchmark: does a second federated server nearly halve the wall time of a CPU-bound job?
+
+One job: the bundled sample (orbit) packed with `--frames 1-24 --width 640 --height 480
+--antialias 0.3`. At that size a frame costs about 1.5 CPU seconds, so the CPU work, not
+POV-Ray's ~0.7 s start-up idle, sets the time. It is rendered two ways, in the same run:
+
+  (1) single: one `distren serve` pinned to one core (`taskset -c 0`),
+  (2) pair:   two `distren serve`, pinned to core 0 and core 1, federated (a shared secret
+              file, each the other's --peer, --claim-backoff-max 0.5). The job is submitted to
+              the first; the second claims frames from it.
+
+Both runs use the same --slots per server (default 2: POV-Ray idles ~0.7 s per process before
+rendering, so a second process keeps the core busy meanwhile). Wall time runs from the submit
+call to the first poll (every 0.1 s) that sees the job done. Each run is checked: job done,
+24 frames done, a bundle of 24 frames. Prints both wall times, the speedup single / pair
+(target >= 1.7), which server rendered how many frames, and how busy each core was.
+
+Every run starts fresh servers (free loopback ports, temporary data folders) and stops them by
+process group, also on errors and Ctrl-C.
+
+Run: .venv/bin/python benchmarks/federation.py [--repeat N] [--slots S]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+import httpx
+
+import distren
+from distren.client import Client
+
+SAMPLE = Path(distren.__file__).parent / "samples" / "orbit"
+FRAMES = 24
+PACK_ARGS = ["--frames", f"1-{FRAMES}", "--width", "640", "--height", "480", "--antialias", "0.3"]
+TARGET = 1.7
+POLL = 0.1
+FEDERATION = ["--claim-backoff-max", "0.5"]
+
+
+def distren_cmd() -> list[str]:
+    exe = Path(sys.executable).with_name("distren")
+    return [str(exe)] if exe.exists() else [sys.executable, "-m", "distren.cli"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def cpu_ticks() -> dict[str, tuple[int, int]]:
+    """Per-core (busy, total) jiffies from /proc/stat."""
+    out = {}
+    with open("/proc/stat") as f:
+        for line in f:
+            parts = line.split()
+            if parts[0].startswith("cpu") and parts[0] != "cpu":
+                v = [int(x) for x in parts[1:]]
+                idle = v[3] + (v[4] if len(v) > 4 else 0)  # idle + iowait
+                out[parts[0]] = (sum(v[:8]) - idle, sum(v[:8]))
+    return out
+
+
+def busy_fraction(before: dict, after: dict) -> dict[str, float]:
+    return {cpu: (after[cpu][0] - before[cpu][0]) / max(1, after[cpu][1] - before[cpu][1]) for cpu in after}
+
+
+HZ = os.sysconf("SC_CLK_TCK")
+
+
+def busy_seconds(before: dict, after: dict) -> float:
+    return sum(after[cpu][0] - before[cpu][0] for cpu in after) / HZ
+
+
+def children_cpu() -> float:
+    """CPU seconds of the reaped children of this process and of their reaped descendants."""
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def self_cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def process_cpu(pid: int) -> float:
+    """CPU seconds a live process used so far (itself and its reaped children)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rpartition(")")[2].split()
+    return sum(int(x) for x in fields[11:15]) / HZ
+
+
+def wait_quiet(limit: float) -> float:
+    """Wait (up to limit seconds) for a 1-second window in which other processes keep less than
+    0.2 cores busy; returns the busy cores of the last window."""
+    deadline = time.monotonic() + limit
+    while True:
+        t0 = cpu_ticks()
+        time.sleep(1.0)
+        load = busy_seconds(t0, cpu_ticks())
+        if load < 0.2 or time.monotonic() >= deadline:
+            return load
+
+
+class Server:
+    """`distren serve` in its own process group, pinned with taskset, on a free loopback port."""
+
+    def __init__(self, root: Path, name: str, core: int, slots: int, extra: list[str] = ()):
+        self.name, self.core = name, core
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.data = root / f"data-{name}"
+        self.log = root / f"{name}.log"
+        self.cmd = ["taskset", "-c", str(core), *distren_cmd(), "serve", "--name", name,
+                    "--listen", f"127.0.0.1:{self.port}", "--data", str(self.data), "--slots", str(slots), *extra]
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        with open(self.log, "ab") as logf:
+            self.proc = subprocess.Popen(self.cmd, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                         start_new_session=True)
+
+    def wait_ready(self, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server {self.name} exited ({self.proc.returncode}):\n{self.tail()}")
+            try:
+                if httpx.get(self.url + "/api/v1/server", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError(f"server {self.name} did not start:\n{self.tail()}")
+
+    def tail(self, n: int = 3000) -> str:
+        try:
+            return self.log.read_text(errors="replace")[-n:]
+        except OSError:
+            return ""
+
+    def stop(self) -> None:
+        """SIGTERM to the whole process group (server, bwrap, povray), SIGKILL if it lingers."""
+        if self.proc is None:
+            return
+        pgid = self.proc.pid  # start_new_session: the group id is the server's pid
+        if self.proc.poll() is None:
+            try:
+                os.killpg(pgid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                pass
+        try:  # renders the server left behind, or a server that ignored SIGTERM
+            os.killpg(pgid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait()
+
+
+def run_job(servers: list[Server], package: Path, root: Path, quiet_wait: float) -> dict:
+    """Start the servers, submit to the first, time submit -> done, check, stop them all.
+    Also: how busy each core was, the CPU seconds distren used (servers and renders, start-up
+    excluded) and the CPU seconds other processes took meanwhile."""
+    cpu_before = children_cpu()
+    try:
+        for s in servers:
+            s.start()
+        for s in servers:
+            s.wait_ready()
+        background = wait_quiet(quiet_wait)
+        with Client(servers[0].url) as client:
+            startup = sum(process_cpu(s.proc.pid) for s in servers)
+            self0 = self_cpu()
+            ticks0 = cpu_ticks()
+            t0_wall, t0 = time.time(), time.perf_counter()
+            job = client.submit(package)
+            while True:
+                info = client.job(job["url"])
+                if info["state"] in ("done", "failed", "cancelled"):
+                    break
+                if time.perf_counter() - t0 > 600:
+                    raise RuntimeError(f"job {job['url']} not done after 600 s: {info}")
+                time.sleep(POLL)
+            wall = time.perf_counter() - t0
+            ticks1 = cpu_ticks()
+            busy = busy_fraction(ticks0, ticks1)
+            window_busy = busy_seconds(ticks0, ticks1)
+            driver = self_cpu() - self0
+            frames = client.frames(job["url"])
+            if info["state"] != "done" or info["total_frames"] != FRAMES or info["frames"]["done"] != FRAMES:
+                raise RuntimeError(f"job {job['url']} ended {info['state']} with {info['frames']}")
+            if len(frames) != FRAMES or any(f["state"] != "done" for f in frames):
+                raise RuntimeError(f"job {job['url']}: frames not all done: {Counter(f['state'] for f in frames)}")
+            bundle = root / "bundle.tar"
+            client.download(job["url"], bundle)
+            with tarfile.open(bundle) as t:
+                pngs = [m for m in t.getmembers() if m.isfile() and m.name.endswith(".png")]
+            if len(pngs) != FRAMES:
+                raise RuntimeError(f"job {job['url']}: bundle holds {len(pngs)} frames, expected {FRAMES}")
+            bundle.unlink()
+    except BaseException:
+        for s in servers:
+            if s.proc is not None and s.proc.poll() is not None:
+                print(f"--- log of {s.name} ---\n{s.tail()}", file=sys.stderr)
+        raise
+    finally:
+        for s in servers:
+            s.stop()
+    ours = children_cpu() - cpu_before - startup  # servers and renders from submit on (and their shutdown)
+    per_server = {}
+    for s in servers:
+        mine = [f for f in frames if f["rendered_by"] == s.name]
+        per_server[s.name] = {
+            "frames": len(mine),
+            "first_start": min((f["started"] - t0_wall for f in mine), default=None),
+            "last_finish": max((f["finished"] - t0_wall for f in mine), default=None),
+            "retries": sum(f["attempts"] - 1 for f in mine),
+        }
+    return {"wall": wall, "busy": busy, "by": per_server, "cpu": ours, "driver": driver,
+            "other": max(0.0, window_busy - ours - driver), "background": background}
+
+
+def povray_cpu_per_frame(scene: Path) -> tuple[float, float]:
+    """One frame rendered by povray itself on core 0, one thread: (wall, CPU seconds)."""
+    out = Path(tempfile.mkdtemp(prefix="distren-bench-probe-"))
+    try:
+        before = os.times()
+        t0 = time.perf_counter()
+        subprocess.run(["taskset", "-c", "0", "povray", "orbit.ini", "+SF12", "+EF12", "+W640", "+H480", "+A0.3",
+                        "+WT1", "-D", f"+O{out}/probe"], cwd=scene, check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wall = time.perf_counter() - t0
+        after = os.times()
+        return wall, (after.children_user - before.children_user) + (after.children_system - before.children_system)
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+
+
+def describe(label: str, r: dict) -> list[str]:
+    lines = [f"{label}: {r['wall']:6.2f} s",
+             "    core busy: " + "  ".join(f"{cpu} {100 * v:3.0f}%" for cpu, v in sorted(r["busy"].items()))
+             + f"; distren used {r['cpu']:.1f} CPU s ({r['cpu'] / FRAMES:.2f} per frame),"
+             f" other processes ~{r['other']:.1f} CPU s ({r['other'] / r['wall']:.2f} cores)"]
+    for name, s in r["by"].items():
+        if s["frames"]:
+            lines.append(f"    {name}: {s['frames']:2d} frames, first start {s['first_start']:5.2f} s,"
+                         f" last finish {s['last_finish']:5.2f} s after submit" +
+                         (f", {s['retries']} retries" if s["retries"] else ""))
+        else:
+            lines.append(f"    {name}:  0 frames")
+    return lines
+
+
+def _sigterm(signum, frame):
+    raise KeyboardInterrupt
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeat", type=int, default=1, help="runs of each way; the best is kept (default 1)")
+    parser.add_argument("--slots", type=int, default=2, help="render slots per server, the same in both ways (default 2)")
+    parser.add_argument("--quiet-wait", type=float, default=20.0,
+                        help="before each timed run, wait up to this many seconds for other processes to leave"
+                             " the cores idle (default 20)")
+    args = parser.parse_args()
+    if shutil.which("taskset") is None or shutil.which("povray") is None:
+        print("needs taskset and povray on PATH", file=sys.stderr)
+        return 2
+    if len(os.sched_getaffinity(0)) < 2:
+        print("needs at least 2 cores", file=sys.stderr)
+        return 2
+    signal.signal(signal.SIGTERM, _sigterm)
+    best: dict[str, dict | None] = {"single": None, "pair": None}
+    try:
+        with tempfile.TemporaryDirectory(prefix="distren-bench-fed-") as tmp:
+            tmp = Path(tmp)
+            scene = tmp / "orbit"
+            shutil.copytree(SAMPLE, scene, ignore=shutil.ignore_patterns("*.png"))
+            package = tmp / "orbit.tar.gz"
+            subprocess.run(distren_cmd() + ["pack", "orbit.ini", "-o", str(package), *PACK_ARGS], cwd=scene,
+                           check=True, stdout=subprocess.DEVNULL)
+            probe_wall, probe_cpu = povray_cpu_per_frame(scene)
+            secret = tmp / "secret"
+            secret.write_text("a federation secret for the benchmark, long enough\n")
+            secret.chmod(0o600)
+            for i in range(args.repeat):
+                run_dir = tmp / f"run{i}-single"
+                run_dir.mkdir()
+                single = run_job([Server(run_dir, "solo", 0, args.slots)], package, run_dir, args.quiet_wait)
+                run_dir = tmp / f"run{i}-pair"
+                run_dir.mkdir()
+                a = Server(run_dir, "alpha", 0, args.slots)
+                b = Server(run_dir, "beta", 1, args.slots)
+                common = ["--federation-secret-file", str(secret), *FEDERATION]
+                a.cmd += [*common, "--peer", f"beta={b.url}"]
+                b.cmd += [*common, "--peer", f"alpha={a.url}"]
+                pair = run_job([a, b], package, run_dir, args.quiet_wait)
+                print(f"run {i + 1}/{args.repeat}: single {single['wall']:.2f} s, pair {pair['wall']:.2f} s,"
+                      f" speedup {single['wall'] / pair['wall']:.2f}x", file=sys.stderr, flush=True)
+                for key, r in (("single", single), ("pair", pair)):
+                    if best[key] is None or r["wall"] < best[key]["wall"]:
+                        best[key] = r
+    except KeyboardInterrupt:
+        print("interrupted; servers stopped", file=sys.stderr)
+        return 130
+    single, pair = best["single"], best["pair"]
+    speedup = single["wall"] / pair["wall"]
+    print(f"{FRAMES} frames of orbit at 640x480, antialias 0.3 (best of {args.repeat})")
+    print(f"povray alone, one frame on one core: {probe_wall:.2f} s wall, {probe_cpu:.2f} s CPU"
+          f" ({FRAMES} frames: ~{FRAMES * probe_cpu:.0f} CPU s)")
+    print(f"slots per server: {args.slots} in both runs; pair: --claim-backoff-max 0.5, lease defaults;"
+          f" polled every {POLL} s")
+    print("\n".join(describe("(1) single server (taskset -c 0)            ", single)))
+    print("\n".join(describe("(2) federated pair (taskset -c 0, -c 1)     ", pair)))
+    noisy = max(single["other"] / single["wall"], pair["other"] / pair["wall"])
+    if noisy > 0.1:
+        print(f"warning: other processes kept ~{noisy:.2f} cores busy during a timed run: the numbers are"
+              " disturbed (run again on a quiet machine)")
+    print(f"speedup single / pair = {speedup:.2f}x  (target >= {TARGET:.2f}x: {'met' if speedup >= TARGET else 'NOT met'})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
