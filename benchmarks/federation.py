@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import resource
 import shutil
 import signal
@@ -86,22 +87,24 @@ def busy_seconds(before: dict, after: dict) -> float:
     return sum(after[cpu][0] - before[cpu][0] for cpu in after) / HZ
 
 
-def children_cpu() -> float:
-    """CPU seconds of the reaped children of this process and of their reaped descendants."""
-    r = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return r.ru_utime + r.ru_stime
-
-
 def self_cpu() -> float:
     r = resource.getrusage(resource.RUSAGE_SELF)
     return r.ru_utime + r.ru_stime
 
 
+POV_CPU = re.compile(r"with\s+([0-9.]+)\s+CPU-seconds total")
+
+
+def povray_cpu(log: str) -> float:
+    """CPU seconds POV-Ray reports in a frame's log (parse, bounding, photons, radiosity, trace)."""
+    return sum(float(x) for x in POV_CPU.findall(log))
+
+
 def process_cpu(pid: int) -> float:
-    """CPU seconds a live process used so far (itself and its reaped children)."""
+    """CPU seconds a live process used so far (itself, not its children)."""
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rpartition(")")[2].split()
-    return sum(int(x) for x in fields[11:15]) / HZ
+    return (int(fields[11]) + int(fields[12])) / HZ
 
 
 def wait_quiet(limit: float) -> float:
@@ -176,9 +179,8 @@ class Server:
 
 def run_job(servers: list[Server], package: Path, root: Path, quiet_wait: float) -> dict:
     """Start the servers, submit to the first, time submit -> done, check, stop them all.
-    Also: how busy each core was, the CPU seconds distren used (servers and renders, start-up
-    excluded) and the CPU seconds other processes took meanwhile."""
-    cpu_before = children_cpu()
+    Also: how busy each core was, the CPU seconds distren used (POV-Ray's own count from the
+    frame logs, plus the server processes) and what other processes took meanwhile."""
     try:
         for s in servers:
             s.start()
@@ -186,7 +188,7 @@ def run_job(servers: list[Server], package: Path, root: Path, quiet_wait: float)
             s.wait_ready()
         background = wait_quiet(quiet_wait)
         with Client(servers[0].url) as client:
-            startup = sum(process_cpu(s.proc.pid) for s in servers)
+            server0 = sum(process_cpu(s.proc.pid) for s in servers)
             self0 = self_cpu()
             ticks0 = cpu_ticks()
             t0_wall, t0 = time.time(), time.perf_counter()
@@ -203,6 +205,7 @@ def run_job(servers: list[Server], package: Path, root: Path, quiet_wait: float)
             busy = busy_fraction(ticks0, ticks1)
             window_busy = busy_seconds(ticks0, ticks1)
             driver = self_cpu() - self0
+            server_cpu = sum(process_cpu(s.proc.pid) for s in servers) - server0
             frames = client.frames(job["url"])
             if info["state"] != "done" or info["total_frames"] != FRAMES or info["frames"]["done"] != FRAMES:
                 raise RuntimeError(f"job {job['url']} ended {info['state']} with {info['frames']}")
@@ -215,6 +218,7 @@ def run_job(servers: list[Server], package: Path, root: Path, quiet_wait: float)
             if len(pngs) != FRAMES:
                 raise RuntimeError(f"job {job['url']}: bundle holds {len(pngs)} frames, expected {FRAMES}")
             bundle.unlink()
+            render_cpu = sum(povray_cpu(client.frame(f["url"])["log"]) for f in frames)
     except BaseException:
         for s in servers:
             if s.proc is not None and s.proc.poll() is not None:
@@ -223,7 +227,7 @@ def run_job(servers: list[Server], package: Path, root: Path, quiet_wait: float)
     finally:
         for s in servers:
             s.stop()
-    ours = children_cpu() - cpu_before - startup  # servers and renders from submit on (and their shutdown)
+    ours = render_cpu + server_cpu
     per_server = {}
     for s in servers:
         mine = [f for f in frames if f["rendered_by"] == s.name]
@@ -233,12 +237,13 @@ def run_job(servers: list[Server], package: Path, root: Path, quiet_wait: float)
             "last_finish": max((f["finished"] - t0_wall for f in mine), default=None),
             "retries": sum(f["attempts"] - 1 for f in mine),
         }
-    return {"wall": wall, "busy": busy, "by": per_server, "cpu": ours, "driver": driver,
+    return {"wall": wall, "busy": busy, "by": per_server, "render_cpu": render_cpu, "server_cpu": server_cpu,
             "other": max(0.0, window_busy - ours - driver), "background": background}
 
 
-def povray_cpu_per_frame(scene: Path) -> tuple[float, float]:
-    """One frame rendered by povray itself on core 0, one thread: (wall, CPU seconds)."""
+def povray_cpu_per_frame(scene: Path) -> tuple[float, float] | None:
+    """One frame rendered by povray itself on core 0, one thread: (wall, CPU seconds); None if
+    that render failed (it only informs)."""
     out = Path(tempfile.mkdtemp(prefix="distren-bench-probe-"))
     try:
         before = os.times()
@@ -249,6 +254,9 @@ def povray_cpu_per_frame(scene: Path) -> tuple[float, float]:
         wall = time.perf_counter() - t0
         after = os.times()
         return wall, (after.children_user - before.children_user) + (after.children_system - before.children_system)
+    except subprocess.CalledProcessError as exc:
+        print(f"probe render failed: {exc}", file=sys.stderr)
+        return None
     finally:
         shutil.rmtree(out, ignore_errors=True)
 
@@ -256,8 +264,9 @@ def povray_cpu_per_frame(scene: Path) -> tuple[float, float]:
 def describe(label: str, r: dict) -> list[str]:
     lines = [f"{label}: {r['wall']:6.2f} s",
              "    core busy: " + "  ".join(f"{cpu} {100 * v:3.0f}%" for cpu, v in sorted(r["busy"].items()))
-             + f"; distren used {r['cpu']:.1f} CPU s ({r['cpu'] / FRAMES:.2f} per frame),"
-             f" other processes ~{r['other']:.1f} CPU s ({r['other'] / r['wall']:.2f} cores)"]
+             + f"; POV-Ray {r['render_cpu']:.1f} CPU s ({r['render_cpu'] / FRAMES:.2f} per frame),"
+             f" servers {r['server_cpu']:.1f} CPU s, other processes ~{r['other']:.1f} CPU s"
+             f" ({r['other'] / r['wall']:.2f} cores)"]
     for name, s in r["by"].items():
         if s["frames"]:
             lines.append(f"    {name}: {s['frames']:2d} frames, first start {s['first_start']:5.2f} s,"
@@ -296,7 +305,7 @@ def main() -> int:
             package = tmp / "orbit.tar.gz"
             subprocess.run(distren_cmd() + ["pack", "orbit.ini", "-o", str(package), *PACK_ARGS], cwd=scene,
                            check=True, stdout=subprocess.DEVNULL)
-            probe_wall, probe_cpu = povray_cpu_per_frame(scene)
+            probe = povray_cpu_per_frame(scene)
             secret = tmp / "secret"
             secret.write_text("a federation secret for the benchmark, long enough\n")
             secret.chmod(0o600)
@@ -323,8 +332,9 @@ def main() -> int:
     single, pair = best["single"], best["pair"]
     speedup = single["wall"] / pair["wall"]
     print(f"{FRAMES} frames of orbit at 640x480, antialias 0.3 (best of {args.repeat})")
-    print(f"povray alone, one frame on one core: {probe_wall:.2f} s wall, {probe_cpu:.2f} s CPU"
-          f" ({FRAMES} frames: ~{FRAMES * probe_cpu:.0f} CPU s)")
+    if probe is not None:
+        print(f"povray alone, one frame on one core: {probe[0]:.2f} s wall, {probe[1]:.2f} s CPU"
+              f" ({FRAMES} frames: ~{FRAMES * probe[1]:.0f} CPU s)")
     print(f"slots per server: {args.slots} in both runs; pair: --claim-backoff-max 0.5, lease defaults;"
           f" polled every {POLL} s")
     print("\n".join(describe("(1) single server (taskset -c 0)            ", single)))

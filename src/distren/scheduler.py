@@ -104,11 +104,11 @@ class Scheduler:
             c.execute(
                 "UPDATE jobs SET name=?, backend=?, priority=?, settings=?, seed_sha256=?,"
                 " seed_size=?, status='active' WHERE id=? AND status='intake'",
-                (spec.name, spec.backend, spec.priority, json.dumps(spec.settings), seed.sha256, seed.size, job),
+                (spec.name, spec.backend, spec.priority, json.dumps(spec.backends()), seed.sha256, seed.size, job),
             )
             c.executemany(
-                "INSERT INTO frames(job_id, frame, priority, state) VALUES (?, ?, ?, 'waiting')",
-                ((job, f.id, spec.priority) for f in spec.frames),
+                "INSERT INTO frames(job_id, frame, backend, priority, state) VALUES (?, ?, ?, ?, 'waiting')",
+                ((job, f.id, spec.frame_backend(f), spec.priority) for f in spec.frames),
             )
             c.executemany(
                 "INSERT OR IGNORE INTO deps(job_id, frame, dep_server, dep_job, dep_frame) VALUES (?,?,?,?,?)",
@@ -204,8 +204,8 @@ class Scheduler:
         now = self.clock()
         with self._tx() as c:
             row = c.execute(
-                "SELECT f.job_id, f.frame, f.attempts FROM frames f JOIN jobs j ON j.id=f.job_id"
-                f" WHERE f.state='ready' AND j.status='active' AND j.backend IN ({marks})"
+                "SELECT f.job_id, f.frame, f.attempts, f.backend FROM frames f JOIN jobs j ON j.id=f.job_id"
+                f" WHERE f.state='ready' AND j.status='active' AND f.backend IN ({marks})"
                 " ORDER BY f.priority DESC, f.job_id, f.frame LIMIT 1",
                 names,
             ).fetchone()
@@ -231,8 +231,8 @@ class Scheduler:
                 for r in self._deps(c, job, frame)
             )
         return Lease(
-            job=job, frame=frame, attempt=attempt, backend=jrow["backend"],
-            settings=json.loads(jrow["settings"]), seed_sha256=jrow["seed_sha256"],
+            job=job, frame=frame, attempt=attempt, backend=row["backend"],
+            settings=json.loads(jrow["settings"])[row["backend"]], seed_sha256=jrow["seed_sha256"],
             seed_size=jrow["seed_size"], frame_ids=ids, depends=deps, expires=expires, owner=owner,
         )
 
@@ -466,6 +466,7 @@ class Scheduler:
             "url": format_url(self.server, row["id"]),
             "name": row["name"],
             "backend": row["backend"],
+            "backends": list(json.loads(row["settings"])),
             "priority": row["priority"],
             "state": state,
             "frames": counts,
@@ -508,6 +509,7 @@ class Scheduler:
             "frame": row["frame"],
             "url": format_url(self.server, row["job_id"], row["frame"]),
             "state": row["state"],
+            "backend": row["backend"],
             "attempts": row["attempts"],
             "failures": row["failures"],
             "started": row["started"],

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
-from .sandbox import OUT_DIR, Sandbox
+from .sandbox import DEPS_DIR, OUT_DIR, Sandbox
 
 LOG_TAIL = 256 * 1024
 
@@ -33,6 +33,26 @@ class FrameTask:
     deps: Path           # dependency outputs on the host
     timeout: float
     threads: int = 1
+    home: str = ""                    # the job's server
+    job: int = 0
+    depends: tuple[str, ...] = ()     # dependency frame URLs, in order
+
+    def dep_dir(self, url: str) -> Path:
+        """Where a dependency's output files are on the host (see sandbox_path)."""
+        from ..url import parse_url
+
+        u = parse_url(url)
+        return self.deps / u.server / str(u.job) / str(u.frame)
+
+    def sandbox_path(self, host: Path) -> str:
+        """The path inside the sandbox of a host path under `out` or `deps`."""
+        for root, inside in ((self.out, OUT_DIR), (self.deps, DEPS_DIR)):
+            try:
+                rel = host.relative_to(root)
+            except ValueError:
+                continue
+            return inside if str(rel) == "." else f"{inside}/{rel.as_posix()}"
+        raise ValueError(f"{host} is not visible in the sandbox")
 
 
 @dataclass
@@ -91,13 +111,22 @@ class Backend:
 async def run_process(argv: list[str], timeout: float) -> tuple[int, str, bool]:
     """Run argv in its own process group; on timeout or cancellation kill the whole group.
     Returns (exit code, the tail of stdout+stderr, timed out)."""
-    proc = await asyncio.create_subprocess_exec(
+    # Started under a shield: a cancellation (job cancelled) that lands while the process is
+    # being created must still find, and kill, the process.
+    spawn = asyncio.ensure_future(asyncio.create_subprocess_exec(
         *argv,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         start_new_session=True,
-    )
+    ))
+    try:
+        proc = await asyncio.shield(spawn)
+    except asyncio.CancelledError:
+        proc = await spawn
+        kill_group(proc.pid)
+        await proc.wait()
+        raise
     chunks: list[bytes] = []
     size = 0
 

@@ -39,7 +39,9 @@ class Sandbox:
             bwrap,
             "--unshare-all",
             "--die-with-parent",
-            "--new-session",
+            # No --new-session: the sandbox stays in the process group that run_process gives
+            # the outer bwrap (a new session without a controlling terminal, so there is no
+            # terminal to inject input into), and one killpg() ends every process inside.
             "--clearenv",
             "--setenv", "PATH", "/usr/bin:/bin",
             "--setenv", "HOME", "/tmp",

@@ -27,25 +27,40 @@ RESERVED_NAMES = ("_distren",)
 
 @dataclass
 class FrameSpec:
-    """One frame of a job and the frames it waits for (same job: bare ids in the XML)."""
+    """One frame of a job and the frames it waits for (same job: bare ids in the XML).
+    `backend` None means the job's own (first) backend."""
 
     id: int
     depends: list[DistrenURL] = field(default_factory=list)
+    backend: str | None = None
 
 
 @dataclass
 class JobSpec:
     """A parsed job description. Dependencies are full URLs; `server`/`job` in them for
-    same-job dependencies are those given to `parse_job_xml` (placeholders before submit)."""
+    same-job dependencies are those given to `parse_job_xml` (placeholders before submit).
+    `backend`/`settings` are the job's backend; `extra_backends` hold the settings of other
+    backends that single frames use (an ffmpeg encode frame of a POV-Ray job)."""
 
     name: str
     backend: str
     settings: dict[str, str]
     frames: list[FrameSpec]
     priority: int = 0
+    extra_backends: dict[str, dict[str, str]] = field(default_factory=dict)
 
     def frame_ids(self) -> list[int]:
         return [f.id for f in self.frames]
+
+    def backends(self) -> dict[str, dict[str, str]]:
+        """Every backend of the job with its settings, the job's own first."""
+        return {self.backend: self.settings, **self.extra_backends}
+
+    def frame_backend(self, frame: FrameSpec) -> str:
+        return frame.backend or self.backend
+
+    def frames_of(self, backend: str) -> list[int]:
+        return [f.id for f in self.frames if self.frame_backend(f) == backend]
 
     def to_xml(self, server: str = "", job: int = 0) -> bytes:
         """The canonical XML; dependencies on frame `(server, job, F)` are written as bare `F`."""
@@ -53,25 +68,28 @@ class JobSpec:
         etree.SubElement(root, "name").text = self.name
         if self.priority:
             etree.SubElement(root, "priority").text = str(self.priority)
-        backend = etree.SubElement(root, "backend", name=self.backend)
-        for key, value in self.settings.items():
-            etree.SubElement(backend, key).text = value
+        for name, settings in self.backends().items():
+            backend = etree.SubElement(root, "backend", name=name)
+            for key, value in settings.items():
+                etree.SubElement(backend, key).text = value
         frames_el = etree.SubElement(root, "frames")
 
         def dep_text(url: DistrenURL) -> str:
             same_job = url.server == server and url.job == job
             return str(url.frame) if same_job else str(url)
 
-        # Frames with identical dependency lists in consecutive runs become ranges.
-        by_deps: dict[tuple[str, ...], list[int]] = {}
+        # Frames with identical dependency lists and backends in consecutive runs become ranges.
+        groups: dict[tuple, list[int]] = {}
         for frame in self.frames:
-            by_deps.setdefault(tuple(dep_text(d) for d in frame.depends), []).append(frame.id)
-        for deps, ids in by_deps.items():
+            key = (self.frame_backend(frame), tuple(dep_text(d) for d in frame.depends))
+            groups.setdefault(key, []).append(frame.id)
+        for (backend, deps), ids in groups.items():
+            extra = {} if backend == self.backend else {"backend": backend}
             for first, last in group_ranges(ids):
                 if first == last:
-                    el = etree.SubElement(frames_el, "frame", id=str(first))
+                    el = etree.SubElement(frames_el, "frame", id=str(first), **extra)
                 else:
-                    el = etree.SubElement(frames_el, "range", first=str(first), last=str(last))
+                    el = etree.SubElement(frames_el, "range", first=str(first), last=str(last), **extra)
                 for dep in deps:
                     etree.SubElement(el, "depends").text = dep
         return etree.tostring(root, xml_declaration=True, encoding="UTF-8", pretty_print=True)
@@ -138,9 +156,13 @@ def parse_job_xml(
     root = _load(data)
     name = root.findtext("name") or ""
     priority = int(root.findtext("priority") or 0)
-    backend_el = root.find("backend")
-    backend = backend_el.get("name")
-    settings = _backend_settings(backend_el)
+    backends: dict[str, dict[str, str]] = {}
+    for backend_el in root.findall("backend"):
+        name_ = backend_el.get("name")
+        if name_ in backends:
+            raise BadJobXML(f"backend {name_!r} is given twice")
+        backends[name_] = _backend_settings(backend_el)
+    backend, settings = next(iter(backends.items()))
 
     frames: list[FrameSpec] = []
     count = 0
@@ -148,6 +170,11 @@ def parse_job_xml(
         if not isinstance(el.tag, str):
             continue
         deps = [parse_dependency(d.text or "", server, job) for d in el.findall("depends")]
+        frame_backend = el.get("backend")
+        if frame_backend is not None and frame_backend not in backends:
+            raise BadJob(f"frames name backend {frame_backend!r}, which has no <backend> element")
+        if frame_backend == backend:
+            frame_backend = None
         if el.tag == "frame":
             ids = range(int(el.get("id")), int(el.get("id")) + 1)
         else:
@@ -158,14 +185,16 @@ def parse_job_xml(
         count += len(ids)
         if count > max_frames:
             raise BadJob(f"the job has more than {max_frames} frames")
-        frames.extend(FrameSpec(i, list(deps)) for i in ids)
+        frames.extend(FrameSpec(i, list(deps), frame_backend) for i in ids)
 
     seen: set[int] = set()
     for frame in frames:
         if frame.id in seen:
             raise BadJob(f"frame {frame.id} is listed twice")
         seen.add(frame.id)
-    spec = JobSpec(name=name, backend=backend, settings=settings, frames=frames, priority=priority)
+    extra = {k: v for k, v in backends.items() if k != backend}
+    spec = JobSpec(name=name, backend=backend, settings=settings, frames=frames, priority=priority,
+                   extra_backends=extra)
     check_same_job_deps(spec, server, job)
     return spec
 

@@ -96,17 +96,18 @@ class Core:
             if not xml_path.is_file():
                 raise BadJobXML(f"the package has no {JOB_XML_NAME} at its top level")
             spec = parse_job_xml(xml_path.read_bytes(), self.name, job, self.config.max_frames)
-            backend = self.backends.get(spec.backend)
-            if backend is None:
-                known = ", ".join(sorted(self.backends)) or "none"
-                raise BadJob(f"unknown backend {spec.backend!r} (this server knows: {known})")
+            for name in spec.backends():
+                if name not in self.backends:
+                    known = ", ".join(sorted(self.backends)) or "none"
+                    raise BadJob(f"unknown backend {name!r} (this server knows: {known})")
             for frame in spec.frames:
                 for dep in frame.depends:
                     if dep.server != self.name and dep.server not in self.config.peers:
                         raise BadJob(
                             f"frame {frame.id} depends on {dep}: server {dep.server!r} is not this server or a peer"
                         )
-            backend.check(spec.settings, scratch, spec.frame_ids())
+            for name, settings in spec.backends().items():
+                self.backends[name].check(settings, scratch, spec.frames_of(name))
             return spec, scratch
         except BaseException:
             _remove(scratch)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (
@@ -22,6 +22,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     name TEXT NOT NULL,
     backend TEXT NOT NULL,
     priority INTEGER NOT NULL DEFAULT 0,
+    -- {"backend name": {settings}}: the job's backend first, then any a frame names
     settings TEXT NOT NULL DEFAULT '{}',
     seed_sha256 TEXT,
     seed_size INTEGER,
@@ -34,6 +35,7 @@ CREATE TABLE IF NOT EXISTS jobs (
 CREATE TABLE IF NOT EXISTS frames (
     job_id INTEGER NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,
     frame INTEGER NOT NULL,
+    backend TEXT NOT NULL,
     priority INTEGER NOT NULL DEFAULT 0,
     state TEXT NOT NULL,
     attempts INTEGER NOT NULL DEFAULT 0,
