@@ -220,8 +220,8 @@ def test_stopped_peer_late_result_is_refused(farm, tmp_path):
     assert len(names) == len(set(names)) == 4
 
 
-def signed(secret: bytes, method: str, path: str, body: bytes = b"", **kw) -> dict:
-    return auth.sign(secret, "B", method, path, hashlib.sha256(body).hexdigest(), **kw)
+def signed(secret: bytes, method: str, path: str, body: bytes = b"", peer: str = "B", **kw) -> dict:
+    return auth.sign(secret, peer, method, path, hashlib.sha256(body).hexdigest(), **kw)
 
 
 def test_signed_requests(farm, tmp_path):
@@ -237,6 +237,7 @@ def test_signed_requests(farm, tmp_path):
         "missing": {},
         "wrong secret": signed(b"another secret, just as long", "POST", path, body),
         "stale": signed(secret, "POST", path, body, timestamp=int(time.time()) - 301),
+        "not a peer": signed(secret, "POST", path, body, peer="Z"),
     }
     for what, headers in cases.items():
         r = httpx.post(url, content=body, headers=headers)

@@ -208,7 +208,8 @@ def cmd_status(args) -> int:
         data = client.status(args.url)
     if "jobs" in data:
         s = data["server"]
-        text = "\n".join([f"{s['url']}  distren {s['version']}  slots {s['slots']}"]
+        head = f"{s['url']}" + (f"  distren {s['version']}  slots {s['slots']}" if "version" in s else "")
+        text = "\n".join([head]
                          + [_job_line(j) for j in data["jobs"]])
     elif "frame" in data:
         text = _frame_text(data)
@@ -287,13 +288,23 @@ def serve_settings(args) -> dict:
 
 
 def cmd_serve(args) -> int:
-    from .server.config import ServerConfig
     from .server.main import serve
-    from .tarballs import TarLimits
 
     s = serve_settings(args)
     path = lambda v: None if v is None else Path(v)  # noqa: E731
-    config = ServerConfig(
+    try:
+        config = _server_config(s, path)
+    except (TypeError, ValueError) as exc:
+        raise DistrenError(f"bad server setting: {exc}") from None
+    serve(config, s["listen"])
+    return EXIT_OK
+
+
+def _server_config(s: dict, path):
+    from .server.config import ServerConfig
+    from .tarballs import TarLimits
+
+    return ServerConfig(
         name=s["name"], data=Path(s["data"]), slots=int(s["slots"]), max_failures=int(s["max_failures"]),
         frame_timeout=float(s["frame_timeout"]), max_job_bytes=int(s["max_job_bytes"]),
         max_frames=int(s["max_frames"]),
@@ -301,11 +312,10 @@ def cmd_serve(args) -> int:
                              max_file_size=int(s["max_unpacked_bytes"])),
         peers=s["peers"], federation_secret_file=path(s["federation_secret_file"]),
         client_token_file=path(s["client_token_file"]), lease_seconds=float(s["lease_seconds"]),
-        heartbeat_seconds=s["heartbeat_seconds"], claim_backoff_max=float(s["claim_backoff_max"]),
+        heartbeat_seconds=None if s["heartbeat_seconds"] is None else float(s["heartbeat_seconds"]),
+        claim_backoff_max=float(s["claim_backoff_max"]),
         watch_seconds=float(s["watch_seconds"]),
     )
-    serve(config, s["listen"])
-    return EXIT_OK
 
 
 def cmd_peers(args) -> int:

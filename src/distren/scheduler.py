@@ -42,6 +42,7 @@ class Lease:
     depends: tuple[dict, ...]   # {"url", "sha256", "size"} of each dependency's output
     expires: float | None
     owner: str = ""
+    lease_seconds: float | None = None   # as granted by the home server
 
     def to_json(self, lease_seconds: float | None) -> dict:
         return {
@@ -234,6 +235,7 @@ class Scheduler:
             job=job, frame=frame, attempt=attempt, backend=row["backend"],
             settings=json.loads(jrow["settings"])[row["backend"]], seed_sha256=jrow["seed_sha256"],
             seed_size=jrow["seed_size"], frame_ids=ids, depends=deps, expires=expires, owner=owner,
+            lease_seconds=lease_seconds,
         )
 
     def _running(self, c: sqlite3.Connection, job: int, frame: int, attempt: int, owner: str | None = None) -> None:

@@ -76,8 +76,14 @@ class PeerClient:
     def get(self, name: str) -> Peer:
         peer = self.peers.get(name)
         if peer is None:
-            raise PeerError(f"server {name!r} is not a peer of {self.me!r}", 404)
+            raise PeerError(f"server {name!r} is not a peer of {self.me!r}")
         return peer
+
+    def heard_from(self, name: str) -> None:
+        """A verified request from a peer counts as contact."""
+        peer = self.peers.get(name)
+        if peer is not None:
+            peer.last_contact = time.time()
 
     def _ok(self, peer: Peer) -> None:
         peer.last_contact = time.time()

@@ -34,14 +34,22 @@ def _target(request: Request) -> str:
 def create_peer_router(get_core: Callable, get_fed: Callable) -> APIRouter:
     router = APIRouter(prefix="/api/v1/peer", tags=["peer"])
 
-    def verifier() -> auth.Verifier:
+    uploaded: dict[tuple[str, int, int, int], Blob] = {}
+
+    def verify(request: Request, known_only: bool = True) -> tuple[str, str]:
+        """The signed peer's name and body hash; only servers in the peer table are served
+        (hello answers any holder of the secret, so that it can learn a mismatch)."""
         fed = get_fed()
         if fed is None:
             raise Unauthorized("this server has no federation secret: peer requests are refused")
-        return fed.verifier
+        peer, body_sha = fed.verifier.verify(request.method, _target(request), request.headers)
+        if known_only and peer not in fed.peers.peers:
+            raise Unauthorized(f"server {peer!r} is not a peer of {get_core().name!r}")
+        fed.peers.heard_from(peer)
+        return peer, body_sha
 
     async def signed_json(request: Request) -> tuple[str, dict]:
-        peer, body_sha = verifier().verify(request.method, _target(request), request.headers)
+        peer, body_sha = verify(request)
         body = b""
         async for chunk in request.stream():
             body += chunk
@@ -63,7 +71,7 @@ def create_peer_router(get_core: Callable, get_fed: Callable) -> APIRouter:
 
     @router.get("/hello")
     async def hello(request: Request) -> dict:
-        verifier().verify(request.method, _target(request), request.headers)
+        verify(request, known_only=False)
         return {"name": get_core().name}
 
     @router.post("/claim", responses={204: {"description": "no work"}})
@@ -88,7 +96,7 @@ def create_peer_router(get_core: Callable, get_fed: Callable) -> APIRouter:
 
     @router.put("/leases/{job}/{frame}/{attempt}/output")
     async def put_output(job: int, frame: int, attempt: int, request: Request) -> dict:
-        peer, body_sha = verifier().verify(request.method, _target(request), request.headers)
+        peer, body_sha = verify(request)
         check_ids(job, frame, attempt)
         core = get_core()
         if not core.scheduler.is_running(job, frame, attempt, peer):
@@ -105,6 +113,7 @@ def create_peer_router(get_core: Callable, get_fed: Callable) -> APIRouter:
             blob = writer.commit(expect_sha256=body_sha)
         except ValueError:
             raise Unauthorized("body does not match its signed hash (tampered?)") from None
+        uploaded[(peer, job, frame, attempt)] = blob
         return {"sha256": blob.sha256, "size": blob.size}
 
     @router.post("/leases/{job}/{frame}/{attempt}/complete")
@@ -112,12 +121,14 @@ def create_peer_router(get_core: Callable, get_fed: Callable) -> APIRouter:
         peer, data = await signed_json(request)
         check_ids(job, frame, attempt)
         core = get_core()
-        sha, size, log = data.get("sha256"), data.get("size"), data.get("log", "")
-        if not isinstance(sha, str) or not isinstance(size, int) or not isinstance(log, str):
-            raise BadJob("complete needs {\"sha256\": str, \"size\": int, \"log\": str}")
-        if not core.blobs.has(sha):
-            raise Conflict(f"output {sha} was not uploaded")
-        core.scheduler.complete(job, frame, attempt, Blob(sha, size), peer, log, owner=peer)
+        sha, log = data.get("sha256"), data.get("log", "")
+        if not isinstance(sha, str) or not isinstance(log, str):
+            raise BadJob("complete needs {\"sha256\": str, \"log\": str}")
+        blob = uploaded.get((peer, job, frame, attempt))
+        if blob is None or blob.sha256 != sha:
+            raise Conflict(f"output {sha} was not uploaded for this lease")
+        core.scheduler.complete(job, frame, attempt, blob, peer, log, owner=peer)
+        uploaded.pop((peer, job, frame, attempt), None)
         return {"state": "done"}
 
     @router.post("/leases/{job}/{frame}/{attempt}/fail")
@@ -125,14 +136,16 @@ def create_peer_router(get_core: Callable, get_fed: Callable) -> APIRouter:
         peer, data = await signed_json(request)
         check_ids(job, frame, attempt)
         log, error = data.get("log", ""), data.get("error", "render failed")
-        if not isinstance(log, str) or not isinstance(error, str):
-            raise BadJob("fail needs {\"log\": str, \"error\": str}")
-        state = get_core().scheduler.fail(job, frame, attempt, log, f"{error} (on {peer})", owner=peer)
+        interrupted = data.get("interrupted", False)
+        if not isinstance(log, str) or not isinstance(error, str) or not isinstance(interrupted, bool):
+            raise BadJob("fail needs {\"log\": str, \"error\": str, \"interrupted\": bool}")
+        state = get_core().scheduler.fail(job, frame, attempt, log, f"{error} (on {peer})",
+                                          counts=not interrupted, owner=peer)
         return {"state": state}
 
     @router.get("/blobs/{sha256}")
     async def blob(sha256: str, request: Request):
-        verifier().verify(request.method, _target(request), request.headers)
+        verify(request)
         core = get_core()
         path = core.blobs.path(sha256)
         if not path.is_file():

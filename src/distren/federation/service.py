@@ -28,8 +28,10 @@ class FederationSettings:
     watch_seconds: float = 2.0
     transfer_retries: int = 5
 
-    def heartbeat(self) -> float:
-        return self.heartbeat_seconds or self.lease_seconds / 3
+    def heartbeat(self, granted: float | None = None) -> float:
+        """Heartbeat period for a lease of `granted` seconds (the home server's setting)."""
+        period = self.heartbeat_seconds or self.lease_seconds / 3
+        return min(period, granted / 3) if granted else period
 
 
 class Federation:
@@ -44,27 +46,13 @@ class Federation:
 
     # -- background loops ----------------------------------------------------------------
     def start(self) -> None:
-        self._tasks = [
-            asyncio.create_task(self._expire_loop(), name="lease-expiry"),
-            asyncio.create_task(self._watch_loop(), name="remote-deps"),
-        ]
+        self._tasks = [asyncio.create_task(self._watch_loop(), name="remote-deps")]
 
     async def stop(self) -> None:
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.peers.close()
-
-    async def _expire_loop(self) -> None:
-        period = max(0.2, min(1.0, self.settings.lease_seconds / 4))
-        while True:
-            await asyncio.sleep(period)
-            try:
-                n = self.core.scheduler.expire_leases()
-                if n:
-                    log.warning("%d lease(s) expired; frames are ready again", n)
-            except Exception:  # keep expiring whatever one round hit
-                log.exception("lease expiry failed")
 
     async def _watch_loop(self) -> None:
         while True:
@@ -79,6 +67,7 @@ class Federation:
 
     async def check_remote_dep(self, server: str, job: int, frame: int) -> None:
         """Ask the peer about one frame; fetch its output once done."""
+        self.peers.get(server)  # not (or no longer) a peer: keep waiting, the error is logged
         try:
             resp = await self.peers.request(server, "GET", f"/api/v1/jobs/{job}/frames/{frame}")
         except PeerError as exc:
@@ -142,7 +131,7 @@ class Federation:
             delay = 0.2
             for attempt in range(self.settings.transfer_retries):
                 try:
-                    await self._download(server, sha256, part)
+                    await self._download(server, sha256, part, size)
                     return await asyncio.to_thread(blobs.adopt, part, sha256)
                 except ValueError as exc:  # hash mismatch: start over
                     last = str(exc)
@@ -154,7 +143,7 @@ class Federation:
             part.unlink(missing_ok=True)
             raise PeerError(f"cannot fetch blob {sha256} from {server}: {last}")
 
-    async def _download(self, server: str, sha256: str, part: Path) -> None:
+    async def _download(self, server: str, sha256: str, part: Path, size: int | None) -> None:
         import httpx
 
         have = part.stat().st_size if part.exists() else 0
@@ -167,8 +156,12 @@ class Federation:
                     await resp.aread()
                     raise PeerError(f"HTTP {resp.status_code} for blob {sha256}", resp.status_code)
                 mode = "ab" if resp.status_code == 206 else "wb"
+                written = have if mode == "ab" else 0
                 with open(part, mode) as f:
                     async for chunk in resp.aiter_bytes(1024 * 1024):
+                        written += len(chunk)
+                        if size is not None and written > size:
+                            raise ValueError(f"blob {sha256} from {server} is larger than its {size} bytes")
                         f.write(chunk)
         except httpx.HTTPError as exc:
             raise PeerError(f"transfer from {server} interrupted: {exc}") from None
@@ -189,9 +182,11 @@ class Federation:
             home, "POST", self._lease_path(lease, "complete"),
             json={"sha256": blob.sha256, "size": blob.size, "log": log_text}))
 
-    async def report_failure(self, home: str, lease: Lease, log_text: str, error: str) -> None:
+    async def report_failure(self, home: str, lease: Lease, log_text: str, error: str, interrupted: bool = False) -> None:
+        """`interrupted`: this server is stopping; the attempt does not count as the frame's failure."""
         await self._with_retries(lambda: self.peers.request(
-            home, "POST", self._lease_path(lease, "fail"), json={"log": log_text, "error": error}))
+            home, "POST", self._lease_path(lease, "fail"),
+            json={"log": log_text, "error": error, "interrupted": interrupted}))
 
     async def _with_retries(self, call):
         delay = 0.2
@@ -216,7 +211,7 @@ def lease_from_json(data: dict, owner: str) -> Lease:
             frame_ids=tuple(int(f) for f in data["frame_ids"]),
             depends=tuple({"url": str(d["url"]), "sha256": str(d["sha256"]), "size": int(d["size"])}
                           for d in data["depends"]),
-            expires=None, owner=owner,
+            expires=None, owner=owner, lease_seconds=float(data["lease_seconds"]),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise PeerError(f"malformed lease from {owner}: {exc!r}") from None

@@ -134,9 +134,12 @@ def create_app(config: ServerConfig, core: Core | None = None) -> FastAPI:
         fed = fed_()
         if fed is None or server not in fed.peers.peers:
             raise NotFound(f"server {server!r} is not a peer of {c.name!r}")
-        if not rest.startswith("jobs") or ".." in rest.split("/"):
+        parts = rest.split("/")
+        if parts[0] != "jobs" or any(p in ("", ".", "..") for p in parts[1:]):
             raise NotFound(f"only jobs, frames, outputs and bundles of peers can be queried: {rest!r}")
-        return await proxy_get(fed.peers, server, f"/api/v1/{rest}")
+        query = f"?{request.url.query}" if request.url.query else ""
+        headers = {"Range": request.headers["range"]} if "range" in request.headers else None
+        return await proxy_get(fed.peers, server, f"/api/v1/{rest}{query}", headers)
 
     @api.post("/jobs", status_code=201, openapi_extra=TARBALL_BODY, summary="Submit a job package (raw tarball body)")
     async def submit(request: Request) -> dict:
@@ -255,17 +258,18 @@ def make_federation(core: Core, config: ServerConfig):
     return Federation(core, PeerClient(core.name, secret, config.peers), settings, Verifier(secret))
 
 
-async def proxy_get(peers, server: str, path: str):
+async def proxy_get(peers, server: str, path: str, headers: dict | None = None):
     """Forward a GET to a peer; stream its answer back (downloads are never held in memory)."""
     from starlette.responses import StreamingResponse
 
-    cm = await peers.stream(server, path)
+    cm = await peers.stream(server, path, headers)
     try:
         resp = await cm.__aenter__()
     except Exception as exc:
         raise PeerError(f"peer {server} unreachable: {exc}") from None
     headers = {k: v for k, v in resp.headers.items()
-               if k.lower() in ("content-type", "content-disposition", "x-distren-sha256", "content-length")}
+               if k.lower() in ("content-type", "content-disposition", "x-distren-sha256", "content-length",
+                                "content-range", "accept-ranges")}
 
     async def body():
         try:

@@ -73,7 +73,7 @@ class Core:
         job = self.scheduler.begin_job()
         try:
             upload.close()
-            spec, scratch = await asyncio.to_thread(self._check_package, upload.path, job)
+            spec, scratch, warnings = await asyncio.to_thread(self._check_package, upload.path, job)
             try:
                 problems = self.scheduler.check_external_deps(spec, job)
                 if problems:
@@ -87,7 +87,7 @@ class Core:
             upload.abort()
             self.scheduler.drop_job(job)
             raise
-        return self.scheduler.job(job)
+        return {**self.scheduler.job(job), "warnings": warnings}
 
     def _check_package(self, path: Path, job: int):
         scratch = safe_extract(path, self.tmp_dir, self.config.tar_limits, reserved=RESERVED_NAMES)
@@ -106,9 +106,10 @@ class Core:
                         raise BadJob(
                             f"frame {frame.id} depends on {dep}: server {dep.server!r} is not this server or a peer"
                         )
+            warnings = []
             for name, settings in spec.backends().items():
-                self.backends[name].check(settings, scratch, spec.frames_of(name))
-            return spec, scratch
+                warnings += self.backends[name].check(settings, scratch, spec.frames_of(name))
+            return spec, scratch, warnings
         except BaseException:
             _remove(scratch)
             raise

@@ -44,7 +44,16 @@ def uvicorn_config(app, **kw) -> uvicorn.Config:
 
 
 def serve(config: ServerConfig, listen: str) -> None:
+    from .app import load_token
+    from ..federation.auth import load_secret
+
     host, port = parse_listen(listen)
+    # Settings problems are reported before anything starts, as one line.
+    load_token(config.client_token_file)
+    if config.federation_secret_file is not None:
+        load_secret(config.federation_secret_file)
+    elif config.peers:
+        raise DistrenError("--peer needs --federation-secret-file")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     server = uvicorn.Server(uvicorn_config(create_app(config), host=host, port=port))
     logging.getLogger("distren.server").info("server %s listening on http://%s:%d", config.name, host, port)

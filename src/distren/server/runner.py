@@ -21,6 +21,7 @@ from .core import Core
 
 log = logging.getLogger("distren.runner")
 IDLE_POLL = 1.0
+EXPIRY_PERIOD = 0.5
 
 
 class Runner:
@@ -39,6 +40,19 @@ class Runner:
     async def start(self) -> None:
         self.core.scheduler.recover(self.core.lease_owner)
         self._tasks = [asyncio.create_task(self._slot(i), name=f"slot-{i}") for i in range(self.slots)]
+        self._tasks.append(asyncio.create_task(self._expire_loop(), name="lease-expiry"))
+
+    async def _expire_loop(self) -> None:
+        """Leases this server granted to peers and that were not renewed: the frames are
+        ready again. Runs with or without federation (leases outlive a restart)."""
+        while True:
+            await asyncio.sleep(EXPIRY_PERIOD)
+            try:
+                n = self.core.scheduler.expire_leases()
+                if n:
+                    log.warning("%d lease(s) expired; their frames are ready again", n)
+            except Exception:
+                log.exception("lease expiry failed")
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -80,8 +94,7 @@ class Runner:
             except asyncio.CancelledError:
                 render.cancel()
                 await asyncio.gather(render, return_exceptions=True)
-                if home is None:
-                    self._local_failure(lease, "", "interrupted: server stopping", counts=False)
+                await self._interrupted(home, lease)
                 raise
             finally:
                 self._renders.pop(key, None)
@@ -90,6 +103,15 @@ class Runner:
                 log.error("render of %s failed unexpectedly: %r", key, exc)
                 if home is None:
                     self._local_failure(lease, "", f"internal error: {exc}")
+
+    async def _interrupted(self, home: str | None, lease: Lease) -> None:
+        """This server is stopping: give the frame back at once (not a failure of the frame)."""
+        if home is None:
+            self._local_failure(lease, "", "interrupted: server stopping", counts=False)
+            return
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.federation.report_failure(
+                home, lease, "", f"interrupted: {self.core.name} stopping", interrupted=True), 5)
 
     def _local_failure(self, lease: Lease, log_text: str, error: str, counts: bool = True) -> None:
         try:
@@ -105,8 +127,7 @@ class Runner:
             result = await self._prepare_and_render(home, lease, work)
             if result.ok:
                 blob: Blob = await asyncio.to_thread(core.put_output, result.outputs, work / "out")
-            if heart is not None:
-                heart.cancel()
+            # the heartbeat goes on during the upload: a long upload must not lose the lease
             await self._report(home, lease, result, blob if result.ok else None)
         finally:
             if heart is not None:
@@ -163,7 +184,7 @@ class Runner:
     async def _heartbeat(self, home: str, lease: Lease, render: asyncio.Task) -> None:
         """Renew the lease every third of its length; stop the render when the home server
         says the lease is gone (409)."""
-        period = self.federation.settings.heartbeat()
+        period = self.federation.settings.heartbeat(lease.lease_seconds)
         while True:
             await asyncio.sleep(period)
             try:
