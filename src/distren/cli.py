@@ -48,6 +48,12 @@ def _add_pack_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--antialias", help="'off' or an antialiasing threshold such as 0.3 (overrides the INI)")
     p.add_argument("--name", help="job name (default: the scene's name)")
     p.add_argument("--priority", type=int, default=0, help="job priority, -1000..1000, higher first (default 0)")
+    p.add_argument("--video", action="store_true", help="add a frame that encodes the frames into a video (ffmpeg)")
+    p.add_argument("--fps", help="video frames per second (default 24)")
+    p.add_argument("--codec", choices=("h264", "h265", "vp9"), help="video codec (default h264, in MP4)")
+    p.add_argument("--crf", help="video quality, 0-63, lower is better (default 20)")
+    p.add_argument("--radiosity-prepass", action="store_true",
+                   help="POV-Ray: the first frame saves radiosity data, the others load it")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -171,9 +177,15 @@ class Progress:
 def _pack(args, out: Path | None):
     from .pack import pack_povray
 
+    video = None
+    if args.video:
+        video = {k: v for k, v in (("fps", args.fps), ("codec", args.codec), ("crf", args.crf)) if v is not None}
+    elif args.fps or args.codec or args.crf:
+        raise DistrenError("--fps, --codec and --crf go with --video")
     result = pack_povray(
         args.source, out, frames=args.frames, width=args.width, height=args.height,
-        antialias=args.antialias, name=args.name, priority=args.priority,
+        antialias=args.antialias, name=args.name, priority=args.priority, video=video,
+        radiosity_prepass=args.radiosity_prepass,
     )
     for w in result.warnings:
         print(f"distren: warning: {w}", file=sys.stderr)

@@ -18,10 +18,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
+from .backends.povray import PovrayBackend
 from .backends.povray_ini import MAX_INI_BYTES, PovrayPlan, check_frames, parse_ini, plan, relative_file
 from .errors import BadFrameSpec, DistrenError, PackError
 from .frames import parse_frames
-from .job.spec import DEFAULT_MAX_FRAMES, JOB_XML_NAME, FrameSpec, JobSpec, parse_job_xml
+from .backends.ffmpeg import add_video
+from .job.spec import DEFAULT_MAX_FRAMES, JOB_XML_NAME, FrameSpec, JobSpec, draft_dep, parse_job_xml
 from .tarballs import write_tar
 
 # Where POV-Ray finds its own include files: the Library_Path entries of the povray.ini that
@@ -319,8 +321,14 @@ def pack_povray(
     antialias: str | None = None,
     name: str | None = None,
     priority: int = 0,
+    video: dict[str, str] | None = None,
+    radiosity_prepass: bool = False,
 ) -> PackResult:
     """Write a job package for a POV-Ray scene and return what was written.
+
+    `video` (ffmpeg settings, {} for the defaults) adds an encode frame after the last frame
+    (docs/backends.md). `radiosity_prepass`: the first frame saves its radiosity data and every
+    other frame depends on it and loads it (docs/povray.md).
 
     `source` is a scene.ini (its Input_File_Name names the .pov, else the .pov with the same
     stem) or a bare .pov; its folder is the job folder. Frames: `frames` (a frame list such
@@ -397,6 +405,13 @@ def pack_povray(
     spec = JobSpec(name=job_name, backend="povray", settings=settings,
                    frames=[FrameSpec(i) for i in frame_ids], priority=priority)
     try:
+        if radiosity_prepass:
+            add_radiosity_prepass(spec)
+        if video is not None:
+            add_video(spec, video)
+    except DistrenError as exc:
+        raise _as_pack_error(exc) from None
+    try:
         xml = spec.to_xml()
         parse_job_xml(xml, "local", 1)
     except ValueError as exc:  # lxml refuses control characters in the name
@@ -411,6 +426,18 @@ def pack_povray(
         target = target / default_name
     _write_package(target, xml, [(rel, root / rel) for rel in files])
     return PackResult(path=target, spec=spec, files=files, warnings=list(final.warnings))
+
+
+def add_radiosity_prepass(spec: JobSpec) -> int:
+    """The job's first frame saves its radiosity data; every other frame depends on it."""
+    first = min(spec.frame_ids())
+    if len(spec.frames) < 2:
+        raise PackError("a radiosity pre-pass needs at least two frames")
+    spec.settings["radiosity-prepass"] = str(first)
+    for frame in spec.frames:
+        if frame.id != first:
+            frame.depends.append(draft_dep(first))
+    return first
 
 
 def _check_as_the_server_will(settings: dict[str, str], frame_ids: list[int], files: list[str],
@@ -429,7 +456,7 @@ def _check_as_the_server_will(settings: dict[str, str], frame_ids: list[int], fi
             else:
                 path.touch()
         try:
-            check_frames(plan(settings, folder), frame_ids)
+            PovrayBackend().check(settings, folder, frame_ids)
         except DistrenError as exc:
             raise PackError(f"the package would be refused: {exc.message}") from None
 

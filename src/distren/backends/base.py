@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
+from ..errors import DistrenError
 from .sandbox import DEPS_DIR, OUT_DIR, Sandbox
 
 LOG_TAIL = 256 * 1024
@@ -86,14 +87,25 @@ class Backend:
         """The argv (inside the sandbox) that renders `task.frame` into OUT_DIR."""
         raise NotImplementedError
 
+    def prepare(self, task: FrameTask) -> None:
+        """Host-side work before the render (e.g. checking that dependency files arrived).
+        Raise DistrenError to fail the frame with that message. Default: nothing."""
+
     def outputs(self, out: Path) -> list[Path]:
         """The frame's output files: by default every regular file the renderer wrote."""
         return sorted(p for p in out.rglob("*") if p.is_file() and not p.is_symlink())
 
+    def verify(self, task: FrameTask, outputs: list[Path]) -> str | None:
+        """A reason to refuse outputs that the renderer made without complaint, or None."""
+        return None
+
     async def render(self, task: FrameTask) -> RenderResult:
         """Render one frame in the sandbox, with the timeout; never raises for renderer faults."""
         try:
+            self.prepare(task)
             argv = Sandbox(task.scene, task.out, task.deps, self.ro_paths, dict(self.env)).argv(self.command(task))
+        except DistrenError as exc:
+            return RenderResult(False, "", exc.message, [])
         except Exception as exc:  # a settings problem found late is the frame's failure
             return RenderResult(False, "", f"cannot start the renderer: {exc}", [])
         rc, log, timed_out = await run_process(argv, task.timeout)
@@ -105,6 +117,9 @@ class Backend:
         outputs = self.outputs(task.out)
         if not outputs:
             return RenderResult(False, log, f"{self.name} wrote no output file", [])
+        problem = await asyncio.to_thread(self.verify, task, outputs)
+        if problem:
+            return RenderResult(False, log, problem, [])
         return RenderResult(True, log, None, outputs)
 
 

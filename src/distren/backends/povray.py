@@ -3,7 +3,12 @@
 Frame N is rendered with the job's animation settings and `Subset_Start_Frame=N
 Subset_End_Frame=N`, so POV-Ray computes the clock itself, exactly as `povray scene.ini +SFN +EFN`
 would. The job's INI is never passed through: `povray_ini` parses it and keeps only known-safe,
-type-checked options (see docs/job-format.md).
+type-checked options (see docs/povray.md).
+
+Radiosity pre-pass (setting `radiosity-prepass` = a frame id): that frame saves its radiosity
+data (`radiosity.rad`, part of its output); every other frame depends on it, finds the file in
+its dependency folder and loads it. POV-Ray silently recomputes when the file is missing, so the
+backend checks that it arrived, and that the pre-pass frame really wrote one.
 """
 
 from __future__ import annotations
@@ -14,9 +19,24 @@ import shutil
 import subprocess
 from pathlib import Path, PurePosixPath
 
+from ..errors import BadSettings, DistrenError
 from . import povray_ini
 from .base import Backend, FrameTask
 from .sandbox import OUT_DIR
+
+PREPASS = "radiosity-prepass"
+RAD_FILE = "radiosity.rad"  # a fixed name: POV-Ray splits option values at blanks
+
+
+def _split(settings: dict[str, str]) -> tuple[dict[str, str], int | None]:
+    """The settings povray_ini knows, and the pre-pass frame id (checked) if any."""
+    rest = {k: v for k, v in settings.items() if k != PREPASS}
+    if PREPASS not in settings:
+        return rest, None
+    text = settings[PREPASS]
+    if not re.fullmatch(r"0|[1-9][0-9]{0,9}", text):
+        raise BadSettings(f"povray {PREPASS} {text!r}: expected a frame id")
+    return rest, int(text)
 
 
 class PovrayBackend(Backend):
@@ -31,15 +51,45 @@ class PovrayBackend(Backend):
         return _povray_version()
 
     def check(self, settings: dict[str, str], scene: Path, frame_ids: list[int]) -> list[str]:
-        plan = povray_ini.plan(settings, scene)
+        rest, prepass = _split(settings)
+        plan = povray_ini.plan(rest, scene)
         povray_ini.check_frames(plan, frame_ids)
+        if prepass is not None and prepass not in frame_ids:
+            raise BadSettings(f"povray {PREPASS} names frame {prepass}, which the job does not render with POV-Ray")
         return plan.warnings
 
+    def _prepass_dir(self, task: FrameTask, prepass: int) -> Path:
+        suffix = f"/{task.job}/{prepass}"
+        for url in task.depends:
+            if url.endswith(suffix) and url.startswith(f"distren://{task.home}/"):
+                return task.dep_dir(url)
+        raise DistrenError(f"frame {task.frame} does not depend on the radiosity pre-pass frame {prepass}")
+
+    def prepare(self, task: FrameTask) -> None:
+        _, prepass = _split(task.settings)
+        if prepass is None or prepass == task.frame:
+            return
+        rad = self._prepass_dir(task, prepass) / RAD_FILE
+        if not rad.is_file():
+            raise DistrenError(f"the radiosity file {rad.name} of pre-pass frame {prepass} did not arrive")
+
     def command(self, task: FrameTask) -> list[str]:
-        plan = povray_ini.plan(task.settings, task.scene)
+        rest, prepass = _split(task.settings)
+        plan = povray_ini.plan(rest, task.scene)
         stem = PurePosixPath(plan.scene).stem
-        prefix = f"{OUT_DIR}/{stem}"
-        return [self.executable, *povray_ini.frame_args(plan, task.frame, prefix, threads=task.threads)]
+        args = [self.executable, *povray_ini.frame_args(plan, task.frame, f"{OUT_DIR}/{stem}", threads=task.threads)]
+        if prepass == task.frame:
+            args += [f"Radiosity_File_Name={OUT_DIR}/{RAD_FILE}", "Radiosity_To_File=on"]
+        elif prepass is not None:
+            rad = task.sandbox_path(self._prepass_dir(task, prepass) / RAD_FILE)
+            args += [f"Radiosity_File_Name={rad}", "Radiosity_From_File=on"]
+        return args
+
+    def verify(self, task: FrameTask, outputs: list[Path]) -> str | None:
+        _, prepass = _split(task.settings)
+        if prepass == task.frame and not any(p.name == RAD_FILE for p in outputs):
+            return f"the radiosity pre-pass wrote no {RAD_FILE} (does the scene use radiosity?)"
+        return None
 
 
 @functools.lru_cache(maxsize=1)

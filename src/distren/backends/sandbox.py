@@ -1,7 +1,7 @@
 """Run a renderer inside a bubblewrap sandbox.
 
-The renderer sees: the system's /usr (read-only), the read-only folders its backend names (for
-POV-Ray /etc/povray), the job's scene folder read-only at /job, its own empty output folder
+The renderer sees: the system's /usr (read-only), /etc/alternatives and /etc/ld.so.cache (shared
+library links), the read-only folders its backend names (for POV-Ray /etc/povray), the job's scene folder read-only at /job, its own empty output folder
 writable at /job/_distren/out, the frame's dependency outputs read-only at /job/_distren/deps, a
 private /tmp, and nothing else: no network, no other processes, no host /etc, /root or /home.
 """
@@ -55,7 +55,9 @@ class Sandbox:
             "--dev", "/dev",
             "--tmpfs", "/tmp",
         ]
-        for path in self.ro_paths:
+        # Debian links some shared libraries through /etc/alternatives (libblas for ffmpeg);
+        # the loader cache speeds up start-up. Neither holds anything private.
+        for path in ("/etc/alternatives", "/etc/ld.so.cache", *self.ro_paths):
             if Path(path).exists():
                 args += ["--ro-bind", path, path]
         for key, value in self.env.items():

@@ -23,6 +23,14 @@ MAX_XML_BYTES = 1024 * 1024
 DEFAULT_MAX_FRAMES = 100_000
 # Where a package may not put files: the server mounts its own directories there.
 RESERVED_NAMES = ("_distren",)
+# The job of a package that is being written (before any server gave it an id): dependencies
+# on its own frames are made with these and written as bare ids.
+DRAFT_SERVER, DRAFT_JOB = "local", 0
+
+
+def draft_dep(frame: int) -> DistrenURL:
+    """A dependency on a frame of the package being written."""
+    return DistrenURL(DRAFT_SERVER, DRAFT_JOB, frame)
 
 
 @dataclass
@@ -62,7 +70,7 @@ class JobSpec:
     def frames_of(self, backend: str) -> list[int]:
         return [f.id for f in self.frames if self.frame_backend(f) == backend]
 
-    def to_xml(self, server: str = "", job: int = 0) -> bytes:
+    def to_xml(self, server: str = DRAFT_SERVER, job: int = DRAFT_JOB) -> bytes:
         """The canonical XML; dependencies on frame `(server, job, F)` are written as bare `F`."""
         root = etree.Element("distrenjob", version="1")
         etree.SubElement(root, "name").text = self.name
