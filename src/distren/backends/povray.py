@@ -70,7 +70,7 @@ class PovrayBackend(Backend):
         if prepass is None or prepass == task.frame:
             return
         rad = self._prepass_dir(task, prepass) / RAD_FILE
-        if not rad.is_file():
+        if not rad.is_file() or rad.stat().st_size == 0:
             raise DistrenError(f"the radiosity file {rad.name} of pre-pass frame {prepass} did not arrive")
 
     def command(self, task: FrameTask) -> list[str]:
@@ -87,8 +87,9 @@ class PovrayBackend(Backend):
 
     def verify(self, task: FrameTask, outputs: list[Path]) -> str | None:
         _, prepass = _split(task.settings)
-        if prepass == task.frame and not any(p.name == RAD_FILE for p in outputs):
-            return f"the radiosity pre-pass wrote no {RAD_FILE} (does the scene use radiosity?)"
+        if prepass == task.frame and not any(p.name == RAD_FILE and p.stat().st_size > 0 for p in outputs):
+            # without a radiosity block POV-Ray writes an empty file
+            return f"the radiosity pre-pass wrote no {RAD_FILE} data (does the scene use radiosity?)"
         return None
 
 
