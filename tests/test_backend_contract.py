@@ -1,0 +1,108 @@
+"""One contract every backend keeps, run over every backend registered in the entry-point
+group `distren.backends` (the built-ins register there like any plug-in)."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import subprocess
+from importlib.metadata import entry_points
+from pathlib import Path
+
+import pytest
+
+from conftest import SCENE_INC, SCENE_POV
+from distren.backends.base import Backend, FrameTask, find_backends
+from distren.errors import BadSettings
+
+BACKENDS = find_backends()
+
+
+def povray_example(root: Path) -> tuple[dict, tuple[str, ...]]:
+    (root / "scene.pov").write_text(SCENE_POV)
+    (root / "local.inc").write_text(SCENE_INC)
+    return {"scene": "scene.pov", "width": "24", "height": "18", "initial-frame": "0", "final-frame": "3"}, ()
+
+
+def ffmpeg_example(root: Path) -> tuple[dict, tuple[str, ...]]:
+    urls = []
+    for frame in range(3):
+        folder = root.parent / "deps" / "alpha" / "1" / str(frame)
+        folder.mkdir(parents=True)
+        subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", f"color=c=0x{frame * 40:02x}2040:s=16x12",
+                        "-frames:v", "1", str(folder / f"f{frame}.png")], check=True)
+        urls.append(f"distren://alpha/1/{frame}")
+    return {"fps": "10"}, tuple(urls)
+
+
+def blender_example(root: Path) -> tuple[dict, tuple[str, ...]]:
+    script = ("import bpy; s = bpy.context.scene; s.render.engine = 'BLENDER_WORKBENCH'; "
+              f"bpy.ops.wm.save_as_mainfile(filepath={str(root / 'cube.blend')!r})")
+    subprocess.run(["blender", "-b", "--factory-startup", "-noaudio", "--python-expr", script],
+                   check=True, capture_output=True, timeout=120)
+    return {"blend": "cube.blend", "width": "24", "height": "18"}, ()
+
+
+EXAMPLES = {"povray": povray_example, "ffmpeg": ffmpeg_example, "blender": blender_example}
+
+
+def task_for(name: str, tmp_path: Path, timeout: float = 120) -> tuple[Backend, FrameTask]:
+    backend = BACKENDS[name]
+    root = tmp_path / "job"
+    (root / "_distren" / "out").mkdir(parents=True)
+    (root / "_distren" / "deps").mkdir()
+    (tmp_path / "deps").mkdir()
+    (tmp_path / "out").mkdir()
+    settings, depends = EXAMPLES[name](root)
+    task = FrameTask(settings=settings, scene=root, frame=1, frame_ids=(0, 1, 2, 3), out=tmp_path / "out",
+                     deps=tmp_path / "deps", timeout=timeout, home="alpha", job=1, depends=depends)
+    return backend, task
+
+
+@pytest.fixture(params=sorted(BACKENDS))
+def name(request) -> str:
+    return request.param
+
+
+def test_every_backend_has_a_contract_example():
+    assert set(BACKENDS) <= set(EXAMPLES), "add an example job for the new backend to EXAMPLES"
+
+
+def test_registered_through_the_entry_point_group(name):
+    eps = {ep.name: ep for ep in entry_points(group="distren.backends")}
+    assert name in eps and isinstance(BACKENDS[name], Backend)
+    assert BACKENDS[name].name == name
+
+
+def test_renderer_is_installed_and_reports_a_version(name):
+    assert shutil.which(BACKENDS[name].executable), f"{BACKENDS[name].executable} missing: CI installs every renderer"
+    assert BACKENDS[name].available() and isinstance(BACKENDS[name].version(), str)
+
+
+def test_example_settings_pass_and_unknown_settings_are_refused(name, tmp_path):
+    backend, task = task_for(name, tmp_path)
+    assert isinstance(backend.check(task.settings, task.scene, [0, 1, 2, 3]), list)
+    with pytest.raises(BadSettings, match="no_such_setting"):
+        backend.check({**task.settings, "no_such_setting": "1"}, task.scene, [0, 1, 2, 3])
+
+
+def test_command_is_an_argv_of_checked_strings(name, tmp_path):
+    backend, task = task_for(name, tmp_path)
+    backend.prepare(task)
+    argv = backend.command(task)
+    assert argv[0] == backend.executable and all(isinstance(a, str) for a in argv)
+
+
+def test_renders_in_the_sandbox_into_the_output_folder(name, tmp_path):
+    backend, task = task_for(name, tmp_path)
+    result = asyncio.run(backend.render(task))
+    assert result.ok, (result.error, result.log[-2000:])
+    assert result.outputs and all(p.is_file() and task.out in p.parents for p in result.outputs)
+    # the job folder stays as it was: the renderer could not write there
+    assert not any((task.scene / "_distren" / "out").iterdir())
+
+
+def test_timeout_kills_the_render(name, tmp_path):
+    backend, task = task_for(name, tmp_path, timeout=0.001)
+    result = asyncio.run(backend.render(task))
+    assert not result.ok and "timed out" in result.error
