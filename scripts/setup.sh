@@ -1,14 +1,18 @@
 #!/usr/bin/env bash
-# Installs what distren needs on Debian: POV-Ray and bubblewrap (apt, only when missing), a
-# virtual environment in .venv with distren and its Python dependencies (and test tools with
-# --test). Safe to run again.
+# Installs what distren needs on Debian: POV-Ray, Blender, ffmpeg and bubblewrap (apt, only
+# when missing), a virtual environment in .venv with distren and its Python dependencies (and
+# test tools with --test). Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need=()
 command -v povray >/dev/null 2>&1 || need+=(povray)
 command -v bwrap >/dev/null 2>&1 || need+=(bubblewrap)
+command -v ffmpeg >/dev/null 2>&1 || need+=(ffmpeg)
+command -v ffprobe >/dev/null 2>&1 || need+=(ffmpeg)
+command -v blender >/dev/null 2>&1 || need+=(blender)
 if [ ${#need[@]} -gt 0 ]; then
+    mapfile -t need < <(printf '%s\n' "${need[@]}" | sort -u)
     echo "setup: installing ${need[*]} with apt-get" >&2
     SUDO=""
     [ "$(id -u)" -eq 0 ] || SUDO="sudo"
