@@ -67,3 +67,28 @@ def test_writes_into_the_output_folder_stay_in_the_frame(server, tmp_path):
     server.client().download(f"{frame['url']}", out)
     with tarfile.open(out) as t:
         assert sorted(t.getnames()) == ["evil.png", "notes.txt"]
+
+
+def test_file_size_limit_stops_a_runaway_writer(server_factory, tmp_path):
+    s = server_factory("alpha", extra=["--render-file-size", "100000", "--max-failures", "1"])
+    body = ('#fopen F "/job/_distren/out/big.txt" write\n#declare I = 0;\n'
+            '#while (I < 100000) #write (F, "0123456789") #declare I = I + 1; #end\n#fclose F\n'
+            'sphere { 0, 1 pigment { rgb 1 } }\n')
+    info, frame = render_scene(s, tmp_path, body)
+    assert info["state"] == "failed"
+    assert "SIGXFSZ" in frame["error"]
+
+
+def test_memory_and_cpu_limits_apply_to_the_process(tmp_path):
+    import asyncio
+
+    from distren.backends.base import RenderLimits, run_process
+
+    hog = ["python3", "-c", "x = bytearray(600 * 1024 * 1024); print('allocated')"]
+    rc, log, _ = asyncio.run(run_process(hog, 30, RenderLimits(memory=300 * 1024 * 1024)))
+    assert rc != 0 and "MemoryError" in log
+    rc, log, _ = asyncio.run(run_process(hog, 30, RenderLimits(memory=2 * 1024**3)))
+    assert rc == 0 and "allocated" in log
+    spin = ["python3", "-c", "while True: pass"]
+    rc, _, timed_out = asyncio.run(run_process(spin, 30, RenderLimits(cpu_seconds=1)))
+    assert not timed_out and rc in (-9, -24)  # SIGXCPU (or SIGKILL at the hard limit)

@@ -103,6 +103,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-frames", type=_positive_int, help="most frames in one job (100000)")
     p.add_argument("--max-members", type=_positive_int, help="most files in one package (10000)")
     p.add_argument("--max-unpacked-bytes", type=_positive_int, help="largest unpacked size of a package (2 GiB)")
+    p.add_argument("--render-memory", type=_positive_int, help="address-space limit of one render, bytes (16 GiB)")
+    p.add_argument("--render-file-size", type=_positive_int, help="largest file one render may write, bytes (16 GiB)")
+    p.add_argument("--render-cpu-seconds", type=_positive_int, help="CPU-time limit of one render (frame timeout x threads)")
+    p.add_argument("--render-processes", type=_positive_int, help="process limit of one render (1024; not for root)")
     p.add_argument("--peer", action="append", metavar="NAME=URL", help="a peer server (repeatable)")
     p.add_argument("--federation-secret-file", type=Path, help="file holding the secret shared by all peers")
     p.add_argument("--client-token-file", type=Path, help="file holding the token that submit/cancel/retry/delete need")
@@ -264,6 +268,8 @@ SERVE_DEFAULTS = {
     "max_job_bytes": 2 * 1024**3, "max_frames": 100_000, "max_members": 10_000, "max_unpacked_bytes": 2 * 1024**3,
     "lease_seconds": 60.0, "heartbeat_seconds": None, "claim_backoff_max": 5.0, "watch_seconds": 2.0,
     "federation_secret_file": None, "client_token_file": None, "name": None, "data": None,
+    "render_memory": 16 * 1024**3, "render_file_size": 16 * 1024**3, "render_cpu_seconds": None,
+    "render_processes": 1024,
 }
 
 
@@ -327,7 +333,13 @@ def _server_config(s: dict, path):
         heartbeat_seconds=None if s["heartbeat_seconds"] is None else float(s["heartbeat_seconds"]),
         claim_backoff_max=float(s["claim_backoff_max"]),
         watch_seconds=float(s["watch_seconds"]),
+        render_memory=_opt_int(s["render_memory"]), render_file_size=_opt_int(s["render_file_size"]),
+        render_cpu_seconds=_opt_int(s["render_cpu_seconds"]), render_processes=_opt_int(s["render_processes"]),
     )
+
+
+def _opt_int(value) -> int | None:
+    return None if value is None else int(value)
 
 
 def cmd_peers(args) -> int:

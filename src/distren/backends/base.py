@@ -34,6 +34,7 @@ class FrameTask:
     deps: Path           # dependency outputs on the host
     timeout: float
     threads: int = 1
+    limits: "RenderLimits | None" = None
     home: str = ""                    # the job's server
     job: int = 0
     depends: tuple[str, ...] = ()     # dependency frame URLs, in order
@@ -108,12 +109,11 @@ class Backend:
             return RenderResult(False, "", exc.message, [])
         except Exception as exc:  # a settings problem found late is the frame's failure
             return RenderResult(False, "", f"cannot start the renderer: {exc}", [])
-        rc, log, timed_out = await run_process(argv, task.timeout)
+        rc, log, timed_out = await run_process(argv, task.timeout, task.limits)
         if timed_out:
             return RenderResult(False, log, f"timed out after {task.timeout:g} s", [])
         if rc != 0:
-            reason = f"killed by signal {-rc}" if rc < 0 else f"exit code {rc}"
-            return RenderResult(False, log, f"{self.name} failed ({reason})", [])
+            return RenderResult(False, log, f"{self.name} failed ({exit_reason(rc)})", [])
         outputs = self.outputs(task.out)
         if not outputs:
             return RenderResult(False, log, f"{self.name} wrote no output file", [])
@@ -123,9 +123,29 @@ class Backend:
         return RenderResult(True, log, None, outputs)
 
 
-async def run_process(argv: list[str], timeout: float) -> tuple[int, str, bool]:
-    """Run argv in its own process group; on timeout or cancellation kill the whole group.
-    Returns (exit code, the tail of stdout+stderr, timed out)."""
+@dataclass(frozen=True)
+class RenderLimits:
+    """Resource limits of one render (setrlimit on the sandbox, inherited by the renderer).
+    None: no limit. `processes` (RLIMIT_NPROC) is not enforced for a server running as root."""
+
+    memory: int | None = None        # bytes of address space (RLIMIT_AS)
+    file_size: int | None = None     # bytes, the largest file it may write (RLIMIT_FSIZE)
+    cpu_seconds: int | None = None   # CPU time (RLIMIT_CPU)
+    processes: int | None = None     # RLIMIT_NPROC
+
+    def apply(self) -> None:
+        """Runs in the child between fork and exec."""
+        import resource
+
+        for limit, value in ((resource.RLIMIT_AS, self.memory), (resource.RLIMIT_FSIZE, self.file_size),
+                             (resource.RLIMIT_CPU, self.cpu_seconds), (resource.RLIMIT_NPROC, self.processes)):
+            if value is not None:
+                resource.setrlimit(limit, (value, value))
+
+
+async def run_process(argv: list[str], timeout: float, limits: RenderLimits | None = None) -> tuple[int, str, bool]:
+    """Run argv in its own process group, under `limits`; on timeout or cancellation kill the
+    whole group. Returns (exit code, the tail of stdout+stderr, timed out)."""
     # Started under a shield: a cancellation (job cancelled) that lands while the process is
     # being created must still find, and kill, the process.
     spawn = asyncio.ensure_future(asyncio.create_subprocess_exec(
@@ -134,6 +154,7 @@ async def run_process(argv: list[str], timeout: float) -> tuple[int, str, bool]:
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         start_new_session=True,
+        preexec_fn=limits.apply if limits else None,
     ))
     try:
         proc = await asyncio.shield(spawn)
@@ -165,6 +186,21 @@ async def run_process(argv: list[str], timeout: float) -> tuple[int, str, bool]:
             await proc.wait()
     log = b"".join(chunks)[-LOG_TAIL:].decode("utf-8", "replace")
     return proc.returncode, log, timed_out
+
+
+def exit_reason(rc: int) -> str:
+    """Words for an exit status; bwrap reports a signal that killed the renderer as 128+N."""
+    def name(n: int) -> str:
+        try:
+            return f"signal {n} ({signal.Signals(n).name})"
+        except ValueError:
+            return f"signal {n}"
+
+    if rc < 0:
+        return f"killed by {name(-rc)}"
+    if 128 < rc < 128 + 65:
+        return f"exit code {rc}: killed by {name(rc - 128)}"
+    return f"exit code {rc}"
 
 
 def kill_group(pid: int) -> None:

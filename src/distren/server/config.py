@@ -32,6 +32,18 @@ class ServerConfig:
     heartbeat_seconds: float | None = None
     claim_backoff_max: float = 5.0
     watch_seconds: float = 2.0
+    # Resource limits of one render (None: unlimited).
+    render_memory: int | None = 16 * 1024**3
+    render_file_size: int | None = 16 * 1024**3
+    render_cpu_seconds: int | None = None   # default: frame_timeout x threads
+    render_processes: int | None = 1024
+
+    def render_limits(self) -> "RenderLimits":
+        from ..backends.base import RenderLimits
+
+        cpu = self.render_cpu_seconds or int(self.frame_timeout * max(1, self.threads())) + 1
+        return RenderLimits(self.render_memory, self.render_file_size, cpu, self.render_processes)
+
     # When set, submit, cancel, retry and delete need "Authorization: Bearer <token>".
     client_token_file: Path | None = None
 

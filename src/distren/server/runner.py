@@ -156,6 +156,7 @@ class Runner:
         task = FrameTask(
             settings=lease.settings, scene=scene, frame=lease.frame, frame_ids=lease.frame_ids,
             out=out, deps=deps, timeout=core.config.frame_timeout, threads=core.config.threads(),
+            limits=core.config.render_limits(),
             home=home or core.name, job=lease.job, depends=tuple(d["url"] for d in lease.depends),
         )
         return await core.backends[lease.backend].render(task)
