@@ -87,8 +87,10 @@ plane {{ z, 0 pigment {{ image_map {{ png "_distren/deps/{u.server}/{u.job}/{u.f
 class ServerProcess:
     """`distren serve` in a subprocess, on a free loopback port, with its own data folder."""
 
-    def __init__(self, data: Path, name: str = "alpha", slots: int = 2, extra: list[str] | None = None):
+    def __init__(self, data: Path, name: str = "alpha", slots: int = 2, extra: list[str] | None = None,
+                 env: dict[str, str] | None = None):
         self.data, self.name, self.slots, self.extra = data, name, slots, extra or []
+        self.env = env
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen | None = None
@@ -98,7 +100,8 @@ class ServerProcess:
         cmd = DISTREN + ["serve", "--name", self.name, "--listen", f"127.0.0.1:{self.port}",
                          "--data", str(self.data), "--slots", str(self.slots), *self.extra]
         self._logf = open(self.log, "ab")
-        self.proc = subprocess.Popen(cmd, stdout=self._logf, stderr=subprocess.STDOUT, start_new_session=True)
+        self.proc = subprocess.Popen(cmd, stdout=self._logf, stderr=subprocess.STDOUT, start_new_session=True,
+                                     env={**os.environ, **(self.env or {})})
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

@@ -86,7 +86,7 @@ scene_with_texture(root + "/elsewhere/sky.png")
 save(root + "/outside/outside.blend")
 
 # a scene with a registered text block (runs on load when auto-run is on) and a driver with a
-# Python expression: each leaves a marker file and the first prints a token
+# Python expression: each leaves a marker file and prints a token
 scene = scene_with_texture(None)
 scene.render.engine = "BLENDER_WORKBENCH"
 scene.render.resolution_percentage = 100
@@ -97,6 +97,13 @@ text.use_module = True
 driver = bpy.data.objects["Light"].driver_add("location", 2).driver
 driver.type = "SCRIPTED"
 driver.expression = "print(%r) or __import__('pathlib').Path(%r).touch() or 3.0" % (%DRIVER%, marker + ".driver")
+# and a compositor File Output node that writes to an absolute path outside everything
+scene.use_nodes = True
+tree = scene.node_tree
+node = tree.nodes.new("CompositorNodeOutputFile")
+node.name = "Passes"
+node.base_path = spec["escape"] + "/"
+tree.links.new(tree.nodes["Render Layers"].outputs["Image"], node.inputs[0])
 save(root + "/auto/auto.blend")
 '''.replace("%TOKEN%", repr(AUTORUN_TOKEN)).replace("%DRIVER%", repr(DRIVER_TOKEN))
 
@@ -111,7 +118,7 @@ def blends(tmp_path_factory) -> Path:
     texture.putpixel((1, 1), (20, 200, 40))
     texture.save(root / "scene" / "textures" / "wood.png")
     texture.save(root / "elsewhere" / "sky.png")
-    spec = {"root": str(root), "marker": str(root / "autorun-marker")}
+    spec = {"root": str(root), "marker": str(root / "autorun-marker"), "escape": str(root / "escape")}
     proc = subprocess.run(["blender", "-b", "-noaudio", "--factory-startup", "--python-exit-code", "1",
                            "--python-expr", MAKE_SCENES, "--", json.dumps(spec)],
                           capture_output=True, text=True, timeout=120)
@@ -177,7 +184,8 @@ def assert_matches_direct(folder: Path, names: dict[int, str], reference: Path, 
 def shows_texture(path: Path) -> bool:
     """Whether the red texture is visible (a missing image renders magenta, no texture grey)."""
     with Image.open(path) as im:
-        return any(r > g + 60 and r > b + 30 for r, g, b in im.convert("RGB").getdata())
+        data = im.convert("RGB").tobytes()
+    return any(r > g + 60 and r > b + 30 for r, g, b in zip(data[0::3], data[1::3], data[2::3]))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -311,7 +319,10 @@ def test_autorun_scripts_in_the_blend_do_not_run(server, blends, tmp_path):
     assert AUTORUN_TOKEN not in lines and DRIVER_TOKEN not in lines
     assert "skipping 'autorun.py'" in frames[2]["log"]
     assert any("restricted access disallows" in line for line in lines), lines
-    assert [p.name for p in folder.rglob("*") if p.is_file()] == ["auto_000002.png"]
+    # The File Output node wrote into the frame's output, not to its absolute path.
+    assert sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()) == \
+        ["2/Passes/Image0002.png", "2/auto_000002.png"]
+    assert not (blends / "escape").exists()
     # Sanity: Blender with auto-run allowed (-y) and without the sandbox runs both.
     proc = subprocess.run(["blender", "-b", "-noaudio", "--factory-startup", "-y", str(blends / "auto" / "auto.blend"),
                            "-o", f"{tmp_path}/sanity_#", "-F", "PNG", "-f", "2"],
@@ -319,6 +330,8 @@ def test_autorun_scripts_in_the_blend_do_not_run(server, blends, tmp_path):
     lines = [line.strip() for line in proc.stdout.splitlines()]
     assert AUTORUN_TOKEN in lines and DRIVER_TOKEN in lines
     assert marker.read_text() == "ran" and driver_marker.exists()
+    assert (blends / "escape" / "Image0002.png").is_file()
+    shutil.rmtree(blends / "escape")
     marker.unlink()
     driver_marker.unlink()
 

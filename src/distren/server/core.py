@@ -12,7 +12,7 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-from .. import __version__
+from .. import __version__, failpoints
 from ..backends.base import Backend, find_backends
 from ..backends.sandbox import prepare_scene
 from ..errors import BadJob, BadJobXML, BadPackage, DistrenError
@@ -80,6 +80,7 @@ class Core:
                     raise BadJob("; ".join(problems))
                 seed = upload.commit()
                 await asyncio.to_thread(self._install_scene, scratch, seed.sha256)
+                failpoints.hit("intake")
             finally:
                 _remove(scratch)
             self.scheduler.activate_job(job, spec, seed)
@@ -160,7 +161,9 @@ class Core:
             return self.blobs.path(cached), False
         with self.blobs.writer() as w:
             with tarfile.open(fileobj=w, mode="w|", format=tarfile.PAX_FORMAT) as out:
-                for frame, blob in outputs:
+                for i, (frame, blob) in enumerate(outputs):
+                    if i == len(outputs) // 2:
+                        failpoints.hit("bundle")
                     for name, member, stream in iter_tar_files(self.blobs.path(blob.sha256)):
                         info_ = tarfile.TarInfo(f"{frame}/{name}")
                         info_.size = member.size

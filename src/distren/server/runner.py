@@ -12,6 +12,7 @@ import logging
 import shutil
 from pathlib import Path
 
+from .. import failpoints
 from ..backends.base import FrameTask, RenderResult
 from ..errors import Conflict, DistrenError
 from ..scheduler import Lease
@@ -165,10 +166,13 @@ class Runner:
         core = self.core
         if home is None:
             if blob is not None:
+                failpoints.hit("output")
                 try:
                     core.scheduler.complete(lease.job, lease.frame, lease.attempt, blob, core.name, result.log)
                 except Conflict:
                     pass
+                if failpoints.armed("done") and core.scheduler.job(lease.job)["state"] == "done":
+                    failpoints.hit("done")
             else:
                 self._local_failure(lease, result.log, result.error or "render failed")
             return
