@@ -2,24 +2,27 @@
 """Benchmark: does a second federated server nearly halve the wall time of a CPU-bound job?
 
 One job: the bundled sample (orbit) packed with `--frames 1-24 --width 640 --height 480
---antialias 0.3`. At that size a frame costs about 1.5 CPU seconds, so the CPU work, not
+--antialias 0.3`. At that size a frame costs about 1-1.5 CPU seconds, so the CPU work, not
 POV-Ray's ~0.7 s start-up idle, sets the time. It is rendered two ways, in the same run:
 
   (1) single: one `distren serve` pinned to one core (`taskset -c 0`),
   (2) pair:   two `distren serve`, pinned to core 0 and core 1, federated (a shared secret
-              file, each the other's --peer, --claim-backoff-max 0.5). The job is submitted to
-              the first; the second claims frames from it.
+              file, each the other's --peer, --claim-backoff-max 0.5, lease defaults). The job
+              is submitted to the first; the second claims frames from it.
 
 Both runs use the same --slots per server (default 2: POV-Ray idles ~0.7 s per process before
 rendering, so a second process keeps the core busy meanwhile). Wall time runs from the submit
 call to the first poll (every 0.1 s) that sees the job done. Each run is checked: job done,
-24 frames done, a bundle of 24 frames. Prints both wall times, the speedup single / pair
-(target >= 1.7), which server rendered how many frames, and how busy each core was.
+24 frames done, a bundle holding 24 frames. Prints both wall times, the speedup single / pair
+(target >= 1.7), which server rendered how many frames, and, to judge the numbers, how busy each
+core was, the CPU seconds POV-Ray reports, and what other processes on the machine took
+meanwhile (that load hurts the pair more than the single server, whose idle second core
+absorbs it).
 
 Every run starts fresh servers (free loopback ports, temporary data folders) and stops them by
-process group, also on errors and Ctrl-C.
+process group, also on errors, Ctrl-C and SIGTERM.
 
-Run: .venv/bin/python benchmarks/federation.py [--repeat N] [--slots S]
+Run: .venv/bin/python benchmarks/federation.py [--repeat N] [--slots S] [--quiet-wait SECONDS]
 """
 
 from __future__ import annotations
@@ -50,6 +53,9 @@ PACK_ARGS = ["--frames", f"1-{FRAMES}", "--width", "640", "--height", "480", "--
 TARGET = 1.7
 POLL = 0.1
 FEDERATION = ["--claim-backoff-max", "0.5"]
+SECRET = "a federation secret for the benchmark, long enough\n"
+HZ = os.sysconf("SC_CLK_TCK")
+POV_CPU = re.compile(r"with\s+([0-9.]+)\s+CPU-seconds total")
 
 
 def distren_cmd() -> list[str]:
@@ -63,24 +69,22 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+# -- CPU accounting ---------------------------------------------------------------------------
 def cpu_ticks() -> dict[str, tuple[int, int]]:
-    """Per-core (busy, total) jiffies from /proc/stat."""
+    """Per core: (busy, total) clock ticks from /proc/stat."""
     out = {}
     with open("/proc/stat") as f:
         for line in f:
             parts = line.split()
             if parts[0].startswith("cpu") and parts[0] != "cpu":
-                v = [int(x) for x in parts[1:]]
-                idle = v[3] + (v[4] if len(v) > 4 else 0)  # idle + iowait
-                out[parts[0]] = (sum(v[:8]) - idle, sum(v[:8]))
+                v = [int(x) for x in parts[1:9]]
+                idle = v[3] + v[4]  # idle + iowait
+                out[parts[0]] = (sum(v) - idle, sum(v))
     return out
 
 
 def busy_fraction(before: dict, after: dict) -> dict[str, float]:
     return {cpu: (after[cpu][0] - before[cpu][0]) / max(1, after[cpu][1] - before[cpu][1]) for cpu in after}
-
-
-HZ = os.sysconf("SC_CLK_TCK")
 
 
 def busy_seconds(before: dict, after: dict) -> float:
@@ -92,14 +96,6 @@ def self_cpu() -> float:
     return r.ru_utime + r.ru_stime
 
 
-POV_CPU = re.compile(r"with\s+([0-9.]+)\s+CPU-seconds total")
-
-
-def povray_cpu(log: str) -> float:
-    """CPU seconds POV-Ray reports in a frame's log (parse, bounding, photons, radiosity, trace)."""
-    return sum(float(x) for x in POV_CPU.findall(log))
-
-
 def process_cpu(pid: int) -> float:
     """CPU seconds a live process used so far (itself, not its children)."""
     with open(f"/proc/{pid}/stat") as f:
@@ -107,8 +103,15 @@ def process_cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / HZ
 
 
+def povray_cpu(log: str) -> float:
+    """CPU seconds POV-Ray reports in a frame's log (parse, bounding, photons, radiosity, trace;
+    not its ~0.1 s of start-up). Renders run in bubblewrap's PID namespace, so getrusage does
+    not see them; the log does."""
+    return sum(float(x) for x in POV_CPU.findall(log))
+
+
 def wait_quiet(limit: float) -> float:
-    """Wait (up to limit seconds) for a 1-second window in which other processes keep less than
+    """Wait (up to limit seconds) for a 1-second window in which the machine keeps less than
     0.2 cores busy; returns the busy cores of the last window."""
     deadline = time.monotonic() + limit
     while True:
@@ -119,11 +122,12 @@ def wait_quiet(limit: float) -> float:
             return load
 
 
+# -- servers ----------------------------------------------------------------------------------
 class Server:
     """`distren serve` in its own process group, pinned with taskset, on a free loopback port."""
 
     def __init__(self, root: Path, name: str, core: int, slots: int, extra: list[str] = ()):
-        self.name, self.core = name, core
+        self.name, self.core, self.slots = name, core, slots
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.data = root / f"data-{name}"
@@ -157,7 +161,8 @@ class Server:
             return ""
 
     def stop(self) -> None:
-        """SIGTERM to the whole process group (server, bwrap, povray), SIGKILL if it lingers."""
+        """SIGTERM to the whole process group, SIGKILL to what is left. (Renders run in
+        bubblewrap with --die-with-parent, so they end with the server.)"""
         if self.proc is None:
             return
         pgid = self.proc.pid  # start_new_session: the group id is the server's pid
@@ -170,7 +175,7 @@ class Server:
                 self.proc.wait(timeout=15)
             except subprocess.TimeoutExpired:
                 pass
-        try:  # renders the server left behind, or a server that ignored SIGTERM
+        try:
             os.killpg(pgid, signal.SIGKILL)
         except ProcessLookupError:
             pass
@@ -178,9 +183,7 @@ class Server:
 
 
 def run_job(servers: list[Server], package: Path, root: Path, quiet_wait: float) -> dict:
-    """Start the servers, submit to the first, time submit -> done, check, stop them all.
-    Also: how busy each core was, the CPU seconds distren used (POV-Ray's own count from the
-    frame logs, plus the server processes) and what other processes took meanwhile."""
+    """Start the servers, submit to the first, time submit -> done, check the job, stop them."""
     try:
         for s in servers:
             s.start()
@@ -202,8 +205,6 @@ def run_job(servers: list[Server], package: Path, root: Path, quiet_wait: float)
                 time.sleep(POLL)
             wall = time.perf_counter() - t0
             ticks1 = cpu_ticks()
-            busy = busy_fraction(ticks0, ticks1)
-            window_busy = busy_seconds(ticks0, ticks1)
             driver = self_cpu() - self0
             server_cpu = sum(process_cpu(s.proc.pid) for s in servers) - server0
             frames = client.frames(job["url"])
@@ -227,7 +228,6 @@ def run_job(servers: list[Server], package: Path, root: Path, quiet_wait: float)
     finally:
         for s in servers:
             s.stop()
-    ours = render_cpu + server_cpu
     per_server = {}
     for s in servers:
         mine = [f for f in frames if f["rendered_by"] == s.name]
@@ -236,14 +236,17 @@ def run_job(servers: list[Server], package: Path, root: Path, quiet_wait: float)
             "first_start": min((f["started"] - t0_wall for f in mine), default=None),
             "last_finish": max((f["finished"] - t0_wall for f in mine), default=None),
             "retries": sum(f["attempts"] - 1 for f in mine),
+            # lease to result, summed over frames, over slots x wall: how full the slots were kept
+            "held": sum(f["finished"] - f["started"] for f in mine) / (s.slots * wall),
         }
-    return {"wall": wall, "busy": busy, "by": per_server, "render_cpu": render_cpu, "server_cpu": server_cpu,
-            "other": max(0.0, window_busy - ours - driver), "background": background}
+    other = busy_seconds(ticks0, ticks1) - render_cpu - server_cpu - driver
+    return {"wall": wall, "busy": busy_fraction(ticks0, ticks1), "by": per_server, "render_cpu": render_cpu,
+            "server_cpu": server_cpu, "other": max(0.0, other), "background": background}
 
 
-def povray_cpu_per_frame(scene: Path) -> tuple[float, float] | None:
-    """One frame rendered by povray itself on core 0, one thread: (wall, CPU seconds); None if
-    that render failed (it only informs)."""
+def povray_probe(scene: Path) -> tuple[float, float] | None:
+    """One frame rendered by povray itself, unsandboxed, on core 0 with one thread:
+    (wall, CPU seconds); None if that render failed (it only informs)."""
     out = Path(tempfile.mkdtemp(prefix="distren-bench-probe-"))
     try:
         before = os.times()
@@ -262,18 +265,18 @@ def povray_cpu_per_frame(scene: Path) -> tuple[float, float] | None:
 
 
 def describe(label: str, r: dict) -> list[str]:
-    lines = [f"{label}: {r['wall']:6.2f} s",
-             "    core busy: " + "  ".join(f"{cpu} {100 * v:3.0f}%" for cpu, v in sorted(r["busy"].items()))
-             + f"; POV-Ray {r['render_cpu']:.1f} CPU s ({r['render_cpu'] / FRAMES:.2f} per frame),"
+    cores = "  ".join(f"{cpu} {100 * v:3.0f}%" for cpu, v in sorted(r["busy"].items()))
+    lines = [f"{label} {r['wall']:6.2f} s",
+             f"    busy: {cores}; POV-Ray {r['render_cpu']:.1f} CPU s ({r['render_cpu'] / FRAMES:.2f}/frame),"
              f" servers {r['server_cpu']:.1f} CPU s, other processes ~{r['other']:.1f} CPU s"
              f" ({r['other'] / r['wall']:.2f} cores)"]
     for name, s in r["by"].items():
-        if s["frames"]:
-            lines.append(f"    {name}: {s['frames']:2d} frames, first start {s['first_start']:5.2f} s,"
-                         f" last finish {s['last_finish']:5.2f} s after submit" +
-                         (f", {s['retries']} retries" if s["retries"] else ""))
-        else:
-            lines.append(f"    {name}:  0 frames")
+        if not s["frames"]:
+            lines.append(f"    {name:<5}  0 frames")
+            continue
+        lines.append(f"    {name:<5} {s['frames']:2d} frames, first start {s['first_start']:5.2f} s,"
+                     f" last finish {s['last_finish']:5.2f} s after submit, slots held {100 * s['held']:3.0f}%"
+                     + (f", {s['retries']} retries" if s["retries"] else ""))
     return lines
 
 
@@ -284,16 +287,16 @@ def _sigterm(signum, frame):
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeat", type=int, default=1, help="runs of each way; the best is kept (default 1)")
-    parser.add_argument("--slots", type=int, default=2, help="render slots per server, the same in both ways (default 2)")
+    parser.add_argument("--slots", type=int, default=2, help="render slots per server, both ways (default 2)")
     parser.add_argument("--quiet-wait", type=float, default=20.0,
-                        help="before each timed run, wait up to this many seconds for other processes to leave"
-                             " the cores idle (default 20)")
+                        help="before each timed run, wait up to this many seconds for a second in which"
+                             " the machine is nearly idle (default 20)")
     args = parser.parse_args()
     if shutil.which("taskset") is None or shutil.which("povray") is None:
         print("needs taskset and povray on PATH", file=sys.stderr)
         return 2
-    if len(os.sched_getaffinity(0)) < 2:
-        print("needs at least 2 cores", file=sys.stderr)
+    if not {0, 1} <= os.sched_getaffinity(0):
+        print("needs cores 0 and 1", file=sys.stderr)
         return 2
     signal.signal(signal.SIGTERM, _sigterm)
     best: dict[str, dict | None] = {"single": None, "pair": None}
@@ -305,9 +308,9 @@ def main() -> int:
             package = tmp / "orbit.tar.gz"
             subprocess.run(distren_cmd() + ["pack", "orbit.ini", "-o", str(package), *PACK_ARGS], cwd=scene,
                            check=True, stdout=subprocess.DEVNULL)
-            probe = povray_cpu_per_frame(scene)
+            probe = povray_probe(scene)
             secret = tmp / "secret"
-            secret.write_text("a federation secret for the benchmark, long enough\n")
+            secret.write_text(SECRET)
             secret.chmod(0o600)
             for i in range(args.repeat):
                 run_dir = tmp / f"run{i}-single"
@@ -322,7 +325,9 @@ def main() -> int:
                 b.cmd += [*common, "--peer", f"alpha={a.url}"]
                 pair = run_job([a, b], package, run_dir, args.quiet_wait)
                 print(f"run {i + 1}/{args.repeat}: single {single['wall']:.2f} s, pair {pair['wall']:.2f} s,"
-                      f" speedup {single['wall'] / pair['wall']:.2f}x", file=sys.stderr, flush=True)
+                      f" speedup {single['wall'] / pair['wall']:.2f}x; other load"
+                      f" {single['other'] / single['wall']:.2f} / {pair['other'] / pair['wall']:.2f} cores",
+                      file=sys.stderr, flush=True)
                 for key, r in (("single", single), ("pair", pair)):
                     if best[key] is None or r["wall"] < best[key]["wall"]:
                         best[key] = r
@@ -333,17 +338,18 @@ def main() -> int:
     speedup = single["wall"] / pair["wall"]
     print(f"{FRAMES} frames of orbit at 640x480, antialias 0.3 (best of {args.repeat})")
     if probe is not None:
-        print(f"povray alone, one frame on one core: {probe[0]:.2f} s wall, {probe[1]:.2f} s CPU"
+        print(f"povray alone, one frame, one core: {probe[0]:.2f} s wall, {probe[1]:.2f} s CPU"
               f" ({FRAMES} frames: ~{FRAMES * probe[1]:.0f} CPU s)")
     print(f"slots per server: {args.slots} in both runs; pair: --claim-backoff-max 0.5, lease defaults;"
-          f" polled every {POLL} s")
-    print("\n".join(describe("(1) single server (taskset -c 0)            ", single)))
-    print("\n".join(describe("(2) federated pair (taskset -c 0, -c 1)     ", pair)))
+          f" job polled every {POLL} s")
+    print("\n".join(describe("(1) single server, taskset -c 0:          ", single)))
+    print("\n".join(describe("(2) federated pair, taskset -c 0 and -c 1:", pair)))
     noisy = max(single["other"] / single["wall"], pair["other"] / pair["wall"])
     if noisy > 0.1:
-        print(f"warning: other processes kept ~{noisy:.2f} cores busy during a timed run: the numbers are"
-              " disturbed (run again on a quiet machine)")
-    print(f"speedup single / pair = {speedup:.2f}x  (target >= {TARGET:.2f}x: {'met' if speedup >= TARGET else 'NOT met'})")
+        print(f"warning: other processes kept up to ~{noisy:.2f} cores busy during a timed run; that slows the"
+              " pair more than the single server (run again on a quiet machine)")
+    verdict = "met" if speedup >= TARGET else "NOT met"
+    print(f"speedup single / pair = {speedup:.2f}x  (target >= {TARGET:.2f}x: {verdict})")
     return 0
 
 

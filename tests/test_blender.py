@@ -126,12 +126,12 @@ def blends(tmp_path_factory) -> Path:
     return root
 
 
-def blender_direct(blend: Path, frame: int, out: Path, *extra: str) -> Path:
+def blender_direct(blend: Path, frame: int, out: Path) -> Path:
     """Render one frame with Blender itself, outside distren and its sandbox."""
     out.mkdir(parents=True, exist_ok=True)
     before = set(out.iterdir())
     subprocess.run(["blender", "-b", "-noaudio", "--factory-startup", str(blend), "--disable-autoexec",
-                    "-t", "1", *extra, "-o", f"{out}/direct_####", "-F", "PNG", "-f", str(frame)],
+                    "-t", "1", "-o", f"{out}/direct_####", "-F", "PNG", "-f", str(frame)],
                    check=True, capture_output=True, timeout=120)
     new = sorted(set(out.iterdir()) - before)
     assert len(new) == 1, new

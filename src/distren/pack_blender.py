@@ -27,8 +27,12 @@ from .backends.blender import (
     ENGINES,
     FORMATS,
     MAX_FRAME,
+    MAX_RESOLUTION,
+    MAX_SAMPLES,
     BlenderBackend,
     check_frames,
+    choice_setting,
+    integer_setting,
 )
 from .backends.povray_ini import relative_file
 from .backends.sandbox import OUT_DIR, Sandbox, prepare_scene
@@ -323,21 +327,29 @@ def pack_blender(
     except ValueError as exc:
         raise PackError(f"{source}: {exc}") from None
 
+    # The options first, so that a typo costs no Blender start.
+    settings: dict[str, str] = {"blend": blend}
+    try:
+        if engine is not None:
+            settings["engine"] = choice_setting("engine", str(engine), ENGINES)
+        for key, value, hi in (("samples", samples, MAX_SAMPLES), ("width", width, MAX_RESOLUTION),
+                               ("height", height, MAX_RESOLUTION)):
+            if value is not None:
+                settings[key] = str(integer_setting(key, str(value), 1, hi))
+        frame_ids = parse_frames(frames, DEFAULT_MAX_FRAMES) if frames is not None else None
+        if frame_ids is not None:
+            check_frames(frame_ids)
+    except BadFrameSpec as exc:
+        raise PackError(f"--frames: {exc.message}") from None
+    except DistrenError as exc:
+        raise _as_pack_error(exc) from None
+
     info = inspect_blend(resolved)
     warnings: list[str] = []
-    settings: dict[str, str] = {"blend": blend}
-    if engine is not None:
-        choice = str(engine).strip().upper()
-        if choice not in ENGINES:
-            raise PackError(f"--engine {engine!r}: expected one of {', '.join(ENGINES)}")
-        settings["engine"] = choice
     effective_engine = settings.get("engine", info["engine"])
     if effective_engine not in ENGINES:
         raise PackError(f"{source.name} renders with the engine {info['engine']!r}, which distren's "
                         f"Blender cannot use; choose one of {', '.join(ENGINES)} with --engine")
-    for key, value in (("samples", samples), ("width", width), ("height", height)):
-        if value is not None:
-            settings[key] = str(value)
     file_format = info.get("file_format")
     if file_format in FORMATS:
         settings["format"] = file_format
@@ -350,17 +362,10 @@ def pack_blender(
     if effective_engine == "CYCLES" and info.get("denoising"):
         warnings.append("Cycles denoising is on in the file; distren renders without it (Debian's "
                         "Blender has no OpenImageDenoise, and every worker must give the same pixels)")
-
-    try:
-        if frames is not None:
-            frame_ids = parse_frames(frames, DEFAULT_MAX_FRAMES)
-        else:
-            frame_ids = _default_frames(info)
-        check_frames(frame_ids)
-    except BadFrameSpec as exc:
-        raise PackError(f"--frames: {exc.message}") from None
-    except DistrenError as exc:
-        raise _as_pack_error(exc) from None
+    if effective_engine == "BLENDER_WORKBENCH" and samples is not None:
+        warnings.append("<samples> has no effect with the Workbench engine")
+    if frame_ids is None:
+        frame_ids = _default_frames(info)
 
     found, problems, file_warnings = collect_files(info, root)
     warnings += file_warnings
@@ -381,7 +386,7 @@ def pack_blender(
         raise PackError(f"job name {job_name!r}: {exc}") from None
     except DistrenError as exc:
         raise PackError(f"the job description would be refused: {exc.message}") from None
-    warnings += _check_as_the_server_will(settings, frame_ids, files, root)
+    warnings += [w for w in _check_as_the_server_will(settings, frame_ids, files, root) if w not in warnings]
 
     default_name = f"{PurePosixPath(blend).stem}.distren.tar.gz"
     target = Path(out) if out is not None else Path.cwd() / default_name

@@ -132,10 +132,16 @@ class RenderLimits:
     file_size: int | None = None     # bytes, the largest file it may write (RLIMIT_FSIZE)
     cpu_seconds: int | None = None   # CPU time (RLIMIT_CPU)
     processes: int | None = None     # RLIMIT_NPROC
+    # Renders run at a lower CPU priority, so that the server itself (API, scheduling,
+    # transfers) stays responsive while every core renders.
+    nice: int = 10
 
     def apply(self) -> None:
         """Runs in the child between fork and exec."""
         import resource
+
+        if self.nice:
+            os.nice(self.nice)
 
         for limit, value in ((resource.RLIMIT_AS, self.memory), (resource.RLIMIT_FSIZE, self.file_size),
                              (resource.RLIMIT_CPU, self.cpu_seconds), (resource.RLIMIT_NPROC, self.processes)):

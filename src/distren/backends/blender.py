@@ -10,8 +10,8 @@ Blender runs its arguments in order, so the scene is loaded first, then CODE adj
 `-o` and `-F` set the output, and `-f` renders. CODE is written by distren from validated values
 only (integers and enum names, never text from the job): it applies the job's resolution and
 samples, turns Cycles denoising off (Debian's Blender is built without OpenImageDenoise, and
-every worker must give the same pixels) and sends compositor File Output nodes into the frame's
-output folder. `--disable-autoexec` keeps scripts inside the .blend (registered text blocks,
+every worker must give the same pixels), sends compositor File Output nodes into the frame's
+output folder and gives Mesa's software OpenGL the frame's thread count. `--disable-autoexec` keeps scripts inside the .blend (registered text blocks,
 Python driver expressions) from running; the sandbox contains what Blender does anyway.
 
 The frame number is always an integer distren formats itself: Blender reads `-f -2` as "two
@@ -83,7 +83,7 @@ class BlenderPlan:
         return stem[:100] or "frame"
 
 
-def _integer(key: str, text: str, lo: int, hi: int) -> int:
+def integer_setting(key: str, text: str, lo: int, hi: int) -> int:
     """A setting that must be a plain decimal integer in lo..hi."""
     if not _INT_RE.fullmatch(text):
         raise BadSettings(f"blender setting <{key}>: {_show(text)} is not an integer from {lo} to {hi}")
@@ -93,7 +93,7 @@ def _integer(key: str, text: str, lo: int, hi: int) -> int:
     return value
 
 
-def _choice(key: str, text: str, choices: Iterable[str]) -> str:
+def choice_setting(key: str, text: str, choices: Iterable[str]) -> str:
     """A setting that must be one of Blender's enum names (any case)."""
     options = tuple(choices)
     value = text.strip().upper()
@@ -139,14 +139,14 @@ def plan(settings: dict[str, str], scene: Path) -> BlenderPlan:
                           "(it does not start with Blender's file header)")
     values: dict = {"blend": blend}
     if "engine" in settings:
-        values["engine"] = _choice("engine", settings["engine"], ENGINES)
+        values["engine"] = choice_setting("engine", settings["engine"], ENGINES)
     if "format" in settings:
-        values["format"] = _choice("format", settings["format"], FORMATS)
+        values["format"] = choice_setting("format", settings["format"], FORMATS)
     if "samples" in settings:
-        values["samples"] = _integer("samples", settings["samples"], 1, MAX_SAMPLES)
+        values["samples"] = integer_setting("samples", settings["samples"], 1, MAX_SAMPLES)
     for key in ("width", "height"):
         if key in settings:
-            values[key] = _integer(key, settings[key], 1, MAX_RESOLUTION)
+            values[key] = integer_setting(key, settings[key], 1, MAX_RESOLUTION)
     return BlenderPlan(**values)
 
 
@@ -160,10 +160,16 @@ def check_frames(frame_ids: Iterable[int]) -> None:
             raise BadSettings(f"frame {frame} is outside Blender's frame range 0-{MAX_FRAME}")
 
 
-def render_code(p: BlenderPlan) -> str:
+def render_code(p: BlenderPlan, threads: int = 1) -> str:
     """The Python that Blender runs after loading the scene and before rendering. Only validated
-    integers and enum names are put into it, through repr()."""
+    integers and enum names are put into it, through repr().
+
+    It also limits Mesa's software OpenGL (which Workbench and Eevee draw with, and which starts
+    after this code runs) to `threads` rasteriser threads, as `-t` does for Blender's own; the
+    pixels do not depend on the number."""
     lines = [
+        "import os",
+        f"os.environ['LP_NUM_THREADS'] = {str(int(threads))!r}",
         "import bpy",
         "scene = bpy.context.scene",
         "render = scene.render",
@@ -208,10 +214,11 @@ def frame_argv(p: BlenderPlan, frame: int, threads: int, executable: str = "blen
     argv = [executable, "-b", "-noaudio", "--factory-startup", f"{JOB_DIR}/{p.blend}", "--disable-autoexec"]
     if p.engine is not None:
         argv += ["-E", p.engine]
+    threads = max(1, min(int(threads), MAX_THREADS))
     argv += [
-        "-t", str(max(1, min(int(threads), MAX_THREADS))),
+        "-t", str(threads),
         "--python-exit-code", "1",
-        "--python-expr", render_code(p),
+        "--python-expr", render_code(p, threads),
         "-o", f"{OUT_DIR}/{p.output_stem}_######",
         "-F", p.format,
         "-f", str(frame),
@@ -243,6 +250,16 @@ class BlenderBackend(Backend):
 
     def command(self, task: FrameTask) -> list[str]:
         return frame_argv(plan(task.settings, task.scene), task.frame, task.threads, self.executable)
+
+    def verify(self, task: FrameTask, outputs: list[Path]) -> str | None:
+        """The frame's own image must be among the outputs (`<stem>_<frame>.<ext>`, or one file
+        per view such as `<stem>_<frame>_L.<ext>` for stereo), not only File Output images."""
+        p = plan(task.settings, task.scene)
+        prefix, ext = f"{p.output_stem}_{task.frame:06d}", FORMATS[p.format]
+        for path in outputs:
+            if path.parent == task.out and path.name.startswith(prefix) and path.suffix == ext:
+                return None
+        return f"blender wrote no image {prefix}{ext} for frame {task.frame}"
 
 
 @functools.lru_cache(maxsize=1)

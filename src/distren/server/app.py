@@ -164,20 +164,20 @@ def create_app(config: ServerConfig, core: Core | None = None) -> FastAPI:
         return await c.submit(upload)
 
     @api.get("/jobs", summary="Every job of this server")
-    async def list_jobs() -> list[dict]:
-        return core_().scheduler.jobs()
+    async def list_jobs() -> JSONResponse:
+        return JSONResponse(core_().scheduler.jobs())
 
     @api.get("/jobs/{job}", summary="One job: state, frame counts by state, timings")
-    async def get_job(job: int = JobId) -> dict:
-        return core_().scheduler.job(job)
+    async def get_job(job: int = JobId) -> JSONResponse:
+        return JSONResponse(core_().scheduler.job(job))
 
     @api.get("/jobs/{job}/frames", summary="The frames of a job")
-    async def get_frames(job: int = JobId) -> list[dict]:
-        return core_().scheduler.frames(job)
+    async def get_frames(job: int = JobId) -> JSONResponse:
+        return JSONResponse(core_().scheduler.frames(job))
 
     @api.get("/jobs/{job}/frames/{frame}", summary="One frame: state, attempts, timings, log")
-    async def get_frame(job: int = JobId, frame: int = FrameId) -> dict:
-        return core_().scheduler.frame(job, frame)
+    async def get_frame(job: int = JobId, frame: int = FrameId) -> JSONResponse:
+        return JSONResponse(core_().scheduler.frame(job, frame))
 
     @api.get("/jobs/{job}/frames/{frame}/output", responses=TARBALL_RESPONSE, summary="A done frame's tarball")
     async def get_output(job: int = JobId, frame: int = FrameId):

@@ -23,6 +23,8 @@ class ServerConfig:
     max_job_bytes: int = 2 * 1024**3
     max_frames: int = 100_000
     tar_limits: TarLimits = field(default_factory=TarLimits)
+    # Worker processes that unpack and check submitted packages (0: a thread of the server).
+    intake_processes: int = 1
     # POV-Ray threads per render; None: cores / slots, at least 1.
     render_threads: int | None = None
     # Federation: peers by name -> base URL, the shared secret's file, lease timings.

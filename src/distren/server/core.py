@@ -48,6 +48,16 @@ class Core:
         self.scheduler.discard_intake()
         self.backends = find_backends() if backends is None else backends
         self.lease_owner = f"local:{self.name}"
+        # Packages are unpacked and checked in worker processes: hostile input never shares
+        # the server's interpreter (a parser crash costs a worker, not the server), and the
+        # CPU work does not hold the event loop's GIL.
+        self._intake_pool = None
+        if config.intake_processes and backends is None:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
+            self._intake_pool = ProcessPoolExecutor(config.intake_processes, initializer=os.nice, initargs=(5,),
+                                                    mp_context=multiprocessing.get_context("forkserver"))
 
     def available_backends(self) -> list[str]:
         return [name for name, b in self.backends.items() if b.available()]
@@ -72,17 +82,23 @@ class Core:
         the problem; then nothing of the package is left behind."""
         job = self.scheduler.begin_job()
         try:
-            upload.close()
-            spec, scratch, warnings = await asyncio.to_thread(self._check_package, upload.path, job)
+            await asyncio.to_thread(upload.close)
+            if self._intake_pool is not None:
+                args = (upload.path, self.tmp_dir, self.config.tar_limits, self.name, job, self.config.max_frames,
+                        tuple(self.config.peers))
+                spec, scratch, warnings = await asyncio.get_running_loop().run_in_executor(
+                    self._intake_pool, check_package, *args)
+            else:
+                spec, scratch, warnings = await asyncio.to_thread(self._check_package, upload.path, job)
             try:
                 problems = self.scheduler.check_external_deps(spec, job)
                 if problems:
                     raise BadJob("; ".join(problems))
-                seed = upload.commit()
+                seed = await asyncio.to_thread(upload.commit)
                 await asyncio.to_thread(self._install_scene, scratch, seed.sha256)
                 failpoints.hit("intake")
             finally:
-                _remove(scratch)
+                await asyncio.to_thread(_remove, scratch)
             self.scheduler.activate_job(job, spec, seed)
         except BaseException:
             upload.abort()
@@ -91,29 +107,9 @@ class Core:
         return {**self.scheduler.job(job), "warnings": warnings}
 
     def _check_package(self, path: Path, job: int):
-        scratch = safe_extract(path, self.tmp_dir, self.config.tar_limits, reserved=RESERVED_NAMES)
-        try:
-            xml_path = scratch / JOB_XML_NAME
-            if not xml_path.is_file():
-                raise BadJobXML(f"the package has no {JOB_XML_NAME} at its top level")
-            spec = parse_job_xml(xml_path.read_bytes(), self.name, job, self.config.max_frames)
-            for name in spec.backends():
-                if name not in self.backends:
-                    known = ", ".join(sorted(self.backends)) or "none"
-                    raise BadJob(f"unknown backend {name!r} (this server knows: {known})")
-            for frame in spec.frames:
-                for dep in frame.depends:
-                    if dep.server != self.name and dep.server not in self.config.peers:
-                        raise BadJob(
-                            f"frame {frame.id} depends on {dep}: server {dep.server!r} is not this server or a peer"
-                        )
-            warnings = []
-            for name, settings in spec.backends().items():
-                warnings += self.backends[name].check(settings, scratch, spec.frames_of(name))
-            return spec, scratch, warnings
-        except BaseException:
-            _remove(scratch)
-            raise
+        args = (path, self.tmp_dir, self.config.tar_limits, self.name, job, self.config.max_frames,
+                tuple(self.config.peers))
+        return check_package(*args, backends=self.backends)
 
     def _install_scene(self, scratch: Path, sha256: str) -> None:
         final = self.scenes_dir / sha256
@@ -181,6 +177,8 @@ class Core:
             return Path(tmp), True
 
     def close(self) -> None:
+        if self._intake_pool is not None:
+            self._intake_pool.shutdown(cancel_futures=True)
         self.conn.close()
 
 
@@ -189,3 +187,42 @@ def _remove(path: Path) -> None:
         shutil.rmtree(path, ignore_errors=True)
     else:
         path.unlink(missing_ok=True)
+
+
+_worker_backends: dict[str, Backend] | None = None
+
+
+def check_package(path: Path, tmp_dir: Path, tar_limits, server: str, job: int, max_frames: int,
+                  peers: tuple[str, ...], backends: dict[str, Backend] | None = None):
+    """Unpack a package strictly into a fresh scratch folder under tmp_dir and check it all:
+    distrenjob.xml, frames, dependencies (on this server or a peer), each backend's settings.
+    Returns (spec, scratch folder, warnings); on any problem removes the folder and raises a
+    DistrenError naming it. Runs in an intake worker process (or a thread)."""
+    global _worker_backends
+    if backends is None:
+        if _worker_backends is None:
+            _worker_backends = find_backends()
+        backends = _worker_backends
+    scratch = safe_extract(path, tmp_dir, tar_limits, reserved=RESERVED_NAMES)
+    try:
+        xml_path = scratch / JOB_XML_NAME
+        if not xml_path.is_file():
+            raise BadJobXML(f"the package has no {JOB_XML_NAME} at its top level")
+        spec = parse_job_xml(xml_path.read_bytes(), server, job, max_frames)
+        for name in spec.backends():
+            if name not in backends:
+                known = ", ".join(sorted(backends)) or "none"
+                raise BadJob(f"unknown backend {name!r} (this server knows: {known})")
+        for frame in spec.frames:
+            for dep in frame.depends:
+                if dep.server != server and dep.server not in peers:
+                    raise BadJob(
+                        f"frame {frame.id} depends on {dep}: server {dep.server!r} is not this server or a peer"
+                    )
+        warnings = []
+        for name, settings in spec.backends().items():
+            warnings += backends[name].check(settings, scratch, spec.frames_of(name))
+        return spec, scratch, warnings
+    except BaseException:
+        _remove(scratch)
+        raise

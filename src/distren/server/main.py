@@ -69,6 +69,8 @@ class EmbeddedServer:
     def __init__(self, slots: int, name: str = "local", **settings):
         self._tmp = tempfile.TemporaryDirectory(prefix="distren-render-")
         root = Path(self._tmp.name)
+        # the private server takes one package: no intake worker process to start
+        settings.setdefault("intake_processes", 0)
         self.config = ServerConfig(name=name, data=root / "data", slots=slots, **settings)
         self.socket = str(root / "server.sock")
         self._server = uvicorn.Server(uvicorn_config(create_app(self.config), uds=self.socket))
