@@ -45,7 +45,9 @@ def _add_pack_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--frames", type=_frames_arg, help="frame ids and ranges, e.g. 1-40 or 0,5,1000")
     p.add_argument("--width", type=_positive_int, help="image width (overrides the INI)")
     p.add_argument("--height", type=_positive_int, help="image height (overrides the INI)")
-    p.add_argument("--antialias", help="'off' or an antialiasing threshold such as 0.3 (overrides the INI)")
+    p.add_argument("--antialias", help="POV-Ray: 'off' or an antialiasing threshold such as 0.3 (overrides the INI)")
+    p.add_argument("--engine", help="Blender: CYCLES, BLENDER_EEVEE or BLENDER_WORKBENCH (default: the file's)")
+    p.add_argument("--samples", type=_positive_int, help="Blender: render samples (default: the file's)")
     p.add_argument("--name", help="job name (default: the scene's name)")
     p.add_argument("--priority", type=int, default=0, help="job priority, -1000..1000, higher first (default 0)")
     p.add_argument("--video", action="store_true", help="add a frame that encodes the frames into a video (ffmpeg)")
@@ -66,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--json", action="store_true", help="print JSON")
 
     p = sub.add_parser("pack", help="make a job package from scene.ini or scene.pov")
-    p.add_argument("source", type=Path, help="scene.ini (with its .pov) or a bare scene.pov")
+    p.add_argument("source", type=Path, help="scene.ini (with its .pov), a bare scene.pov, or scene.blend")
     p.add_argument("-o", "--output", type=Path, help="package path (default: <scene>.distren.tar.gz)")
     _add_pack_options(p)
     p.add_argument("--json", action="store_true", help="print JSON")
@@ -119,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     server_opt(p)
 
     p = sub.add_parser("render", help="render a scene on a private in-process server and write the frames")
-    p.add_argument("source", type=Path, help="scene.ini or scene.pov")
+    p.add_argument("source", type=Path, help="scene.ini, scene.pov or scene.blend")
     p.add_argument("-o", "--output", type=Path, required=True, help="folder for the frames")
     _add_pack_options(p)
     p.add_argument("--slots", type=_positive_int, help="concurrent renders (default: 8 per core)")
@@ -179,18 +181,26 @@ class Progress:
 
 
 def _pack(args, out: Path | None):
+    """Pack a POV-Ray scene or a .blend, by the source's suffix."""
     from .pack import pack_povray
+    from .pack_blender import pack_blender
 
     video = None
     if args.video:
         video = {k: v for k, v in (("fps", args.fps), ("codec", args.codec), ("crf", args.crf)) if v is not None}
     elif args.fps or args.codec or args.crf:
         raise DistrenError("--fps, --codec and --crf go with --video")
-    result = pack_povray(
-        args.source, out, frames=args.frames, width=args.width, height=args.height,
-        antialias=args.antialias, name=args.name, priority=args.priority, video=video,
-        radiosity_prepass=args.radiosity_prepass,
-    )
+    common = dict(frames=args.frames, width=args.width, height=args.height, name=args.name,
+                  priority=args.priority, video=video)
+    if args.source.suffix.lower() == ".blend":
+        if args.antialias is not None or args.radiosity_prepass:
+            raise DistrenError("--antialias and --radiosity-prepass are POV-Ray options")
+        result = pack_blender(args.source, out, engine=args.engine, samples=args.samples, **common)
+    else:
+        if args.engine is not None or args.samples is not None:
+            raise DistrenError("--engine and --samples are Blender options")
+        result = pack_povray(args.source, out, antialias=args.antialias,
+                             radiosity_prepass=args.radiosity_prepass, **common)
     for w in result.warnings:
         print(f"distren: warning: {w}", file=sys.stderr)
     return result

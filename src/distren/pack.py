@@ -407,25 +407,33 @@ def pack_povray(
     try:
         if radiosity_prepass:
             add_radiosity_prepass(spec)
-        if video is not None:
-            add_video(spec, video)
     except DistrenError as exc:
         raise _as_pack_error(exc) from None
+    _check_as_the_server_will(settings, frame_ids, files, set(named), root)
+    target = write_job(spec, root, files, out, PurePosixPath(final.scene).stem, video)
+    return PackResult(path=target, spec=spec, files=files, warnings=list(final.warnings))
+
+
+def write_job(spec: JobSpec, root: Path, files: list[str], out: Path | None, stem: str,
+              video: dict[str, str] | None = None) -> Path:
+    """The last step of every pack: add the video frame when asked, check the XML as the
+    server will parse it, and write the package (`out`, or <stem>.distren.tar.gz in the
+    current folder, or in `out` when it is a folder). Returns its path."""
     try:
+        if video is not None:
+            add_video(spec, video)
         xml = spec.to_xml()
         parse_job_xml(xml, "local", 1)
     except ValueError as exc:  # lxml refuses control characters in the name
-        raise PackError(f"job name {job_name!r}: {exc}") from None
+        raise PackError(f"job name {spec.name!r}: {exc}") from None
     except DistrenError as exc:
         raise PackError(f"the job description would be refused: {exc.message}") from None
-
-    _check_as_the_server_will(settings, frame_ids, files, set(named), root)
-    default_name = f"{PurePosixPath(final.scene).stem}.distren.tar.gz"
+    default_name = f"{stem}.distren.tar.gz"
     target = Path(out) if out is not None else Path.cwd() / default_name
     if target.is_dir():
         target = target / default_name
     _write_package(target, xml, [(rel, root / rel) for rel in files])
-    return PackResult(path=target, spec=spec, files=files, warnings=list(final.warnings))
+    return target
 
 
 def add_radiosity_prepass(spec: JobSpec) -> int:

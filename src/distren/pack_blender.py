@@ -38,8 +38,8 @@ from .backends.povray_ini import relative_file
 from .backends.sandbox import OUT_DIR, Sandbox, prepare_scene
 from .errors import BadFrameSpec, DistrenError, PackError
 from .frames import parse_frames
-from .job.spec import DEFAULT_MAX_FRAMES, JOB_XML_NAME, FrameSpec, JobSpec, parse_job_xml
-from .pack import PackResult, _as_pack_error, _write_package
+from .job.spec import DEFAULT_MAX_FRAMES, JOB_XML_NAME, FrameSpec, JobSpec
+from .pack import PackResult, _as_pack_error, write_job
 
 INSPECT_TIMEOUT = 120.0
 INSPECT_JSON = "inspect.json"
@@ -304,8 +304,10 @@ def pack_blender(
     samples: int | None = None,
     name: str | None = None,
     priority: int = 0,
+    video: dict[str, str] | None = None,
 ) -> PackResult:
-    """Write a job package for a .blend and return what was written.
+    """Write a job package for a .blend and return what was written. `video` (ffmpeg
+    settings, {} for the defaults) adds an encode frame after the last frame.
 
     The .blend's folder is the job folder. Frames: `frames` (a frame list such as "1-40" or
     "0,5,1000"), else the scene's frame_start..frame_end in steps of frame_step. `engine`
@@ -379,20 +381,8 @@ def pack_blender(
     job_name = name if name is not None else PurePosixPath(blend).stem
     spec = JobSpec(name=job_name, backend="blender", settings=settings,
                    frames=[FrameSpec(i) for i in frame_ids], priority=priority)
-    try:
-        xml = spec.to_xml()
-        parse_job_xml(xml, "local", 1)
-    except ValueError as exc:  # lxml refuses control characters in the name
-        raise PackError(f"job name {job_name!r}: {exc}") from None
-    except DistrenError as exc:
-        raise PackError(f"the job description would be refused: {exc.message}") from None
     warnings += [w for w in _check_as_the_server_will(settings, frame_ids, files, root) if w not in warnings]
-
-    default_name = f"{PurePosixPath(blend).stem}.distren.tar.gz"
-    target = Path(out) if out is not None else Path.cwd() / default_name
-    if target.is_dir():
-        target = target / default_name
-    _write_package(target, xml, [(rel, root / rel) for rel in files])
+    target = write_job(spec, root, files, out, PurePosixPath(blend).stem, video)
     return PackResult(path=target, spec=spec, files=files, warnings=warnings)
 
 
