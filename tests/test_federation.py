@@ -220,8 +220,9 @@ def test_stopped_peer_late_result_is_refused(farm, tmp_path):
     assert len(names) == len(set(names)) == 4
 
 
-def signed(secret: bytes, method: str, path: str, body: bytes = b"", peer: str = "B", **kw) -> dict:
-    return auth.sign(secret, peer, method, path, hashlib.sha256(body).hexdigest(), **kw)
+def signed(secret: bytes, method: str, path: str, body: bytes = b"", peer: str = "B", receiver: str = "A",
+           **kw) -> dict:
+    return auth.sign(secret, peer, receiver, method, path, hashlib.sha256(body).hexdigest(), **kw)
 
 
 def test_signed_requests(farm, tmp_path):
@@ -238,6 +239,8 @@ def test_signed_requests(farm, tmp_path):
         "wrong secret": signed(b"another secret, just as long", "POST", path, body),
         "stale": signed(secret, "POST", path, body, timestamp=int(time.time()) - 301),
         "not a peer": signed(secret, "POST", path, body, peer="Z"),
+        "meant for another server": signed(secret, "POST", path, body, receiver="C"),
+        "signed before the server started": signed(secret, "POST", path, body, timestamp=int(time.time()) - 120),
     }
     for what, headers in cases.items():
         r = httpx.post(url, content=body, headers=headers)

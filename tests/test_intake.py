@@ -262,3 +262,45 @@ def test_reserved_name(srv, scene_dir):
 
 def test_empty_body(srv):
     assert_refused(srv, b"", 400, "bad_package", "empty")
+
+
+def test_huge_range_is_a_clear_refusal(srv, scene_dir):
+    assert_refused(srv, package(scene_dir, frames='<range first="0" last="9223372036854775807"/>'), 400, "bad_job",
+                   "more than 50 frames")
+
+
+def test_dependency_fan_out_is_capped(srv, scene_dir, tmp_path):
+    # 50 frames x 5000 distinct dependencies would be 250 000 edges from a small XML
+    deps = "".join(f"<depends>distren://alpha/1/{i}</depends>" for i in range(5000))
+    xml = GOOD_XML.format(frames=f'<range first="0" last="49">{deps}</range>')
+    assert_refused(srv, package(scene_dir, xml=xml), 400, "bad_job", "dependencies")
+
+
+def test_xz_archive_needing_a_huge_dictionary_is_refused(srv, scene_dir):
+    import lzma
+
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w") as t:
+        for info, data in [file_member("distrenjob.xml", GOOD_XML.format(frames='<frame id="0"/>').encode())]:
+            t.addfile(info, io.BytesIO(data))
+    body = lzma.compress(raw.getvalue(), filters=[{"id": lzma.FILTER_LZMA2, "dict_size": 1536 * 1024 * 1024}])
+    assert_refused(srv, body, 400, "bad_package", "memory")
+
+
+def test_backend_without_its_renderer_is_refused(tmp_path, scene_dir):
+    import os
+    import shutil
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in ("bwrap", "povray"):  # everything but ffmpeg
+        os.symlink(shutil.which(tool), bin_dir / tool)
+    s = ServerProcess(tmp_path / "data", "alpha", 0, env={"PATH": str(bin_dir)}).start()
+    try:
+        xml = GOOD_XML.format(frames='<range first="0" last="2"/><frame id="3" backend="ffmpeg">'
+                              '<depends>0</depends></frame>').replace(
+            "</backend>", '</backend><backend name="ffmpeg"/>', 1)
+        resp = submit(s, package(scene_dir, xml=xml))
+        assert resp.status_code == 400 and "ffmpeg is not installed" in resp.json()["error"]["message"]
+    finally:
+        s.stop()

@@ -701,3 +701,15 @@ def test_povray_sample_animations_plan(path):
     assert povplan.animated
     pi.check_frames(povplan, range(povplan.initial_frame, povplan.final_frame + 1))
     pi.frame_args(povplan, povplan.final_frame, "/job/_distren/out/x")
+
+
+def test_include_fan_out_is_capped(tmp_path):
+    """No cycle, but each INI includes the next many times: the reads are capped."""
+    from distren.backends import povray_ini
+
+    (tmp_path / "scene.pov").write_text("sphere { 0, 1 }\n")
+    for level in range(6):
+        body = "".join(f"Include_Ini=l{level + 1}.ini\n" for _ in range(50)) if level < 5 else "Width=10\n"
+        (tmp_path / f"l{level}.ini").write_text(body)
+    with pytest.raises(BadSettings, match="more than 64 INI files"):
+        povray_ini.parse_ini(tmp_path / "l0.ini", tmp_path)

@@ -169,3 +169,18 @@ def test_remote_dependencies(sched):
     assert states(sched, job) == {0: "ready", 1: "failed"}
     assert sched.frame(job, 1)["error"] == "dependency distren://peer/4/3 cancelled"
     assert sched.claim("r", ["povray"]).depends[0]["sha256"] == OUT.sha256
+
+
+def test_dependency_on_a_deleted_job_fails_instead_of_waiting(sched):
+    first = add_job(sched, {0: []})
+    lease = sched.claim("r", ["povray"])
+    sched.complete(first, 0, lease.attempt, OUT, "me", "")
+    second = add_job(sched, {0: [DistrenURL("me", first, 0)], 1: []})
+    lease = sched.claim("r", ["povray"])
+    assert (lease.job, lease.frame) == (second, 0)
+    sched.fail(second, 0, lease.attempt, "", "boom")
+    sched.fail(second, 0, sched.claim("r", ["povray"]).attempt, "", "boom")
+    sched.delete(first)
+    sched.retry(second)
+    assert states(sched, second)[0] == "failed"
+    assert sched.frame(second, 0)["error"] == f"dependency distren://me/{first}/0 deleted"

@@ -67,6 +67,13 @@ class TooLarge(DistrenError):
     code = "too_large"
 
 
+class RequestTimeout(DistrenError):
+    """Raised when a client stops sending a request body."""
+
+    status = 408
+    code = "request_timeout"
+
+
 class NotFound(DistrenError):
     """Raised when a job, frame or output does not exist."""
 

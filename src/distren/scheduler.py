@@ -176,7 +176,8 @@ class Scheduler:
             if row is None or row["state"] != "waiting" or row["status"] != "active":
                 continue
             deps = self._dep_states(c, job, frame)
-            broken = [(url, st) for url, st in deps if st in ("failed", "cancelled")]
+            # a frame of this server with no row was deleted with its job
+            broken = [(url, st or "deleted") for url, st in deps if st in ("failed", "cancelled", None)]
             if broken:
                 url, st = broken[0]
                 c.execute(

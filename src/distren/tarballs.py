@@ -236,8 +236,24 @@ def _decompressed(raw: BinaryIO) -> BinaryIO:
     if magic.startswith(b"BZh"):
         return bz2.BZ2File(raw, mode="rb")
     if magic.startswith(b"\xfd7zXZ\x00"):
-        return lzma.LZMAFile(raw, mode="rb")
+        return _xz_reader(raw)
     return raw
+
+
+# The xz format lets the archive choose the decoder's dictionary (up to 1.5 GiB): cap the
+# decoder's memory. `xz -9` needs 65 MiB.
+XZ_MEMLIMIT = 128 * 1024 * 1024
+
+
+def _xz_reader(raw: BinaryIO) -> BinaryIO:
+    """An LZMAFile whose decoder refuses archives that need more than XZ_MEMLIMIT.
+    LZMAFile itself takes no memory limit; its reader does (Python 3.11's _compression)."""
+    import _compression
+
+    reader = lzma.LZMAFile(raw, mode="rb")
+    reader._buffer = io.BufferedReader(_compression.DecompressReader(
+        raw, lzma.LZMADecompressor, trailing_error=lzma.LZMAError, memlimit=XZ_MEMLIMIT))
+    return reader
 
 
 @contextlib.contextmanager

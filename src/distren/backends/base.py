@@ -100,11 +100,17 @@ class Backend:
         """A reason to refuse outputs that the renderer made without complaint, or None."""
         return None
 
+    def _argv(self, task: FrameTask) -> list[str]:
+        """prepare() and command(): file checks and scene parsing, so off the event loop."""
+        self.prepare(task)
+        scratch = task.out.parent / "tmp"
+        scratch.mkdir(exist_ok=True)
+        return Sandbox(task.scene, task.out, task.deps, self.ro_paths, dict(self.env), scratch).argv(self.command(task))
+
     async def render(self, task: FrameTask) -> RenderResult:
         """Render one frame in the sandbox, with the timeout; never raises for renderer faults."""
         try:
-            self.prepare(task)
-            argv = Sandbox(task.scene, task.out, task.deps, self.ro_paths, dict(self.env)).argv(self.command(task))
+            argv = await asyncio.to_thread(self._argv, task)
         except DistrenError as exc:
             return RenderResult(False, "", exc.message, [])
         except Exception as exc:  # a settings problem found late is the frame's failure
@@ -117,6 +123,9 @@ class Backend:
         outputs = self.outputs(task.out)
         if not outputs:
             return RenderResult(False, log, f"{self.name} wrote no output file", [])
+        total = sum(p.stat().st_size for p in outputs)
+        if task.limits is not None and task.limits.output_bytes is not None and total > task.limits.output_bytes:
+            return RenderResult(False, log, f"the outputs total {total} bytes; the limit is {task.limits.output_bytes}", [])
         problem = await asyncio.to_thread(self.verify, task, outputs)
         if problem:
             return RenderResult(False, log, problem, [])
@@ -132,6 +141,7 @@ class RenderLimits:
     file_size: int | None = None     # bytes, the largest file it may write (RLIMIT_FSIZE)
     cpu_seconds: int | None = None   # CPU time (RLIMIT_CPU)
     processes: int | None = None     # RLIMIT_NPROC
+    output_bytes: int | None = None  # all output files of the frame together (checked after)
     # Renders run at a lower CPU priority, so that the server itself (API, scheduling,
     # transfers) stays responsive while every core renders.
     nice: int = 10

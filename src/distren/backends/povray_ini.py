@@ -46,6 +46,10 @@ POVRAY_SETTINGS = (
 
 MAX_INI_BYTES = 1024 * 1024
 MAX_INCLUDE_DEPTH = 8
+# Include_Ini may name the same file many times (no cycle, but a fan-out that grows as the
+# product of the counts): cap the INI reads of one plan, and the lines read in all.
+MAX_INI_READS = 64
+MAX_INI_LINES = 100_000
 MAX_PATH_CHARS = 1024
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
 RESERVED_FOLDER = "_distren"
@@ -515,6 +519,8 @@ class _IniReader:
         self.result = IniOptions()
         self.stack: list[str] = []
         self.subset: list[int | None] = [None, None]
+        self.reads = 0
+        self.lines = 0
 
     # -- files ---------------------------------------------------------------------------------
 
@@ -525,6 +531,9 @@ class _IniReader:
             raise BadSettings(f"{where}: Include_Ini forms a cycle: {chain}")
         if len(self.stack) >= MAX_INCLUDE_DEPTH:
             raise BadSettings(f"{where}: Include_Ini nests deeper than {MAX_INCLUDE_DEPTH} files")
+        self.reads += 1
+        if self.reads > MAX_INI_READS:
+            raise BadSettings(f"{where}: Include_Ini reads more than {MAX_INI_READS} INI files in all")
         path = self.root / rel
         if path.stat().st_size > MAX_INI_BYTES:
             raise BadSettings(f"{rel} is larger than {MAX_INI_BYTES} bytes; that is no INI file")
@@ -534,6 +543,9 @@ class _IniReader:
         # Options before the first section header always apply; a named section only when asked for.
         active = True
         for number, line in enumerate(re.split(r"\r\n|\r|\n", text), start=1):
+            self.lines += 1
+            if self.lines > MAX_INI_LINES:
+                raise BadSettings(f"{rel}: the INI files hold more than {MAX_INI_LINES} lines in all")
             active = self._read_line(line, f"{rel} line {number}", active, section)
         self.stack.pop()
 

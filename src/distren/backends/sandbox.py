@@ -3,7 +3,7 @@
 The renderer sees: the system's /usr (read-only), /etc/alternatives and /etc/ld.so.cache (shared
 library links), the read-only folders its backend names (for POV-Ray /etc/povray), the job's scene folder read-only at /job, its own empty output folder
 writable at /job/_distren/out, the frame's dependency outputs read-only at /job/_distren/deps, a
-private /tmp, and nothing else: no network, no other processes, no host /etc, /root or /home.
+private /tmp (a scratch folder of the frame on the data disk), and nothing else: no network, no other processes, no host /etc, /root or /home.
 """
 
 from __future__ import annotations
@@ -30,6 +30,9 @@ class Sandbox:
     deps: Path
     ro_paths: tuple[str, ...] = ()
     env: dict[str, str] = field(default_factory=dict)
+    # a host folder for the sandbox's /tmp (on the data disk, so it counts as disk, not RAM);
+    # None: a private tmpfs
+    tmp: Path | None = None
 
     def argv(self, command: list[str]) -> list[str]:
         bwrap = shutil.which("bwrap")
@@ -53,7 +56,7 @@ class Sandbox:
             "--symlink", "usr/sbin", "/sbin",
             "--proc", "/proc",
             "--dev", "/dev",
-            "--tmpfs", "/tmp",
+            *(["--bind", str(self.tmp), "/tmp"] if self.tmp is not None else ["--tmpfs", "/tmp"]),
         ]
         # Debian links some shared libraries through /etc/alternatives (libblas for ffmpeg);
         # the loader cache speeds up start-up. Neither holds anything private.

@@ -9,11 +9,17 @@ Every request between servers carries:
     X-Distren-Signature       hex HMAC-SHA256 over the canonical string below, keyed with the
                               federation secret
 
-canonical = METHOD \\n PATH?QUERY \\n PEER \\n TIMESTAMP \\n NONCE \\n CONTENT-SHA256
+canonical = METHOD \\n PATH?QUERY \\n PEER \\n RECEIVER \\n TIMESTAMP \\n NONCE \\n CONTENT-SHA256
+
+(RECEIVER: the name of the server the request is for, so that a captured request is no good
+against any other server of the farm; `*` only for GET /api/v1/peer/hello, which asks a server
+its name and so cannot know it.)
 
 A receiver accepts a request only when the signature matches, the timestamp is within
 +-`window` seconds of its clock, the nonce was not seen within the window (replay cache), and
-the body's actual hash equals the signed one. Anything else: 401 and nothing done.
+the body's actual hash equals the signed one, and the request was not signed before the receiver
+started (its replay cache is in memory: this keeps requests captured before a restart out).
+Anything else: 401 and nothing done.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ H_BODY = "X-Distren-Content-SHA256"
 H_SIG = "X-Distren-Signature"
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 DEFAULT_WINDOW = 300
+ANY_RECEIVER = "*"
 MIN_SECRET_BYTES = 16
 
 
@@ -49,31 +56,36 @@ def load_secret(path: Path) -> bytes:
     return secret
 
 
-def canonical(method: str, target: str, peer: str, timestamp: str, nonce: str, body_sha256: str) -> bytes:
-    return "\n".join([method.upper(), target, peer, timestamp, nonce, body_sha256]).encode()
+def canonical(method: str, target: str, peer: str, receiver: str, timestamp: str, nonce: str,
+              body_sha256: str) -> bytes:
+    return "\n".join([method.upper(), target, peer, receiver, timestamp, nonce, body_sha256]).encode()
 
 
 def sign(
-    secret: bytes, peer: str, method: str, target: str, body_sha256: str = EMPTY_SHA256,
+    secret: bytes, peer: str, receiver: str, method: str, target: str, body_sha256: str = EMPTY_SHA256,
     *, timestamp: int | None = None, nonce: str | None = None,
 ) -> dict[str, str]:
-    """Headers that sign a request to `target` (path with query string)."""
+    """Headers that sign a request from `peer` to server `receiver` for `target` (path with
+    query string)."""
     ts = str(int(time.time()) if timestamp is None else timestamp)
     nonce = nonce or secrets.token_hex(16)
-    mac = hmac.new(secret, canonical(method, target, peer, ts, nonce, body_sha256), hashlib.sha256)
+    mac = hmac.new(secret, canonical(method, target, peer, receiver, ts, nonce, body_sha256), hashlib.sha256)
     return {H_PEER: peer, H_TIME: ts, H_NONCE: nonce, H_BODY: body_sha256, H_SIG: mac.hexdigest()}
 
 
 class Verifier:
     """Checks signed requests; keeps the nonces seen within the window."""
 
-    def __init__(self, secret: bytes, window: float = DEFAULT_WINDOW, clock: Callable[[], float] = time.time):
+    def __init__(self, secret: bytes, me: str, window: float = DEFAULT_WINDOW,
+                 clock: Callable[[], float] = time.time):
         self.secret = secret
+        self.me = me
         self.window = window
         self.clock = clock
+        self.started = int(clock())
         self._seen: dict[str, float] = {}
 
-    def verify(self, method: str, target: str, headers: Mapping[str, str]) -> tuple[str, str]:
+    def verify(self, method: str, target: str, headers: Mapping[str, str], receiver: str | None = None) -> tuple[str, str]:
         """Check the signature, time and nonce; returns (peer name, signed body hash). The
         caller must still check that the body it reads has that hash (`check_body`)."""
         try:
@@ -87,12 +99,15 @@ class Verifier:
             raise Unauthorized("bad peer name in signature") from None
         if not ts.isdigit() or len(nonce) != 32 or len(body_sha) != 64:
             raise Unauthorized("malformed signature headers")
-        expected = hmac.new(self.secret, canonical(method, target, peer, ts, nonce, body_sha), hashlib.sha256).hexdigest()
+        expected = hmac.new(self.secret, canonical(method, target, peer, receiver or self.me, ts, nonce, body_sha),
+                            hashlib.sha256).hexdigest()
         if not hmac.compare_digest(expected, sig):
             raise Unauthorized("bad signature")
         now = self.clock()
         if abs(now - int(ts)) > self.window:
             raise Unauthorized(f"stale request: timestamp is {int(now - int(ts))} s off (window {self.window:g} s)")
+        if int(ts) < self.started:
+            raise Unauthorized("request signed before this server started (replay?)")
         self._prune(now)
         if nonce in self._seen:
             raise Unauthorized("replayed request (nonce seen before)")

@@ -97,8 +97,12 @@ class PeerClient:
     async def ensure_verified(self, peer: Peer) -> None:
         if peer.verified:
             return
-        resp = await self._send(peer, "GET", "/api/v1/peer/hello", verify=False)
-        name = resp.json().get("name")
+        resp = await self._send(peer, "GET", "/api/v1/peer/hello", receiver=auth.ANY_RECEIVER)
+        try:
+            name = resp.json().get("name")
+        except (ValueError, AttributeError):
+            self._failed(peer, "does not answer as a distren server")
+            raise PeerError(f"peer at {peer.url} does not answer as a distren server") from None
         if name != peer.name:
             self._failed(peer, f"answers as {name!r}, not {peer.name!r}")
             raise PeerError(f"peer at {peer.url} answers as {name!r}, not {peer.name!r}")
@@ -117,7 +121,7 @@ class PeerClient:
     async def _send(
         self, peer: Peer, method: str, path: str, *, json: Any = None, content: bytes | None = None,
         file: Path | None = None, file_sha256: str | None = None, headers: dict | None = None,
-        ok: tuple[int, ...] = (200, 201, 204), verify: bool = True,
+        ok: tuple[int, ...] = (200, 201, 204), receiver: str | None = None,
     ) -> httpx.Response:
         import json as _json
 
@@ -133,7 +137,7 @@ class PeerClient:
         else:
             body = content
             body_sha = hashlib.sha256(content or b"").hexdigest()
-        hdrs.update(auth.sign(self.secret, self.me, method, path, body_sha))
+        hdrs.update(auth.sign(self.secret, self.me, receiver or peer.name, method, path, body_sha))
         try:
             resp = await self.http.request(method, peer.url + path, content=body, headers=hdrs)
         except httpx.HTTPError as exc:
@@ -154,7 +158,7 @@ class PeerClient:
         peer = self.get(name)
         await self.ensure_verified(peer)
         hdrs = dict(headers or {})
-        hdrs.update(auth.sign(self.secret, self.me, "GET", path))
+        hdrs.update(auth.sign(self.secret, self.me, peer.name, "GET", path))
         return self.http.stream("GET", peer.url + path, headers=hdrs)
 
 

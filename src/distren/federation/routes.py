@@ -42,7 +42,8 @@ def create_peer_router(get_core: Callable, get_fed: Callable) -> APIRouter:
         fed = get_fed()
         if fed is None:
             raise Unauthorized("this server has no federation secret: peer requests are refused")
-        peer, body_sha = fed.verifier.verify(request.method, _target(request), request.headers)
+        receiver = None if known_only else auth.ANY_RECEIVER
+        peer, body_sha = fed.verifier.verify(request.method, _target(request), request.headers, receiver)
         if known_only and peer not in fed.peers.peers:
             raise Unauthorized(f"server {peer!r} is not a peer of {get_core().name!r}")
         fed.peers.heard_from(peer)

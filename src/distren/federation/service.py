@@ -75,13 +75,17 @@ class Federation:
                 self.core.scheduler.set_remote_dep(server, job, frame, "failed", error="does not exist")
                 return
             raise
-        info = resp.json()
-        if info["state"] == "done":
+        try:
+            info = resp.json()
+            state = info["state"]
+        except (ValueError, KeyError, TypeError):
+            raise PeerError(f"peer {server} sent a malformed frame description") from None
+        if state == "done":
             out = info["output"]
             blob = await self.fetch_blob(server, out["sha256"], out["size"])
             self.core.scheduler.set_remote_dep(server, job, frame, "done", blob)
-        elif info["state"] in ("failed", "cancelled"):
-            self.core.scheduler.set_remote_dep(server, job, frame, info["state"], error=info.get("error"))
+        elif state in ("failed", "cancelled"):
+            self.core.scheduler.set_remote_dep(server, job, frame, state, error=info.get("error"))
 
     # -- claiming ------------------------------------------------------------------------
     def next_claim_in(self) -> float:
@@ -111,7 +115,16 @@ class Federation:
                 continue
             peer.backoff = 0.0
             self._rr = (self._rr + i + 1) % len(peers)
-            return peer.name, lease_from_json(resp.json(), peer.name)
+            try:
+                data = resp.json()
+            except ValueError:
+                self._back_off(peer)
+                continue
+            try:
+                return peer.name, lease_from_json(data, peer.name)
+            except PeerError as exc:
+                log.warning("%s", exc.message)
+                self._back_off(peer)
         return None
 
     def _back_off(self, peer) -> None:
@@ -213,5 +226,5 @@ def lease_from_json(data: dict, owner: str) -> Lease:
                           for d in data["depends"]),
             expires=None, owner=owner, lease_seconds=float(data["lease_seconds"]),
         )
-    except (KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise PeerError(f"malformed lease from {owner}: {exc!r}") from None

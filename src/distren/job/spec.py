@@ -21,6 +21,9 @@ from ..url import DistrenURL, parse_dependency
 JOB_XML_NAME = "distrenjob.xml"
 MAX_XML_BYTES = 1024 * 1024
 DEFAULT_MAX_FRAMES = 100_000
+# Frame-to-frame dependencies in one job, counted per frame (a range's <depends> counts once
+# per frame of the range): enough for a video of every frame of a 100 000-frame job.
+MAX_DEPENDENCIES = 200_000
 # Where a package may not put files: the server mounts its own directories there.
 RESERVED_NAMES = ("_distren",)
 # The job of a package that is being written (before any server gave it an id): dependencies
@@ -173,7 +176,7 @@ def parse_job_xml(
     backend, settings = next(iter(backends.items()))
 
     frames: list[FrameSpec] = []
-    count = 0
+    count = edges = 0
     for el in root.find("frames"):
         if not isinstance(el.tag, str):
             continue
@@ -184,15 +187,19 @@ def parse_job_xml(
         if frame_backend == backend:
             frame_backend = None
         if el.tag == "frame":
-            ids = range(int(el.get("id")), int(el.get("id")) + 1)
+            first = last = int(el.get("id"))
         else:
             first, last = int(el.get("first")), int(el.get("last"))
             if first > last:
                 raise BadJob(f"frame range {first}-{last} is empty: first must be <= last")
-            ids = range(first, last + 1)
-        count += len(ids)
+        count += last - first + 1
         if count > max_frames:
             raise BadJob(f"the job has more than {max_frames} frames")
+        ids = range(first, last + 1)
+        deps = list(dict.fromkeys(deps))  # the same dependency twice is one
+        edges += len(deps) * len(ids)
+        if edges > MAX_DEPENDENCIES:
+            raise BadJob(f"the job has more than {MAX_DEPENDENCIES} dependencies in all")
         frames.extend(FrameSpec(i, list(deps), frame_backend) for i in ids)
 
     seen: set[int] = set()

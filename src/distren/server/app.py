@@ -19,7 +19,7 @@ from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
-from ..errors import DistrenError, NotFound, TooLarge
+from ..errors import DistrenError, NotFound, RequestTimeout, TooLarge
 from ..federation.auth import Verifier, check_client_token, load_secret
 from ..federation.peers import PeerClient, PeerError
 from ..federation.routes import create_peer_router
@@ -44,6 +44,10 @@ TARBALL_BODY = {
         },
     }
 }
+# A client that stops sending a body for this long is cut off (408): stalled uploads do not
+# hold a connection, a file and a slot of the concurrency limit for ever.
+BODY_STALL_SECONDS = 30.0
+
 TARBALL_RESPONSE = {200: {"content": {"application/x-tar": {}}, "description": "a tarball"}}
 
 
@@ -151,13 +155,25 @@ def create_app(config: ServerConfig, core: Core | None = None) -> FastAPI:
                 return error_response(400, "bad_request", "Content-Length must be a number")
             if int(length) > c.config.max_job_bytes:
                 raise TooLarge(f"package of {length} bytes exceeds the limit of {c.config.max_job_bytes} bytes")
-        upload = c.new_upload()
+        upload = None
+        stream = request.stream().__aiter__()
         try:
-            async for chunk in request.stream():
+            while True:
+                try:
+                    chunk = await asyncio.wait_for(stream.__anext__(), BODY_STALL_SECONDS)
+                except StopAsyncIteration:
+                    break
+                except asyncio.TimeoutError:
+                    raise RequestTimeout(f"no body data for {BODY_STALL_SECONDS} s; upload abandoned") from None
+                if upload is None:  # no file for a client that sends nothing
+                    upload = c.new_upload()
                 upload.write(chunk)
         except BaseException:
-            upload.abort()
+            if upload is not None:
+                upload.abort()
             raise
+        if upload is None:
+            return error_response(400, "bad_package", "empty body: send the job tarball as the request body")
         if upload.size == 0:
             upload.abort()
             return error_response(400, "bad_package", "empty body: send the job tarball as the request body")
@@ -193,7 +209,7 @@ def create_app(config: ServerConfig, core: Core | None = None) -> FastAPI:
     @api.get("/jobs/{job}/bundle", responses=TARBALL_RESPONSE, summary="The job's finished frames as one tarball")
     async def get_bundle(job: int = JobId):
         c = core_()
-        path, temporary = await asyncio.to_thread(c.bundle, job)
+        path, temporary = await c.bundle(job)
         return FileResponse(
             path,
             media_type="application/x-tar",
@@ -255,16 +271,18 @@ def make_federation(core: Core, config: ServerConfig):
         lease_seconds=config.lease_seconds, heartbeat_seconds=config.heartbeat_seconds,
         claim_backoff_max=config.claim_backoff_max, watch_seconds=config.watch_seconds,
     )
-    return Federation(core, PeerClient(core.name, secret, config.peers), settings, Verifier(secret))
+    return Federation(core, PeerClient(core.name, secret, config.peers), settings, Verifier(secret, core.name))
 
 
 async def proxy_get(peers, server: str, path: str, headers: dict | None = None):
     """Forward a GET to a peer; stream its answer back (downloads are never held in memory)."""
     from starlette.responses import StreamingResponse
 
-    cm = await peers.stream(server, path, headers)
     try:
+        cm = await peers.stream(server, path, headers)
         resp = await cm.__aenter__()
+    except PeerError:
+        raise
     except Exception as exc:
         raise PeerError(f"peer {server} unreachable: {exc}") from None
     headers = {k: v for k, v in resp.headers.items()

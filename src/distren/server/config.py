@@ -44,7 +44,8 @@ class ServerConfig:
         from ..backends.base import RenderLimits
 
         cpu = self.render_cpu_seconds or int(self.frame_timeout * max(1, self.threads())) + 1
-        return RenderLimits(self.render_memory, self.render_file_size, cpu, self.render_processes)
+        return RenderLimits(self.render_memory, self.render_file_size, cpu, self.render_processes,
+                            output_bytes=self.render_file_size)
 
     # When set, submit, cancel, retry and delete need "Authorization: Bearer <token>".
     client_token_file: Path | None = None

@@ -4,10 +4,12 @@ in, and builds bundles. The HTTP app (app.py) and the embedded renderer use it."
 from __future__ import annotations
 
 import asyncio
+import errno
 import hashlib
 import json
 import os
 import shutil
+import signal
 import tarfile
 import tempfile
 from pathlib import Path
@@ -16,7 +18,7 @@ from .. import __version__, failpoints
 from ..backends.base import Backend, find_backends
 from ..backends.sandbox import prepare_scene
 from ..errors import BadJob, BadJobXML, BadPackage, DistrenError
-from ..job.spec import JOB_XML_NAME, RESERVED_NAMES, parse_job_xml
+from ..job.spec import JOB_XML_NAME, MAX_XML_BYTES, RESERVED_NAMES, parse_job_xml
 from ..scheduler import Scheduler
 from ..store import db
 from ..store.blobs import Blob, BlobStore, BlobWriter
@@ -56,8 +58,8 @@ class Core:
             import multiprocessing
             from concurrent.futures import ProcessPoolExecutor
 
-            self._intake_pool = ProcessPoolExecutor(config.intake_processes, initializer=os.nice, initargs=(5,),
-                                                    mp_context=multiprocessing.get_context("forkserver"))
+            self._intake_pool = ProcessPoolExecutor(config.intake_processes, initializer=_intake_worker_init,
+                                                    mp_context=multiprocessing.get_context("spawn"))
 
     def available_backends(self) -> list[str]:
         return [name for name, b in self.backends.items() if b.available()]
@@ -91,6 +93,12 @@ class Core:
             else:
                 spec, scratch, warnings = await asyncio.to_thread(self._check_package, upload.path, job)
             try:
+                for name in spec.backends():
+                    if not self.backends[name].available():
+                        if not self.config.peers:
+                            raise BadJob(f"this server cannot render {name!r} frames: "
+                                         f"{self.backends[name].executable} is not installed")
+                        warnings.append(f"{name} is not installed here; only peers that have it can render those frames")
                 problems = self.scheduler.check_external_deps(spec, job)
                 if problems:
                     raise BadJob("; ".join(problems))
@@ -116,7 +124,13 @@ class Core:
         if final.exists():
             return
         prepare_scene(scratch)
-        os.replace(scratch, final)
+        try:
+            os.replace(scratch, final)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                raise
+            # another thread installed the same scene first: theirs is as good
+            _remove(scratch)
 
     def scene(self, sha256: str) -> Path:
         """The extracted scene folder of a seed blob, extracting it again when missing."""
@@ -145,36 +159,43 @@ class Core:
         dest.parent.mkdir(parents=True, exist_ok=True)
         os.replace(scratch, dest)
 
-    def bundle(self, job: int) -> tuple[Path, bool]:
+    async def bundle(self, job: int) -> tuple[Path, bool]:
         """The job's bundle: every finished frame's files as `<frame>/<file>`, in frame order.
         Returns (path, temporary): a done job's bundle is kept as a blob; a partial one is a
-        temporary file the caller removes."""
+        temporary file the caller removes. Database work stays on the event loop; only the
+        tar writing runs in a thread."""
         info = self.scheduler.job(job)
         outputs = self.scheduler.done_outputs(job)
         key = hashlib.sha256(json.dumps([(f, b.sha256) for f, b in outputs]).encode()).hexdigest()
         cached = self.scheduler.cached_bundle(job, key)
         if cached and self.blobs.has(cached):
             return self.blobs.path(cached), False
+        keep = info["state"] == "done"
+        path, blob = await asyncio.to_thread(self._write_bundle, outputs, keep)
+        if blob is not None:
+            self.scheduler.set_cached_bundle(job, key, blob.sha256)
+        return path, not keep
+
+    def _write_bundle(self, outputs: list[tuple[int, Blob]], keep: bool) -> tuple[Path, Blob | None]:
         with self.blobs.writer() as w:
             with tarfile.open(fileobj=w, mode="w|", format=tarfile.PAX_FORMAT) as out:
                 for i, (frame, blob) in enumerate(outputs):
                     if i == len(outputs) // 2:
                         failpoints.hit("bundle")
                     for name, member, stream in iter_tar_files(self.blobs.path(blob.sha256)):
-                        info_ = tarfile.TarInfo(f"{frame}/{name}")
-                        info_.size = member.size
-                        info_.mode = 0o644
-                        info_.mtime = 0
-                        out.addfile(info_, stream)
-            if info["state"] == "done":
+                        info = tarfile.TarInfo(f"{frame}/{name}")
+                        info.size = member.size
+                        info.mode = 0o644
+                        info.mtime = 0
+                        out.addfile(info, stream)
+            if keep:
                 blob = w.commit()
-                self.scheduler.set_cached_bundle(job, key, blob.sha256)
-                return self.blobs.path(blob.sha256), False
+                return self.blobs.path(blob.sha256), blob
             w.close()
             fd, tmp = tempfile.mkstemp(dir=self.tmp_dir, prefix="bundle-")
             os.close(fd)
             os.replace(w.path, tmp)
-            return Path(tmp), True
+            return Path(tmp), None
 
     def close(self) -> None:
         if self._intake_pool is not None:
@@ -190,6 +211,18 @@ def _remove(path: Path) -> None:
 
 
 _worker_backends: dict[str, Backend] | None = None
+
+
+def _intake_worker_init() -> None:
+    """An intake worker dies with the server (also on kill -9) and yields the CPU to it."""
+    import ctypes
+
+    PR_SET_PDEATHSIG = 1
+    try:
+        ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        pass
+    os.nice(5)
 
 
 def check_package(path: Path, tmp_dir: Path, tar_limits, server: str, job: int, max_frames: int,
@@ -208,6 +241,9 @@ def check_package(path: Path, tmp_dir: Path, tar_limits, server: str, job: int, 
         xml_path = scratch / JOB_XML_NAME
         if not xml_path.is_file():
             raise BadJobXML(f"the package has no {JOB_XML_NAME} at its top level")
+        size = xml_path.stat().st_size
+        if size > MAX_XML_BYTES:
+            raise BadJobXML(f"{JOB_XML_NAME} is {size} bytes; the limit is {MAX_XML_BYTES}")
         spec = parse_job_xml(xml_path.read_bytes(), server, job, max_frames)
         for name in spec.backends():
             if name not in backends:

@@ -78,7 +78,12 @@ class Runner:
         backends = self.core.available_backends()
         while True:
             self._wake.clear()
-            got = await self._next(backends)
+            try:
+                got = await self._next(backends)
+            except Exception:  # a bad peer answer or a database hiccup must not end the slot
+                log.exception("slot %d: could not take work; trying again", index)
+                await asyncio.sleep(IDLE_POLL)
+                continue
             if got is None:
                 idle = IDLE_POLL
                 if self.federation is not None:
