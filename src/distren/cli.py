@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from . import __version__
 from .client import Client, ClientError
 from .errors import DistrenError, ServerError
 from .frames import parse_frames
+from .server.config import usable_cores
 
 EXIT_OK, EXIT_JOB_FAILED, EXIT_USAGE, EXIT_REFUSED, EXIT_SERVER = 0, 1, 2, 3, 4
 
@@ -274,7 +274,7 @@ def cmd_delete(args) -> int:
 
 
 SERVE_DEFAULTS = {
-    "listen": "127.0.0.1:7780", "slots": os.cpu_count() or 1, "max_failures": 3, "frame_timeout": 3600.0,
+    "listen": "127.0.0.1:7780", "slots": usable_cores(), "max_failures": 3, "frame_timeout": 3600.0,
     "max_job_bytes": 2 * 1024**3, "max_frames": 100_000, "max_members": 10_000, "max_unpacked_bytes": 2 * 1024**3,
     "lease_seconds": 60.0, "heartbeat_seconds": None, "claim_backoff_max": 5.0, "watch_seconds": 2.0,
     "federation_secret_file": None, "client_token_file": None, "name": None, "data": None,

@@ -3,13 +3,13 @@ process (temporary data folder, every core), render, write the frames to a folde
 
 from __future__ import annotations
 
-import os
 import sys
 import tempfile
 from pathlib import Path
 
 from .cli import Progress
 from .errors import DistrenError
+from .server.config import usable_cores
 from .tarballs import TarLimits, iter_tar_files
 
 # POV-Ray idles about 0.7 s per process before it renders (DESIGN.md): many more processes than
@@ -21,7 +21,7 @@ def render(args, pack) -> dict:
     from .server.main import EmbeddedServer
 
     out = Path(args.output)
-    slots = args.slots or SLOTS_PER_CORE * (os.cpu_count() or 1)
+    slots = args.slots or SLOTS_PER_CORE * usable_cores()
     with tempfile.TemporaryDirectory(prefix="distren-pack-") as tmp:
         package = pack(args, Path(tmp) / "job.tar.gz").path
         with EmbeddedServer(slots=slots) as server:

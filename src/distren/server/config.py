@@ -1,5 +1,5 @@
-"""Server settings, with their defaults. Every one is documented in docs/configuration.md
-(and the README); `distren serve --help` lists the command-line flags that set them."""
+"""Server settings, with their defaults. Every one is documented in the README's server settings
+table; `distren serve --help` lists the command-line flags that set them."""
 
 from __future__ import annotations
 
@@ -10,11 +10,19 @@ from pathlib import Path
 from ..tarballs import TarLimits
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (taskset/cgroup affinity), not all the machine's."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
 @dataclass
 class ServerConfig:
     name: str
     data: Path
-    slots: int = field(default_factory=lambda: os.cpu_count() or 1)
+    slots: int = field(default_factory=usable_cores)
     # A frame fails for good after this many failed attempts.
     max_failures: int = 3
     # Wall-clock limit of one render, seconds.
@@ -53,4 +61,4 @@ class ServerConfig:
     def threads(self) -> int:
         if self.render_threads:
             return self.render_threads
-        return max(1, (os.cpu_count() or 1) // max(1, self.slots))
+        return max(1, usable_cores() // max(1, self.slots))

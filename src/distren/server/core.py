@@ -60,6 +60,7 @@ class Core:
 
             self._intake_pool = ProcessPoolExecutor(config.intake_processes, initializer=_intake_worker_init,
                                                     mp_context=multiprocessing.get_context("spawn"))
+            self._intake_pool.submit(os.getpid)  # start the worker now, not on the first submit
 
     def available_backends(self) -> list[str]:
         return [name for name, b in self.backends.items() if b.available()]

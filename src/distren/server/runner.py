@@ -92,6 +92,8 @@ class Runner:
                     await asyncio.wait_for(self._wake.wait(), idle)
                 continue
             home, lease = got
+            if home is not None:
+                self.wake()  # a peer has work: the other idle slots ask it too, now
             key = (home or self.core.name, lease.job, lease.frame)
             render = asyncio.create_task(self._render(home, lease))
             self._renders[key] = render
