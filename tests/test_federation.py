@@ -161,7 +161,7 @@ SLOWISH = '#declare Spin = 0; #while (Spin < 3000000) #declare Spin = Spin + 1; 
 def test_killed_peer_frames_are_leased_again(farm, tmp_path):
     a = farm.add("A", 0, ["B", "C"])
     b = farm.add("B", 1, ["A"])
-    c = farm.add("C", 1, ["A"], extra=["--claim-backoff-max", "2"])
+    farm.add("C", 1, ["A"], extra=["--claim-backoff-max", "2"])
     farm.start()
     pkg = pack(tmp_path, final=5, pov_extra=SLOWISH)
     client = a.client()

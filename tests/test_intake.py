@@ -3,7 +3,6 @@ nothing left behind, and the server keeps serving."""
 
 from __future__ import annotations
 
-import gzip
 import io
 import tarfile
 from pathlib import Path

@@ -10,7 +10,7 @@ from pathlib import Path
 from .cli import Progress
 from .errors import DistrenError
 from .server.config import usable_cores
-from .tarballs import TarLimits, iter_tar_files
+from .tarballs import iter_tar_files
 
 # POV-Ray idles about 0.7 s per process before it renders (DESIGN.md): many more processes than
 # cores keep the CPU busy.

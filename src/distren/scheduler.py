@@ -20,7 +20,7 @@ from typing import Callable, Iterable, Iterator
 from .errors import Conflict, NotFound
 from .job.spec import JobSpec
 from .store.blobs import Blob
-from .url import DistrenURL, format_url
+from .url import format_url
 
 FRAME_STATES = ("waiting", "ready", "running", "done", "failed", "cancelled")
 TERMINAL = ("done", "failed", "cancelled")

@@ -9,7 +9,10 @@ job's settings acceptable), `command` (the renderer's argv for one frame) and, w
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
+import re
+import shutil
 import signal
 import subprocess
 from dataclasses import dataclass
@@ -202,6 +205,21 @@ async def run_process(argv: list[str], timeout: float, limits: RenderLimits | No
             await proc.wait()
     log = b"".join(chunks)[-LOG_TAIL:].decode("utf-8", "replace")
     return proc.returncode, log, timed_out
+
+
+@functools.lru_cache(maxsize=None)
+def probe_version(executable: str, flag: str, pattern: str) -> str | None:
+    """A renderer's version: the first group of `pattern` in what `executable flag` prints
+    (stdout and stderr), "unknown" when it does not match, None when it is not installed."""
+    exe = shutil.which(executable)
+    if exe is None:
+        return None
+    try:
+        proc = subprocess.run([exe, flag], capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    match = re.search(pattern, proc.stdout + proc.stderr, re.MULTILINE)
+    return match.group(1) if match else "unknown"
 
 
 def exit_reason(rc: int) -> str:

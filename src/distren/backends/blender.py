@@ -20,16 +20,13 @@ before the end", so no job text ever reaches that position.
 
 from __future__ import annotations
 
-import functools
 import re
-import shutil
-import subprocess
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from ..errors import BadSettings
-from .base import Backend, FrameTask
+from .base import Backend, FrameTask, probe_version
 from .povray_ini import relative_file
 from .sandbox import JOB_DIR, OUT_DIR
 
@@ -262,16 +259,6 @@ class BlenderBackend(Backend):
         return f"blender wrote no image {prefix}{ext} for frame {task.frame}"
 
 
-@functools.lru_cache(maxsize=1)
 def blender_version() -> str | None:
     """Blender's version from `blender --version` ("3.4.1"), or None when it is not installed."""
-    exe = shutil.which("blender")
-    if exe is None:
-        return None
-    try:
-        proc = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=60,
-                              stdin=subprocess.DEVNULL)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    match = re.search(r"^Blender\s+(\S+)", proc.stdout, re.MULTILINE)
-    return match.group(1) if match else "unknown"
+    return probe_version("blender", "--version", r"^Blender\s+(\S+)")

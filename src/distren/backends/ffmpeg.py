@@ -9,15 +9,13 @@ needs even sizes), and afterwards counts the frames of the video it made.
 
 from __future__ import annotations
 
-import functools
 import json
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
 from ..errors import BadSettings, DistrenError
-from .base import Backend, FrameTask
+from .base import Backend, FrameTask, probe_version
 from .sandbox import OUT_DIR
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".tga", ".exr", ".ppm")
@@ -30,19 +28,6 @@ CODECS = {
 SETTINGS = ("codec", "fps", "crf", "name")
 SEQUENCE = "_sequence"
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
-
-
-@functools.lru_cache(maxsize=1)
-def _ffmpeg_version() -> str | None:
-    exe = shutil.which("ffmpeg")
-    if exe is None:
-        return None
-    try:
-        out = subprocess.run([exe, "-version"], capture_output=True, text=True, timeout=20).stdout
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    match = re.search(r"ffmpeg version (\S+)", out)
-    return match.group(1) if match else "unknown"
 
 
 def video_settings(settings: dict[str, str]) -> dict:
@@ -71,7 +56,7 @@ class FfmpegBackend(Backend):
     executable = "ffmpeg"
 
     def version(self) -> str | None:
-        return _ffmpeg_version()
+        return probe_version("ffmpeg", "-version", r"ffmpeg version (\S+)")
 
     def check(self, settings: dict[str, str], scene: Path, frame_ids: list[int]) -> list[str]:
         video_settings(settings)

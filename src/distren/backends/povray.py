@@ -13,15 +13,12 @@ backend checks that it arrived, and that the pre-pass frame really wrote one.
 
 from __future__ import annotations
 
-import functools
 import re
-import shutil
-import subprocess
 from pathlib import Path, PurePosixPath
 
 from ..errors import BadSettings, DistrenError
 from . import povray_ini
-from .base import Backend, FrameTask
+from .base import Backend, FrameTask, probe_version
 from .sandbox import OUT_DIR
 
 PREPASS = "radiosity-prepass"
@@ -48,7 +45,7 @@ class PovrayBackend(Backend):
     env = {"POVINI": "/etc/povray/3.7/povray.ini"}
 
     def version(self) -> str | None:
-        return _povray_version()
+        return probe_version("povray", "--version", r"POV-Ray\s+(\S+)")
 
     def check(self, settings: dict[str, str], scene: Path, frame_ids: list[int]) -> list[str]:
         rest, prepass = _split(settings)
@@ -91,16 +88,3 @@ class PovrayBackend(Backend):
             # without a radiosity block POV-Ray writes an empty file
             return f"the radiosity pre-pass wrote no {RAD_FILE} data (does the scene use radiosity?)"
         return None
-
-
-@functools.lru_cache(maxsize=1)
-def _povray_version() -> str | None:
-    exe = shutil.which("povray")
-    if exe is None:
-        return None
-    try:
-        proc = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=20)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    match = re.search(r"POV-Ray\s+(\S+)", proc.stdout + proc.stderr)
-    return match.group(1) if match else "unknown"

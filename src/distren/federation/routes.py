@@ -18,7 +18,7 @@ from typing import Callable
 from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 
-from ..errors import BadJob, Conflict, DistrenError, TooLarge, Unauthorized
+from ..errors import BadJob, Conflict, TooLarge, Unauthorized
 from ..store.blobs import Blob
 from ..url import MAX_ID
 from . import auth

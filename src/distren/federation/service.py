@@ -12,7 +12,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import DistrenError
 from ..scheduler import Lease
 from ..store.blobs import Blob
 from .peers import PeerClient, PeerError

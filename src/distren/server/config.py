@@ -5,9 +5,13 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 from pathlib import Path
 
 from ..tarballs import TarLimits
+
+if TYPE_CHECKING:
+    from ..backends.base import RenderLimits
 
 
 def usable_cores() -> int:

@@ -17,7 +17,7 @@ from pathlib import Path
 from .. import __version__, failpoints
 from ..backends.base import Backend, find_backends
 from ..backends.sandbox import prepare_scene
-from ..errors import BadJob, BadJobXML, BadPackage, DistrenError
+from ..errors import BadJob, BadJobXML
 from ..job.spec import JOB_XML_NAME, MAX_XML_BYTES, RESERVED_NAMES, parse_job_xml
 from ..scheduler import Scheduler
 from ..store import db
