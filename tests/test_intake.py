@@ -303,3 +303,30 @@ def test_backend_without_its_renderer_is_refused(tmp_path, scene_dir):
         assert resp.status_code == 400 and "ffmpeg is not installed" in resp.json()["error"]["message"]
     finally:
         s.stop()
+
+
+def test_a_crashed_checker_costs_one_package_not_the_server(srv, scene_dir):
+    import os
+    import signal
+    import time
+
+    def workers() -> list[int]:
+        found = []
+        for p in Path("/proc").iterdir():
+            try:
+                if p.name.isdigit() and int((p / "stat").read_text().split()[3]) == srv.proc.pid \
+                        and b"multiprocessing" in (p / "cmdline").read_bytes():
+                    found.append(int(p.name))
+            except (OSError, ValueError, IndexError):
+                pass
+        return found
+
+    assert workers(), "the server checks packages in a worker process"
+    for pid in workers():
+        os.kill(pid, signal.SIGKILL)  # as a parser crash on hostile input would
+    time.sleep(0.5)
+    first = submit(srv, package(scene_dir))
+    assert first.status_code == 400, first.text
+    assert "crashed the checker" in first.json()["error"]["message"]
+    assert submit(srv, package(scene_dir)).status_code == 201
+    assert httpx.get(srv.url + "/api/v1/server").status_code == 200

@@ -12,7 +12,7 @@ from .errors import DistrenError
 from .server.config import usable_cores
 from .tarballs import iter_tar_files
 
-# POV-Ray idles about 0.7 s per process before it renders (DESIGN.md): many more processes than
+# POV-Ray idles about 0.7 s per process before it renders (measured on a 2-core machine): many more processes than
 # cores keep the CPU busy.
 SLOTS_PER_CORE = 8
 

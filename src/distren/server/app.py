@@ -260,8 +260,8 @@ def load_token(path: Path | None) -> str | None:
 
 
 def make_federation(core: Core, config: ServerConfig):
-    """The federation service, when a secret is configured (peers may be none: a server that
-    only hands out work still needs the secret to check the requests of those who claim)."""
+    """The federation service, when a secret is configured. Only servers in the peer table
+    may claim this server's frames."""
     if config.federation_secret_file is None:
         if config.peers:
             raise DistrenError("--peer needs --federation-secret-file")

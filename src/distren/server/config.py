@@ -50,7 +50,7 @@ class ServerConfig:
     render_memory: int | None = 16 * 1024**3
     render_file_size: int | None = 16 * 1024**3
     render_cpu_seconds: int | None = None   # default: frame_timeout x threads
-    render_processes: int | None = 1024
+    render_processes: int | None = 4096
 
     def render_limits(self) -> "RenderLimits":
         from ..backends.base import RenderLimits

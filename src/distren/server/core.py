@@ -7,17 +7,20 @@ import asyncio
 import errno
 import hashlib
 import json
+import multiprocessing
 import os
 import shutil
 import signal
 import tarfile
 import tempfile
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 from .. import __version__, failpoints
 from ..backends.base import Backend, find_backends
 from ..backends.sandbox import prepare_scene
-from ..errors import BadJob, BadJobXML
+from ..errors import BadJob, BadJobXML, BadPackage
 from ..job.spec import JOB_XML_NAME, MAX_XML_BYTES, RESERVED_NAMES, parse_job_xml
 from ..scheduler import Scheduler
 from ..store import db
@@ -55,12 +58,13 @@ class Core:
         # CPU work does not hold the event loop's GIL.
         self._intake_pool = None
         if config.intake_processes and backends is None:
-            import multiprocessing
-            from concurrent.futures import ProcessPoolExecutor
+            self._intake_pool = self._new_intake_pool()
 
-            self._intake_pool = ProcessPoolExecutor(config.intake_processes, initializer=_intake_worker_init,
-                                                    mp_context=multiprocessing.get_context("spawn"))
-            self._intake_pool.submit(os.getpid)  # start the worker now, not on the first submit
+    def _new_intake_pool(self) -> ProcessPoolExecutor:
+        pool = ProcessPoolExecutor(self.config.intake_processes, initializer=_intake_worker_init,
+                                   mp_context=multiprocessing.get_context("spawn"))
+        pool.submit(os.getpid)  # start the worker now, not on the first submit
+        return pool
 
     def available_backends(self) -> list[str]:
         return [name for name, b in self.backends.items() if b.available()]
@@ -89,8 +93,12 @@ class Core:
             if self._intake_pool is not None:
                 args = (upload.path, self.tmp_dir, self.config.tar_limits, self.name, job, self.config.max_frames,
                         tuple(self.config.peers))
-                spec, scratch, warnings = await asyncio.get_running_loop().run_in_executor(
-                    self._intake_pool, check_package, *args)
+                try:
+                    spec, scratch, warnings = await asyncio.get_running_loop().run_in_executor(
+                        self._intake_pool, check_package, *args)
+                except BrokenProcessPool:
+                    self._intake_pool = self._new_intake_pool()  # the next package gets a new worker
+                    raise BadPackage("the package crashed the checker; it was refused") from None
             else:
                 spec, scratch, warnings = await asyncio.to_thread(self._check_package, upload.path, job)
             try:

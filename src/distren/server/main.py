@@ -34,6 +34,7 @@ def uvicorn_config(app, **kw) -> uvicorn.Config:
     return uvicorn.Config(
         app,
         log_level="warning",
+        http="h11",  # the header-size cap below is h11's; httptools would ignore it
         access_log=False,
         lifespan="on",
         timeout_keep_alive=KEEP_ALIVE_SECONDS,
