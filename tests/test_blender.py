@@ -369,3 +369,16 @@ def test_corrupt_blend_is_refused_or_fails_with_blenders_message(server_factory,
     (tmp_path / "trunc" / "t.blend").write_bytes(real[: len(real) // 3])
     with pytest.raises(PackError, match="Failed to read blend file"):
         pack_blender(tmp_path / "trunc" / "t.blend", tmp_path / "t.tar.gz")
+
+
+def test_blender_job_rendered_across_two_servers(farm, blends, tmp_path):
+    """Submitted to A, rendered by A and B together; every frame equals Blender's own render."""
+    a = farm.add("A", 1, ["B"])
+    farm.add("B", 2, ["A"])
+    farm.start()
+    pkg = pack_blender(blends / "scene" / "ref_cycles.blend", tmp_path / "cy.tar.gz", frames="1-4").path
+    info, frames, folder = render_job(a, pkg, tmp_path)
+    assert info["state"] == "done", frames
+    assert {f["rendered_by"] for f in frames.values()} == {"A", "B"}
+    assert_matches_direct(folder, {n: f"ref_cycles_{n:06d}.png" for n in range(1, 5)},
+                          blends / "scene" / "ref_cycles.blend", tmp_path)

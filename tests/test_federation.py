@@ -13,45 +13,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import ServerProcess, dependent_package, make_scene, run_cli
+from conftest import Farm, ServerProcess, dependent_package, make_scene, run_cli
 from distren.federation import auth
-
-LEASE = ["--lease-seconds", "3", "--heartbeat-seconds", "0.5", "--claim-backoff-max", "0.3", "--watch-seconds", "0.3"]
-
-
-class Farm:
-    def __init__(self, tmp: Path):
-        self.tmp = tmp
-        self.secret = tmp / "secret"
-        self.secret.write_text("a federation secret of enough length\n")
-        self.servers: dict[str, ServerProcess] = {}
-
-    def add(self, name: str, slots: int, peers: list[str], extra: list[str] = ()) -> ServerProcess:
-        s = ServerProcess(self.tmp / f"data-{name}", name, slots)
-        self.servers[name] = s
-        s.peer_names = peers
-        s.extra = ["--federation-secret-file", str(self.secret), *LEASE, *extra]
-        return s
-
-    def start(self) -> None:
-        for s in self.servers.values():
-            for p in s.peer_names:
-                url = self.servers[p].url if p in self.servers else "http://127.0.0.1:9"
-                s.extra += ["--peer", f"{p}={url}"]
-            s.start()
-
-    def stop(self) -> None:
-        for s in self.servers.values():
-            if s.proc is not None:
-                s.stop()
-
-
-@pytest.fixture
-def farm(tmp_path):
-    f = Farm(tmp_path)
-    yield f
-    f.stop()
-
 
 def pack(tmp: Path, final: int, name: str = "scene", pov_extra: str = "") -> Path:
     scene = tmp / name
