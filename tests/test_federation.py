@@ -11,9 +11,8 @@ import time
 from pathlib import Path
 
 import httpx
-import pytest
 
-from conftest import Farm, ServerProcess, dependent_package, make_scene, run_cli
+from conftest import ServerProcess, dependent_package, make_scene, run_cli
 from distren.federation import auth
 
 def pack(tmp: Path, final: int, name: str = "scene", pov_extra: str = "") -> Path:
