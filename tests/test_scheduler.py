@@ -184,3 +184,19 @@ def test_dependency_on_a_deleted_job_fails_instead_of_waiting(sched):
     sched.retry(second)
     assert states(sched, second)[0] == "failed"
     assert sched.frame(second, 0)["error"] == f"dependency distren://me/{first}/0 deleted"
+
+
+def test_a_peer_whose_renders_keep_failing_is_blocklisted_for_the_job(tmp_path):
+    s = Scheduler(db.connect(tmp_path / "b.sqlite3"), "me", max_failures=5, block_after=2)
+    job = add_job(s, {0: [], 1: [], 2: []})
+    other = add_job(s, {0: []})
+    for _ in range(2):
+        lease = s.claim("bad", ["povray"], lease_seconds=30)
+        assert lease.job == job
+        s.fail(job, lease.frame, lease.attempt, "", "crash", owner="bad")
+    assert s.job(job)["blocklisted"] == ["bad"]
+    assert s.claim("bad", ["povray"], lease_seconds=30).job == other  # other jobs still come
+    assert s.claim("good", ["povray"], lease_seconds=30).job == job   # others take its frames
+    assert s.claim("local:me", ["povray"]).job == job                # the home never blocks itself
+    s.retry(job)
+    assert s.job(job)["blocklisted"] == []

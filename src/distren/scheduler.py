@@ -65,12 +65,14 @@ class Scheduler:
         server: str,
         *,
         max_failures: int = 3,
+        block_after: int = 2,
         on_ready: Callable[[], None] = lambda: None,
         clock: Callable[[], float] = time.time,
     ):
         self.conn = conn
         self.server = server
         self.max_failures = max_failures
+        self.block_after = block_after
         self.on_ready = on_ready
         self.clock = clock
 
@@ -208,8 +210,9 @@ class Scheduler:
             row = c.execute(
                 "SELECT f.job_id, f.frame, f.attempts, f.backend FROM frames f JOIN jobs j ON j.id=f.job_id"
                 f" WHERE f.state='ready' AND j.status='active' AND f.backend IN ({marks})"
+                " AND NOT EXISTS (SELECT 1 FROM blocklist b WHERE b.job_id=f.job_id AND b.renderer=?)"
                 " ORDER BY f.priority DESC, f.job_id, f.frame LIMIT 1",
-                names,
+                [*names, owner],
             ).fetchone()
             if row is None:
                 return None
@@ -287,11 +290,27 @@ class Scheduler:
                 (state, failures, error, state, now, job, frame),
             )
             self._end_attempt(c, job, frame, attempt, "failed" if counts else "interrupted", log)
+            if counts:
+                self._maybe_block(c, job, frame, attempt)
             if state == "failed":
                 self._settle(c, self._dependents(c, job, frame))
         if state == "ready":
             self.on_ready()
         return state
+
+    def _maybe_block(self, c: sqlite3.Connection, job: int, frame: int, attempt: int) -> None:
+        """A peer whose renders of this job failed `block_after` times gets no more of its
+        frames; the others take them. This server's own slots are never blocked (the job must
+        still run or fail somewhere)."""
+        row = c.execute("SELECT renderer FROM attempts WHERE job_id=? AND frame=? AND attempt=?",
+                        (job, frame, attempt)).fetchone()
+        if row is None or row[0].startswith("local:"):
+            return
+        failed = c.execute("SELECT COUNT(*) FROM attempts WHERE job_id=? AND renderer=? AND outcome='failed'",
+                           (job, row[0])).fetchone()[0]
+        if failed >= self.block_after:
+            c.execute("INSERT OR IGNORE INTO blocklist(job_id, renderer, since) VALUES (?,?,?)",
+                      (job, row[0], self.clock()))
 
     def _end_attempt(self, c: sqlite3.Connection, job: int, frame: int, attempt: int, outcome: str, log: str | None) -> None:
         c.execute(
@@ -397,6 +416,7 @@ class Scheduler:
                 (job,),
             )
             c.execute("UPDATE jobs SET status='active', bundle_sha256=NULL, bundle_key=NULL WHERE id=?", (job,))
+            c.execute("DELETE FROM blocklist WHERE job_id=?", (job,))
             # frames on peers that failed may have been retried there: ask again
             c.execute(
                 "UPDATE remote_deps SET state='waiting', error=NULL WHERE state != 'done' AND EXISTS"
@@ -425,7 +445,7 @@ class Scheduler:
         running = [(job, r[0], r[1]) for r in self.conn.execute(
             "SELECT frame, attempts FROM frames WHERE job_id=? AND state='running'", (job,))]
         with self._tx() as c:
-            for table in ("attempts", "deps", "frames"):
+            for table in ("attempts", "deps", "frames", "blocklist"):
                 c.execute(f"DELETE FROM {table} WHERE job_id=?", (job,))
             c.execute("DELETE FROM jobs WHERE id=?", (job,))
         return running
@@ -478,6 +498,8 @@ class Scheduler:
             "started": times[0],
             "finished": times[1] if state in ("done", "failed", "cancelled") else None,
             "seed": {"sha256": row["seed_sha256"], "size": row["seed_size"]},
+            "blocklisted": [r[0] for r in self.conn.execute(
+                "SELECT renderer FROM blocklist WHERE job_id=? ORDER BY renderer", (row["id"],))],
         }
 
     def frames(self, job: int) -> list[dict]:

@@ -73,6 +73,13 @@ CREATE TABLE IF NOT EXISTS remote_deps (
     checked REAL,
     PRIMARY KEY (server, job, frame)
 );
+-- Peers whose renders of a job keep failing: they get no more frames of it (until a retry).
+CREATE TABLE IF NOT EXISTS blocklist (
+    job_id INTEGER NOT NULL,
+    renderer TEXT NOT NULL,
+    since REAL NOT NULL,
+    PRIMARY KEY (job_id, renderer)
+);
 CREATE TABLE IF NOT EXISTS attempts (
     job_id INTEGER NOT NULL,
     frame INTEGER NOT NULL,
