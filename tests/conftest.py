@@ -88,16 +88,17 @@ class ServerProcess:
     """`distren serve` in a subprocess, on a free loopback port, with its own data folder."""
 
     def __init__(self, data: Path, name: str = "alpha", slots: int = 2, extra: list[str] | None = None,
-                 env: dict[str, str] | None = None):
+                 env: dict[str, str] | None = None, prefix: list[str] | None = None):
         self.data, self.name, self.slots, self.extra = data, name, slots, extra or []
         self.env = env
+        self.prefix = prefix or []  # e.g. prlimit
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen | None = None
         self.log = data.parent / f"{name}-{self.port}.log"
 
     def start(self) -> "ServerProcess":
-        cmd = DISTREN + ["serve", "--name", self.name, "--listen", f"127.0.0.1:{self.port}",
+        cmd = self.prefix + DISTREN + ["serve", "--name", self.name, "--listen", f"127.0.0.1:{self.port}",
                          "--data", str(self.data), "--slots", str(self.slots), *self.extra]
         self._logf = open(self.log, "ab")
         self.proc = subprocess.Popen(cmd, stdout=self._logf, stderr=subprocess.STDOUT, start_new_session=True,

@@ -74,6 +74,13 @@ class RequestTimeout(DistrenError):
     code = "request_timeout"
 
 
+class StorageFull(DistrenError):
+    """Raised when the data folder cannot take a write (disk full, quota, file-size limit)."""
+
+    status = 507
+    code = "storage_full"
+
+
 class NotFound(DistrenError):
     """Raised when a job, frame or output does not exist."""
 

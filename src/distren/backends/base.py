@@ -159,6 +159,9 @@ class RenderLimits:
         for limit, value in ((resource.RLIMIT_AS, self.memory), (resource.RLIMIT_FSIZE, self.file_size),
                              (resource.RLIMIT_CPU, self.cpu_seconds), (resource.RLIMIT_NPROC, self.processes)):
             if value is not None:
+                hard = resource.getrlimit(limit)[1]
+                if hard != resource.RLIM_INFINITY:
+                    value = min(value, hard)  # never above what the server itself may use
                 resource.setrlimit(limit, (value, value))
 
 

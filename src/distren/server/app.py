@@ -19,7 +19,7 @@ from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
-from ..errors import DistrenError, NotFound, RequestTimeout, TooLarge
+from ..errors import DistrenError, NotFound, RequestTimeout, StorageFull, TooLarge
 from ..federation.auth import Verifier, check_client_token, load_secret
 from ..federation.peers import PeerClient, PeerError
 from ..federation.routes import create_peer_router
@@ -167,7 +167,10 @@ def create_app(config: ServerConfig, core: Core | None = None) -> FastAPI:
                     raise RequestTimeout(f"no body data for {BODY_STALL_SECONDS} s; upload abandoned") from None
                 if upload is None:  # no file for a client that sends nothing
                     upload = c.new_upload()
-                upload.write(chunk)
+                try:
+                    upload.write(chunk)
+                except OSError as exc:
+                    raise StorageFull(f"cannot store the package: {exc.strerror or exc}") from None
         except BaseException:
             if upload is not None:
                 upload.abort()

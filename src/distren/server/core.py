@@ -20,7 +20,7 @@ from pathlib import Path
 from .. import __version__, failpoints
 from ..backends.base import Backend, find_backends
 from ..backends.sandbox import prepare_scene
-from ..errors import BadJob, BadJobXML, BadPackage
+from ..errors import BadJob, BadJobXML, BadPackage, StorageFull
 from ..job.spec import JOB_XML_NAME, MAX_XML_BYTES, RESERVED_NAMES, parse_job_xml
 from ..scheduler import Scheduler
 from ..store import db
@@ -117,6 +117,10 @@ class Core:
             finally:
                 await asyncio.to_thread(_remove, scratch)
             self.scheduler.activate_job(job, spec, seed)
+        except OSError as exc:
+            upload.abort()
+            self.scheduler.drop_job(job)
+            raise StorageFull(f"cannot store the package: {exc.strerror or exc}") from None
         except BaseException:
             upload.abort()
             self.scheduler.drop_job(job)

@@ -133,10 +133,14 @@ class Runner:
         heart = asyncio.create_task(self._heartbeat(home, lease, asyncio.current_task())) if home else None
         try:
             result = await self._prepare_and_render(home, lease, work)
+            blob = None
             if result.ok:
-                blob: Blob = await asyncio.to_thread(core.put_output, result.outputs, work / "out")
+                try:
+                    blob = await asyncio.to_thread(core.put_output, result.outputs, work / "out")
+                except OSError as exc:  # a full disk fails the frame, not the server
+                    result = RenderResult(False, result.log, f"cannot store the output: {exc.strerror or exc}", [])
             # the heartbeat goes on during the upload: a long upload must not lose the lease
-            await self._report(home, lease, result, blob if result.ok else None)
+            await self._report(home, lease, result, blob)
         finally:
             if heart is not None:
                 heart.cancel()
