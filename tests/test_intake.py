@@ -330,3 +330,30 @@ def test_a_crashed_checker_costs_one_package_not_the_server(srv, scene_dir):
     assert "crashed the checker" in first.json()["error"]["message"]
     assert submit(srv, package(scene_dir)).status_code == 201
     assert httpx.get(srv.url + "/api/v1/server").status_code == 200
+
+
+def test_slow_and_stalled_clients_are_cut_off(tmp_path):
+    import socket
+    import time
+
+    s = ServerProcess(tmp_path / "data", "alpha", 0, ["--header-timeout", "1.5"]).start()
+    try:
+        silent = socket.create_connection(("127.0.0.1", s.port))
+        partial = socket.create_connection(("127.0.0.1", s.port))
+        partial.sendall(b"GET /api/v1/server HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        started = time.monotonic()
+        for sock in (silent, partial):
+            sock.settimeout(10)
+            assert sock.recv(100) == b""  # closed by the server
+        assert time.monotonic() - started < 5
+        # a keep-alive client that sends its next request slowly is cut off too
+        live = socket.create_connection(("127.0.0.1", s.port))
+        live.sendall(b"GET /api/v1/server HTTP/1.1\r\nHost: x\r\n\r\n")
+        live.settimeout(10)
+        assert live.recv(12).startswith(b"HTTP/1.1 200")
+        live.sendall(b"GET /api/v1/server HTTP/1.1\r\n")
+        while live.recv(65536):  # the rest of the first answer, then the close (a timeout fails)
+            pass
+        assert httpx.get(s.url + "/api/v1/server").status_code == 200
+    finally:
+        s.stop()

@@ -35,6 +35,8 @@ class ServerConfig:
     max_job_bytes: int = 2 * 1024**3
     max_frames: int = 100_000
     tar_limits: TarLimits = field(default_factory=TarLimits)
+    # Seconds a client may take to send a request's head (slow clients are cut off).
+    header_timeout: float = 10.0
     # Worker processes that unpack and check submitted packages (0: a thread of the server).
     intake_processes: int = 1
     # POV-Ray threads per render; None: cores / slots, at least 1.

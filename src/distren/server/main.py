@@ -9,8 +9,10 @@ import threading
 import time
 from pathlib import Path
 
+import h11
 import httpx
 import uvicorn
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from ..client import Client
 from ..errors import DistrenError
@@ -23,6 +25,41 @@ KEEP_ALIVE_SECONDS = 5
 MAX_CONNECTIONS = 1000
 
 
+class GuardedH11Protocol(H11Protocol):
+    """uvicorn's h11 protocol with a deadline for the request head: a client that connects and
+    sends nothing, or sends headers slower than `head_timeout` seconds (slow-loris), is cut
+    off. (uvicorn itself waits for ever; its keep-alive timer only runs between requests.)"""
+
+    head_timeout = 10.0
+
+    def connection_made(self, transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._head_timer = self.loop.call_later(self.head_timeout, self._head_expired)
+
+    def data_received(self, data: bytes) -> None:
+        if self._head_timer is None and self.conn.their_state is h11.IDLE:
+            self._head_timer = self.loop.call_later(self.head_timeout, self._head_expired)
+        super().data_received(data)
+        if self._head_timer is not None and self.conn.their_state is not h11.IDLE:
+            self._head_timer.cancel()  # the head is complete
+            self._head_timer = None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+        super().connection_lost(exc)
+
+    def _head_expired(self) -> None:
+        self._head_timer = None
+        if not self.transport.is_closing():
+            self.transport.close()
+
+
+def guarded_protocol(head_timeout: float) -> type[GuardedH11Protocol]:
+    return type("GuardedH11", (GuardedH11Protocol,), {"head_timeout": head_timeout})
+
+
 def parse_listen(text: str) -> tuple[str, int]:
     host, sep, port = text.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
@@ -30,11 +67,13 @@ def parse_listen(text: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-def uvicorn_config(app, **kw) -> uvicorn.Config:
+def uvicorn_config(app, head_timeout: float = 10.0, **kw) -> uvicorn.Config:
     return uvicorn.Config(
         app,
         log_level="warning",
-        http="h11",  # the header-size cap below is h11's; httptools would ignore it
+        # h11 (the header-size cap below is h11's; httptools would ignore it), with a deadline
+        # for request heads
+        http=guarded_protocol(head_timeout),
         access_log=False,
         lifespan="on",
         timeout_keep_alive=KEEP_ALIVE_SECONDS,
@@ -56,7 +95,7 @@ def serve(config: ServerConfig, listen: str) -> None:
     elif config.peers:
         raise DistrenError("--peer needs --federation-secret-file")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    server = uvicorn.Server(uvicorn_config(create_app(config), host=host, port=port))
+    server = uvicorn.Server(uvicorn_config(create_app(config), config.header_timeout, host=host, port=port))
     logging.getLogger("distren.server").info("server %s listening on http://%s:%d", config.name, host, port)
     server.run()
     if not server.started:
