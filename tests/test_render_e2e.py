@@ -239,3 +239,14 @@ def test_cancel_kills_running_frames(server, tmp_path):
     assert c.retry(job["url"])["requeued"] == 4
     assert c.job(job["url"])["state"] in ("queued", "running")
     c.cancel(job["url"])
+
+
+def test_serve_refuses_a_folder_that_is_not_its_own(tmp_path):
+    """At start-up a server clears its own scratch folders: it must never adopt someone else's
+    folder (think --data / or --data ~), where `tmp` and `work` are not its own."""
+    foreign = tmp_path / "foreign"
+    (foreign / "tmp").mkdir(parents=True)
+    (foreign / "tmp" / "precious.txt").write_text("keep me")
+    r = run_cli("serve", "--name", "alpha", "--data", str(foreign), "--listen", "127.0.0.1:1")
+    assert r.returncode == 2 and "not empty and holds no distren data" in r.stderr
+    assert (foreign / "tmp" / "precious.txt").read_text() == "keep me"

@@ -20,7 +20,7 @@ from pathlib import Path
 from .. import __version__, failpoints
 from ..backends.base import Backend, find_backends
 from ..backends.sandbox import prepare_scene
-from ..errors import BadJob, BadJobXML, BadPackage, StorageFull
+from ..errors import BadJob, BadJobXML, BadPackage, DistrenError, StorageFull
 from ..job.spec import JOB_XML_NAME, MAX_XML_BYTES, RESERVED_NAMES, parse_job_xml
 from ..scheduler import Scheduler
 from ..store import db
@@ -36,8 +36,11 @@ class Core:
         self.config = config
         self.name = config.name
         data = Path(config.data)
+        check_data_folder(data)
         data.mkdir(parents=True, exist_ok=True)
         self.data = data
+        # the database first: from now on the folder is recognisably distren's
+        self.conn = db.connect(data / DB_NAME)
         self.blobs = BlobStore(data / "blobs")
         self.scenes_dir = data / "scenes"
         self.work_dir = data / "work"
@@ -48,7 +51,6 @@ class Core:
         for d in (self.work_dir, self.tmp_dir):
             for child in d.iterdir():
                 _remove(child)
-        self.conn = db.connect(data / "distren.sqlite3")
         self.scheduler = Scheduler(self.conn, self.name, max_failures=config.max_failures)
         self.scheduler.discard_intake()
         self.backends = find_backends() if backends is None else backends
@@ -224,6 +226,22 @@ def _remove(path: Path) -> None:
 
 
 _worker_backends: dict[str, Backend] | None = None
+DB_NAME = "distren.sqlite3"
+
+
+def check_data_folder(data: Path) -> None:
+    """The data folder must be new, empty, or one distren made (it holds the database): at
+    start-up the server clears its own scratch folders in it (`tmp`, `work`, `blobs/tmp`), which
+    must never be anybody else's."""
+    if not data.exists():
+        return
+    if not data.is_dir():
+        raise DistrenError(f"--data {data}: not a folder")
+    if (data / DB_NAME).is_file():
+        return
+    if any(data.iterdir()):
+        raise DistrenError(f"--data {data}: the folder is not empty and holds no distren data; "
+                           "give a new or empty folder")
 
 
 def _intake_worker_init() -> None:
