@@ -404,6 +404,31 @@ class _Extractor:
         self.written += copied
 
 
+# What may follow the last member: the end-of-archive marker (two zero blocks) and zero padding
+# up to the record size (10 KiB for tar, more for some writers). Anything else is refused.
+MAX_TRAILER = 1024 * 1024
+
+
+def _check_end(tar: tarfile.TarFile) -> None:
+    """tarfile takes a cut or damaged header after the first member, or a missing end marker,
+    for the end of the archive, and never reads a compressed stream to its end (so gzip's and
+    bzip2's checksums go unchecked). Read what follows the last member: it must be zeros, at
+    least the end-of-archive marker, ending within MAX_TRAILER bytes, and the decompressor must
+    reach the end of its stream cleanly (its checksum verified)."""
+    stream = tar.fileobj
+    stream.seek(tar.offset)
+    rest = 0
+    while chunk := stream.read(64 * 1024):
+        rest += len(chunk)
+        if chunk.count(0) != len(chunk):
+            raise BadPackage("data after the last member that is not the end of the archive "
+                             "(a damaged or truncated header?)")
+        if rest > MAX_TRAILER:
+            raise BadPackage(f"more than {MAX_TRAILER} bytes after the end of the archive")
+    if rest < 2 * tarfile.BLOCKSIZE:
+        raise BadPackage("the archive ends without its end-of-archive marker (truncated?)")
+
+
 def safe_extract(
     archive: Path,
     parent: Path,
@@ -421,6 +446,7 @@ def safe_extract(
     try:
         with _open_checked(archive) as tar:
             _Extractor(dest, limits, reserved).extract(tar)
+            _check_end(tar)
     except BaseException as exc:
         shutil.rmtree(dest, ignore_errors=True)
         if isinstance(exc, BadPackage) or not isinstance(exc, Exception):
