@@ -250,3 +250,24 @@ def test_serve_refuses_a_folder_that_is_not_its_own(tmp_path):
     r = run_cli("serve", "--name", "alpha", "--data", str(foreign), "--listen", "127.0.0.1:1")
     assert r.returncode == 2 and "not empty and holds no distren data" in r.stderr
     assert (foreign / "tmp" / "precious.txt").read_text() == "keep me"
+
+
+def test_a_job_sets_its_own_render_timeout(server, tmp_path):
+    """The server's default (--frame-timeout, 3600 s here) gives way to the job's <timeout>."""
+    scene = tmp_path / "slow"
+    scene.mkdir()
+    (scene / "slow.pov").write_text(SLOW_POV)
+    pkg = tmp_path / "slow.tar.gz"
+    assert run_cli("pack", str(scene / "slow.pov"), "--timeout", "2", "-o", str(pkg)).returncode == 0
+    c = server.client()
+    job = c.submit(pkg)
+    assert job["timeout"] == 2
+    frame = None
+    deadline = time.monotonic() + 60
+    while not (frame and frame["history"] and frame["history"][0]["outcome"]):
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+        frame = c.frame(f"{job['url']}/0")
+    assert frame["history"][0]["outcome"] == "failed"
+    assert frame["history"][0]["finished"] - frame["history"][0]["started"] < 10
+    c.cancel(job["url"])

@@ -50,6 +50,8 @@ def _add_pack_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--samples", type=_positive_int, help="Blender: render samples (default: the file's)")
     p.add_argument("--name", help="job name (default: the scene's name)")
     p.add_argument("--priority", type=int, default=0, help="job priority, -1000..1000, higher first (default 0)")
+    p.add_argument("--timeout", type=_positive_int,
+                   help="seconds one frame may render (up to 604800; default: the server's --frame-timeout)")
     p.add_argument("--video", action="store_true", help="add a frame that encodes the frames into a video (ffmpeg)")
     p.add_argument("--fps", help="video frames per second (default 24)")
     p.add_argument("--codec", choices=("h264", "h265", "vp9"), help="video codec (default h264, in MP4)")
@@ -192,7 +194,7 @@ def _pack(args, out: Path | None):
     elif args.fps or args.codec or args.crf:
         raise DistrenError("--fps, --codec and --crf go with --video")
     common = dict(frames=args.frames, width=args.width, height=args.height, name=args.name,
-                  priority=args.priority, video=video)
+                  priority=args.priority, video=video, timeout=args.timeout)
     if args.source.suffix.lower() == ".blend":
         if args.antialias is not None or args.radiosity_prepass:
             raise DistrenError("--antialias and --radiosity-prepass are POV-Ray options")

@@ -323,6 +323,7 @@ def pack_povray(
     priority: int = 0,
     video: dict[str, str] | None = None,
     radiosity_prepass: bool = False,
+    timeout: int | None = None,
 ) -> PackResult:
     """Write a job package for a POV-Ray scene and return what was written.
 
@@ -403,7 +404,7 @@ def pack_povray(
 
     job_name = name if name is not None else PurePosixPath(final.scene).stem
     spec = JobSpec(name=job_name, backend="povray", settings=settings,
-                   frames=[FrameSpec(i) for i in frame_ids], priority=priority)
+                   frames=[FrameSpec(i) for i in frame_ids], priority=priority, timeout=timeout)
     try:
         if radiosity_prepass:
             add_radiosity_prepass(spec)

@@ -43,12 +43,14 @@ class Lease:
     expires: float | None
     owner: str = ""
     lease_seconds: float | None = None   # as granted by the home server
+    timeout: float | None = None         # the job's render timeout, if it sets one
 
     def to_json(self, lease_seconds: float | None) -> dict:
         return {
             "job": self.job, "frame": self.frame, "attempt": self.attempt, "backend": self.backend,
             "settings": self.settings, "seed": {"sha256": self.seed_sha256, "size": self.seed_size},
             "frame_ids": list(self.frame_ids), "depends": list(self.depends), "lease_seconds": lease_seconds,
+            "timeout": self.timeout,
         }
 
 
@@ -106,8 +108,9 @@ class Scheduler:
         with self._tx() as c:
             c.execute(
                 "UPDATE jobs SET name=?, backend=?, priority=?, settings=?, seed_sha256=?,"
-                " seed_size=?, status='active' WHERE id=? AND status='intake'",
-                (spec.name, spec.backend, spec.priority, json.dumps(spec.backends()), seed.sha256, seed.size, job),
+                " seed_size=?, timeout=?, status='active' WHERE id=? AND status='intake'",
+                (spec.name, spec.backend, spec.priority, json.dumps(spec.backends()), seed.sha256, seed.size,
+                 spec.timeout, job),
             )
             c.executemany(
                 "INSERT INTO frames(job_id, frame, backend, priority, state) VALUES (?, ?, ?, ?, 'waiting')",
@@ -228,7 +231,7 @@ class Scheduler:
                 (job, frame, attempt, owner, now),
             )
             jrow = c.execute(
-                "SELECT backend, settings, seed_sha256, seed_size FROM jobs WHERE id=?", (job,)
+                "SELECT backend, settings, seed_sha256, seed_size, timeout FROM jobs WHERE id=?", (job,)
             ).fetchone()
             ids = tuple(r[0] for r in c.execute("SELECT frame FROM frames WHERE job_id=? ORDER BY frame", (job,)))
             deps = tuple(
@@ -239,7 +242,7 @@ class Scheduler:
             job=job, frame=frame, attempt=attempt, backend=row["backend"],
             settings=json.loads(jrow["settings"])[row["backend"]], seed_sha256=jrow["seed_sha256"],
             seed_size=jrow["seed_size"], frame_ids=ids, depends=deps, expires=expires, owner=owner,
-            lease_seconds=lease_seconds,
+            lease_seconds=lease_seconds, timeout=jrow["timeout"],
         )
 
     def _running(self, c: sqlite3.Connection, job: int, frame: int, attempt: int, owner: str | None = None) -> None:
@@ -491,6 +494,7 @@ class Scheduler:
             "backend": row["backend"],
             "backends": list(json.loads(row["settings"])),
             "priority": row["priority"],
+            "timeout": row["timeout"],
             "state": state,
             "frames": counts,
             "total_frames": sum(counts.values()),

@@ -224,6 +224,7 @@ def lease_from_json(data: dict, owner: str) -> Lease:
             depends=tuple({"url": str(d["url"]), "sha256": str(d["sha256"]), "size": int(d["size"])}
                           for d in data["depends"]),
             expires=None, owner=owner, lease_seconds=float(data["lease_seconds"]),
+            timeout=None if data.get("timeout") is None else float(data["timeout"]),
         )
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise PeerError(f"malformed lease from {owner}: {exc!r}") from None

@@ -59,6 +59,7 @@ class JobSpec:
     frames: list[FrameSpec]
     priority: int = 0
     extra_backends: dict[str, dict[str, str]] = field(default_factory=dict)
+    timeout: int | None = None   # seconds per render; None: the server's default
 
     def frame_ids(self) -> list[int]:
         return [f.id for f in self.frames]
@@ -79,6 +80,8 @@ class JobSpec:
         etree.SubElement(root, "name").text = self.name
         if self.priority:
             etree.SubElement(root, "priority").text = str(self.priority)
+        if self.timeout:
+            etree.SubElement(root, "timeout").text = str(self.timeout)
         for name, settings in self.backends().items():
             backend = etree.SubElement(root, "backend", name=name)
             for key, value in settings.items():
@@ -167,6 +170,7 @@ def parse_job_xml(
     root = _load(data)
     name = root.findtext("name") or ""
     priority = int(root.findtext("priority") or 0)
+    timeout = int(root.findtext("timeout")) if root.find("timeout") is not None else None
     backends: dict[str, dict[str, str]] = {}
     for backend_el in root.findall("backend"):
         name_ = backend_el.get("name")
@@ -209,7 +213,7 @@ def parse_job_xml(
         seen.add(frame.id)
     extra = {k: v for k, v in backends.items() if k != backend}
     spec = JobSpec(name=name, backend=backend, settings=settings, frames=frames, priority=priority,
-                   extra_backends=extra)
+                   extra_backends=extra, timeout=timeout)
     check_same_job_deps(spec, server, job)
     return spec
 

@@ -167,8 +167,8 @@ class Runner:
             return RenderResult(False, "", f"cannot prepare the frame: {exc}", [])
         task = FrameTask(
             settings=lease.settings, scene=scene, frame=lease.frame, frame_ids=lease.frame_ids,
-            out=out, deps=deps, timeout=core.config.frame_timeout, threads=core.config.threads(),
-            limits=core.config.render_limits(),
+            out=out, deps=deps, timeout=lease.timeout or core.config.frame_timeout, threads=core.config.threads(),
+            limits=core.config.render_limits(lease.timeout),
             home=home or core.name, job=lease.job, depends=tuple(d["url"] for d in lease.depends),
         )
         return await core.backends[lease.backend].render(task)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (
@@ -22,6 +22,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     name TEXT NOT NULL,
     backend TEXT NOT NULL,
     priority INTEGER NOT NULL DEFAULT 0,
+    timeout INTEGER,
     -- {"backend name": {settings}}: the job's backend first, then any a frame names
     settings TEXT NOT NULL DEFAULT '{}',
     seed_sha256 TEXT,
