@@ -242,7 +242,7 @@ _SHELL = "runs shell commands and is not allowed"
 _SHELL_RETURN = "acts on a shell command's result and is not allowed"
 _WRITES = "writes a file and is not allowed"
 _HISTOGRAM = "writes a histogram file and is not allowed"
-_RADIOSITY = "(radiosity data files) is set by distren itself: use `distren pack --radiosity-prepass`"
+_RADIOSITY = "(radiosity data files) is not allowed in an INI: distren sets it (distren pack --radiosity-prepass)"
 
 _REFUSED: dict[str, str] = {
     "Pre_Scene_Command": _SHELL,
