@@ -165,6 +165,8 @@ def create_app(config: ServerConfig, core: Core | None = None) -> FastAPI:
                     break
                 except asyncio.TimeoutError:
                     raise RequestTimeout(f"no body data for {BODY_STALL_SECONDS} s; upload abandoned") from None
+                if not chunk:  # the stream ends with an empty chunk
+                    continue
                 if upload is None:  # no file for a client that sends nothing
                     upload = c.new_upload()
                 try:
@@ -176,9 +178,6 @@ def create_app(config: ServerConfig, core: Core | None = None) -> FastAPI:
                 upload.abort()
             raise
         if upload is None:
-            return error_response(400, "bad_package", "empty body: send the job tarball as the request body")
-        if upload.size == 0:
-            upload.abort()
             return error_response(400, "bad_package", "empty body: send the job tarball as the request body")
         return await c.submit(upload)
 

@@ -92,9 +92,9 @@ class Core:
         job = self.scheduler.begin_job()
         try:
             await asyncio.to_thread(upload.close)
+            args = (upload.path, self.tmp_dir, self.config.tar_limits, self.name, job, self.config.max_frames,
+                    tuple(self.config.peers))
             if self._intake_pool is not None:
-                args = (upload.path, self.tmp_dir, self.config.tar_limits, self.name, job, self.config.max_frames,
-                        tuple(self.config.peers))
                 try:
                     spec, scratch, warnings = await asyncio.get_running_loop().run_in_executor(
                         self._intake_pool, check_package, *args)
@@ -102,7 +102,7 @@ class Core:
                     self._intake_pool = self._new_intake_pool()  # the next package gets a new worker
                     raise BadPackage("the package crashed the checker; it was refused") from None
             else:
-                spec, scratch, warnings = await asyncio.to_thread(self._check_package, upload.path, job)
+                spec, scratch, warnings = await asyncio.to_thread(check_package, *args, backends=self.backends)
             try:
                 for name in spec.backends():
                     if not self.backends[name].available():
@@ -128,11 +128,6 @@ class Core:
             self.scheduler.drop_job(job)
             raise
         return {**self.scheduler.job(job), "warnings": warnings}
-
-    def _check_package(self, path: Path, job: int):
-        args = (path, self.tmp_dir, self.config.tar_limits, self.name, job, self.config.max_frames,
-                tuple(self.config.peers))
-        return check_package(*args, backends=self.backends)
 
     def _install_scene(self, scratch: Path, sha256: str) -> None:
         final = self.scenes_dir / sha256
