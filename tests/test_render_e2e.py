@@ -21,6 +21,17 @@ sphere { 0, 1 pigment { rgb 1 } }
 """
 
 
+def slow_package(tmp_path: Path, *pack_args: str) -> Path:
+    """A package of a scene that takes far longer to parse than any test waits."""
+    scene = tmp_path / "slow"
+    scene.mkdir()
+    (scene / "slow.pov").write_text(SLOW_POV)
+    pkg = tmp_path / "slow.tar.gz"
+    r = run_cli("pack", str(scene / "slow.pov"), *pack_args, "-o", str(pkg))
+    assert r.returncode == 0, r.stderr
+    return pkg
+
+
 def wait_done(client, url: str, timeout: float = 120) -> dict:
     return client.wait(url, interval=0.1, timeout=timeout)
 
@@ -184,11 +195,7 @@ def test_failed_frame_has_its_log_and_retry_requeues(server_factory, tmp_path):
 
 def test_timeout_kills_the_render(server_factory, tmp_path):
     s = server_factory("alpha", extra=["--frame-timeout", "2", "--max-failures", "1"])
-    scene = tmp_path / "slow"
-    scene.mkdir()
-    (scene / "slow.pov").write_text(SLOW_POV)
-    pkg = tmp_path / "slow.tar.gz"
-    assert run_cli("pack", str(scene / "slow.pov"), "-o", str(pkg)).returncode == 0
+    pkg = slow_package(tmp_path)
     c = s.client()
     job = c.submit(pkg)
     t0 = time.monotonic()
@@ -219,11 +226,7 @@ def _renders_for(proc: Path, data: str) -> bool:
 
 
 def test_cancel_kills_running_frames(server, tmp_path):
-    scene = tmp_path / "slow"
-    scene.mkdir()
-    (scene / "slow.pov").write_text(SLOW_POV)
-    pkg = tmp_path / "slow.tar.gz"
-    assert run_cli("pack", str(scene / "slow.pov"), "--frames", "0-3", "-o", str(pkg)).returncode == 0
+    pkg = slow_package(tmp_path, "--frames", "0-3")
     c = server.client()
     job = c.submit(pkg)
     deadline = time.monotonic() + 30
@@ -254,11 +257,7 @@ def test_serve_refuses_a_folder_that_is_not_its_own(tmp_path):
 
 def test_a_job_sets_its_own_render_timeout(server, tmp_path):
     """The server's default (--frame-timeout, 3600 s here) gives way to the job's <timeout>."""
-    scene = tmp_path / "slow"
-    scene.mkdir()
-    (scene / "slow.pov").write_text(SLOW_POV)
-    pkg = tmp_path / "slow.tar.gz"
-    assert run_cli("pack", str(scene / "slow.pov"), "--timeout", "2", "-o", str(pkg)).returncode == 0
+    pkg = slow_package(tmp_path, "--timeout", "2")
     c = server.client()
     job = c.submit(pkg)
     assert job["timeout"] == 2
