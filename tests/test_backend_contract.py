@@ -54,7 +54,7 @@ def task_for(name: str, tmp_path: Path, timeout: float = 120) -> tuple[Backend, 
     (tmp_path / "deps").mkdir()
     (tmp_path / "out").mkdir()
     settings, depends = EXAMPLES[name](root)
-    task = FrameTask(settings=settings, scene=root, frame=1, frame_ids=(0, 1, 2, 3), out=tmp_path / "out",
+    task = FrameTask(settings=settings, scene=root, frame=1, out=tmp_path / "out",
                      deps=tmp_path / "deps", timeout=timeout, home="alpha", job=1, depends=depends)
     return backend, task
 

@@ -46,25 +46,25 @@ def states(s: Scheduler, job: int) -> dict[int, str]:
 def test_claim_order_priority_then_job_then_frame(sched):
     low = add_job(sched, {3: [], 1: []})
     high = add_job(sched, {9: []}, priority=5)
-    order = [(l.job, l.frame) for l in iter(lambda: sched.claim("r", ["povray"]), None)]
+    order = [(l.job, l.frame) for l in iter(lambda: sched.claim("local:me", ["povray"]), None)]
     assert order == [(high, 9), (low, 1), (low, 3)]
 
 
 def test_claim_only_for_known_backends(sched):
     add_job(sched, {0: []})
-    assert sched.claim("r", ["blender"]) is None
-    assert sched.claim("r", []) is None
+    assert sched.claim("local:me", ["blender"]) is None
+    assert sched.claim("local:me", []) is None
 
 
 def test_dependencies_gate_readiness_and_ripple(sched):
     job = add_job(sched, {0: [], 5: [0], 1000: [5]})
     assert states(sched, job) == {0: "ready", 5: "waiting", 1000: "waiting"}
-    lease = sched.claim("r", ["povray"])
+    lease = sched.claim("local:me", ["povray"])
     assert (lease.frame, lease.attempt) == (0, 1)
-    assert sched.claim("r", ["povray"]) is None
+    assert sched.claim("local:me", ["povray"]) is None
     sched.complete(job, 0, 1, OUT, "me", "log")
     assert states(sched, job)[5] == "ready"
-    lease = sched.claim("r", ["povray"])
+    lease = sched.claim("local:me", ["povray"])
     assert lease.depends == ({"url": f"distren://me/{job}/0", "sha256": OUT.sha256, "size": OUT.size},)
 
 
@@ -83,7 +83,7 @@ def test_attempt_number_fences_late_results(sched):
     sched.complete(job, 0, second.attempt, OUT, "peerC", "ok", owner="peerC")
     frame = sched.frame(job, 0)
     assert frame["state"] == "done" and frame["rendered_by"] == "peerC"
-    assert [h["outcome"] for h in frame["history"]] == ["failed", "done"]
+    assert [h["outcome"] for h in frame["history"]] == ["expired", "done"]
 
 
 def test_heartbeat_extends_the_lease(sched):
@@ -100,9 +100,9 @@ def test_heartbeat_extends_the_lease(sched):
 def test_failures_requeue_until_the_limit_then_fail_dependents(sched):
     job = add_job(sched, {0: [], 1: [0]})
     other = add_job(sched, {7: [DistrenURL("me", job, 1)]})
-    lease = sched.claim("r", ["povray"])
+    lease = sched.claim("local:me", ["povray"])
     assert sched.fail(job, 0, lease.attempt, "log 1", "exit code 1") == "ready"
-    lease = sched.claim("r", ["povray"])
+    lease = sched.claim("local:me", ["povray"])
     assert sched.fail(job, 0, lease.attempt, "log 2", "exit code 1") == "failed"
     assert states(sched, job) == {0: "failed", 1: "failed"}
     assert sched.frame(job, 1)["error"] == f"dependency distren://me/{job}/0 failed"
@@ -122,7 +122,7 @@ def test_interrupted_attempts_do_not_count(sched):
 def test_cancel_and_retry(sched):
     job = add_job(sched, {0: [], 1: []})
     other = add_job(sched, {5: [DistrenURL("me", job, 1)]})
-    lease = sched.claim("r", ["povray"])
+    lease = sched.claim("local:me", ["povray"])
     running = sched.cancel(job)
     assert running == [(job, lease.frame, lease.attempt)]
     assert sched.job(job)["state"] == "cancelled"
@@ -130,7 +130,7 @@ def test_cancel_and_retry(sched):
     assert states(sched, other) == {5: "failed"}
     with pytest.raises(Conflict):
         sched.complete(job, lease.frame, lease.attempt, OUT, "r", "")
-    assert sched.claim("r", ["povray"]) is None
+    assert sched.claim("local:me", ["povray"]) is None
     assert sched.retry(job) == 2
     assert sched.job(job)["state"] == "queued"
     assert sched.retry(other) == 1
@@ -140,10 +140,10 @@ def test_cancel_and_retry(sched):
 def test_job_states(sched):
     job = add_job(sched, {0: [], 1: []})
     assert sched.job(job)["state"] == "queued"
-    a = sched.claim("r", ["povray"])
+    a = sched.claim("local:me", ["povray"])
     assert sched.job(job)["state"] == "running"
     sched.complete(job, a.frame, a.attempt, OUT, "me", "")
-    b = sched.claim("r", ["povray"])
+    b = sched.claim("local:me", ["povray"])
     sched.complete(job, b.frame, b.attempt, OUT, "me", "")
     info = sched.job(job)
     assert info["state"] == "done" and info["frames"]["done"] == 2 and info["finished"] is not None
@@ -168,35 +168,69 @@ def test_remote_dependencies(sched):
     sched.set_remote_dep("peer", 4, 3, "cancelled")
     assert states(sched, job) == {0: "ready", 1: "failed"}
     assert sched.frame(job, 1)["error"] == "dependency distren://peer/4/3 cancelled"
-    assert sched.claim("r", ["povray"]).depends[0]["sha256"] == OUT.sha256
+    assert sched.claim("local:me", ["povray"]).depends[0]["sha256"] == OUT.sha256
 
 
 def test_dependency_on_a_deleted_job_fails_instead_of_waiting(sched):
     first = add_job(sched, {0: []})
-    lease = sched.claim("r", ["povray"])
+    lease = sched.claim("local:me", ["povray"])
     sched.complete(first, 0, lease.attempt, OUT, "me", "")
     second = add_job(sched, {0: [DistrenURL("me", first, 0)], 1: []})
-    lease = sched.claim("r", ["povray"])
+    lease = sched.claim("local:me", ["povray"])
     assert (lease.job, lease.frame) == (second, 0)
     sched.fail(second, 0, lease.attempt, "", "boom")
-    sched.fail(second, 0, sched.claim("r", ["povray"]).attempt, "", "boom")
+    sched.fail(second, 0, sched.claim("local:me", ["povray"]).attempt, "", "boom")
     sched.delete(first)
     sched.retry(second)
     assert states(sched, second)[0] == "failed"
     assert sched.frame(second, 0)["error"] == f"dependency distren://me/{first}/0 deleted"
 
 
-def test_a_peer_whose_renders_keep_failing_is_blocklisted_for_the_job(tmp_path):
-    s = Scheduler(db.connect(tmp_path / "b.sqlite3"), "me", max_failures=5, block_after=2)
+def test_a_peer_whose_frames_others_then_render_is_blocklisted_for_the_job(tmp_path):
+    clock = Clock()
+    s = Scheduler(db.connect(tmp_path / "b.sqlite3"), "me", max_failures=5, block_after=2, retry_elsewhere=10,
+                  clock=clock)
     job = add_job(s, {0: [], 1: [], 2: []})
     other = add_job(s, {0: []})
     for _ in range(2):
         lease = s.claim("bad", ["povray"], lease_seconds=30)
         assert lease.job == job
         s.fail(job, lease.frame, lease.attempt, "", "crash", owner="bad")
+    # failures alone blame nobody: the frames may be at fault
+    assert s.job(job)["blocklisted"] == []
+    # a failed frame is not given back to the same peer at once; another renderer gets it
+    assert (s.claim("bad", ["povray"], lease_seconds=30).job, ) == (job, )
+    for _ in range(2):
+        lease = s.claim("good", ["povray"], lease_seconds=30)
+        assert lease.frame in (0, 1)
+        s.complete(job, lease.frame, lease.attempt, OUT, "good", "", owner="good")
+    # both frames "bad" failed were rendered by another: now it is the renderer's fault
     assert s.job(job)["blocklisted"] == ["bad"]
     assert s.claim("bad", ["povray"], lease_seconds=30).job == other  # other jobs still come
-    assert s.claim("good", ["povray"], lease_seconds=30).job == job   # others take its frames
-    assert s.claim("local:me", ["povray"]).job == job                # the home never blocks itself
+    assert s.claim("local:me", ["povray"]) is None                   # frame 2 is bad's (running)
     s.retry(job)
     assert s.job(job)["blocklisted"] == []
+
+
+def test_a_frame_that_fails_everywhere_fails_alone(tmp_path):
+    clock = Clock()
+    s = Scheduler(db.connect(tmp_path / "b.sqlite3"), "me", max_failures=3, block_after=2, retry_elsewhere=10,
+                  clock=clock)
+    job = add_job(s, {0: [], 1: [], 2: [], 3: []})
+    seen = []
+    while True:
+        lease = s.claim("B", ["povray"], lease_seconds=30)
+        if lease is None:
+            if s.job(job)["frames"]["ready"] == 0:
+                break
+            clock.now += 11  # B may take back what it failed
+            continue
+        seen.append(lease.frame)
+        if lease.frame == 1:
+            s.fail(job, 1, lease.attempt, "", "#error in the scene", owner="B")
+        else:
+            s.complete(job, lease.frame, lease.attempt, OUT, "B", "", owner="B")
+    info = s.job(job)
+    assert info["state"] == "failed" and info["frames"]["done"] == 3 and info["frames"]["failed"] == 1
+    assert info["blocklisted"] == []
+    assert seen.count(1) == 3

@@ -73,7 +73,7 @@ def encode_task(tmp_path: Path, images: dict[int, list[str]]) -> FrameTask:
         for name in names:
             (folder / name).write_bytes(b"\x89PNG fake")
     (tmp_path / "out").mkdir()
-    return FrameTask(settings={}, scene=tmp_path, frame=99, frame_ids=(), out=tmp_path / "out", deps=deps,
+    return FrameTask(settings={}, scene=tmp_path, frame=99, out=tmp_path / "out", deps=deps,
                      timeout=10, home="alpha", job=3,
                      depends=tuple(f"distren://alpha/3/{f}" for f in sorted(images)))
 
@@ -138,7 +138,7 @@ def test_radiosity_file_that_did_not_arrive_fails_the_frame(tmp_path):
     deps.mkdir(parents=True)
     (tmp_path / "out").mkdir()
     task = FrameTask(settings={"scene": "rad.pov", "initial-frame": "0", "final-frame": "3", "radiosity-prepass": "0"},
-                     scene=tmp_path, frame=2, frame_ids=(0, 1, 2, 3), out=tmp_path / "out", deps=tmp_path / "deps",
+                     scene=tmp_path, frame=2, out=tmp_path / "out", deps=tmp_path / "deps",
                      timeout=30, home="alpha", job=1, depends=("distren://alpha/1/0",))
     result = __import__("asyncio").run(PovrayBackend().render(task))
     assert not result.ok and "radiosity.rad of pre-pass frame 0 did not arrive" in result.error

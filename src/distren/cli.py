@@ -27,6 +27,16 @@ def _positive_int(text: str) -> int:
     return int(text)
 
 
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number of seconds > 0, got {text!r}")
+    return value
+
+
 def _non_negative_int(text: str) -> int:
     if not text.isdigit():
         raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
@@ -115,10 +125,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--peer", action="append", metavar="NAME=URL", help="a peer server (repeatable)")
     p.add_argument("--federation-secret-file", type=Path, help="file holding the secret shared by all peers")
     p.add_argument("--client-token-file", type=Path, help="file holding the token that submit/cancel/retry/delete need")
-    p.add_argument("--lease-seconds", type=float, help="lease length granted to peers (60)")
-    p.add_argument("--heartbeat-seconds", type=float, help="heartbeat period of leases held (lease / 3)")
-    p.add_argument("--claim-backoff-max", type=float, help="longest wait before asking an idle peer again (5)")
-    p.add_argument("--watch-seconds", type=float, help="how often frames on peers that jobs here wait for are checked (2)")
+    p.add_argument("--lease-seconds", type=_positive_float,
+                   help="lease length of a frame, for this server's slots and its peers (60)")
+    p.add_argument("--heartbeat-seconds", type=_positive_float, help="heartbeat period of leases held (lease / 3)")
+    p.add_argument("--claim-backoff-max", type=_positive_float,
+                   help="longest wait before asking an idle peer again (5)")
+    p.add_argument("--watch-seconds", type=_positive_float,
+                   help="how often frames on peers that jobs here wait for are checked (2)")
+    p.add_argument("--retry-elsewhere-seconds", type=float,
+                   help="a frame that failed on a peer goes back to that peer only after this long (30)")
+    p.add_argument("--remote-dep-timeout", type=_positive_float,
+                   help="seconds a dependency's server may stay unreachable before its dependents fail (3600)")
+    p.add_argument("--idle-claims-per-second", type=_positive_float,
+                   help="empty claims a second this server answers; idle peers are paced to it (20)")
+    p.add_argument("--peer-timeout", type=_positive_float,
+                   help="a peer not heard from for this long is asked how it is (15)")
 
     p = sub.add_parser("peers", help="a server's peers and their health")
     server_opt(p)
@@ -282,7 +303,8 @@ SERVE_DEFAULTS = {
     "lease_seconds": 60.0, "heartbeat_seconds": None, "claim_backoff_max": 5.0, "watch_seconds": 2.0,
     "federation_secret_file": None, "client_token_file": None, "name": None, "data": None,
     "render_memory": 16 * 1024**3, "render_file_size": 16 * 1024**3, "render_cpu_seconds": None,
-    "render_processes": 4096, "header_timeout": 10.0,
+    "render_processes": 4096, "header_timeout": 10.0, "retry_elsewhere_seconds": 30.0,
+    "remote_dep_timeout": 3600.0, "idle_claims_per_second": 20.0, "peer_timeout": 15.0,
 }
 
 
@@ -348,7 +370,9 @@ def _server_config(s: dict, path):
         watch_seconds=float(s["watch_seconds"]),
         render_memory=_opt_int(s["render_memory"]), render_file_size=_opt_int(s["render_file_size"]),
         render_cpu_seconds=_opt_int(s["render_cpu_seconds"]), render_processes=_opt_int(s["render_processes"]),
-        header_timeout=float(s["header_timeout"]),
+        header_timeout=float(s["header_timeout"]), retry_elsewhere=float(s["retry_elsewhere_seconds"]),
+        remote_dep_timeout=float(s["remote_dep_timeout"]), idle_claims_per_second=float(s["idle_claims_per_second"]),
+        peer_timeout=float(s["peer_timeout"]),
     )
 
 

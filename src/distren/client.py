@@ -133,9 +133,22 @@ class Client:
         u, prefix = self._route(url)
         return self._json("GET", f"{prefix}/jobs/{u.job}")
 
-    def frames(self, url: DistrenURL | str) -> list[dict]:
+    def frames(self, url: DistrenURL | str, state: str | None = None, page: int = 1000) -> list[dict]:
+        """Every frame of a job (optionally in one state), page by page."""
+        return list(self.iter_frames(url, state, page))
+
+    def iter_frames(self, url: DistrenURL | str, state: str | None = None, page: int = 1000) -> Iterator[dict]:
         u, prefix = self._route(url)
-        return self._json("GET", f"{prefix}/jobs/{u.job}/frames")
+        after = -1
+        while True:
+            params: dict = {"after": after, "limit": page}
+            if state:
+                params["state"] = state
+            batch = self._json("GET", f"{prefix}/jobs/{u.job}/frames", params=params)
+            yield from batch
+            if len(batch) < page:
+                return
+            after = batch[-1]["frame"]
 
     def frame(self, url: DistrenURL | str) -> dict:
         u, prefix = self._route(url)

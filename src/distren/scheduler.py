@@ -2,9 +2,19 @@
 
 Frame states: waiting (for dependencies) -> ready -> running (leased to a renderer, local or
 remote) -> done | failed | cancelled. A lease carries an attempt number that fences: only the
-result of the current attempt of a running frame is accepted. No other module writes a state.
+result of the current attempt of a running frame is accepted. Every lease, a local slot's too,
+has an expiry that its holder renews; a lease that is not renewed expires and the frame is
+ready again. No other module writes a state.
 
-A job's state is derived from its frames (and its cancelled flag), never stored:
+Per-frame work does not grow with the job: a waiting frame keeps a counter of the dependencies
+not done yet (`deps_left`), which each finishing dependency decrements; a claim looks up one
+frame through an index; the jobs table keeps frame counts by state (SQL triggers), so a job's
+status is one row. Work that does grow with a job (creating, cancelling, retrying, deleting it)
+runs as a series of bounded transactions (`*_steps` generators, `CHUNK` frames each) that the
+server interleaves with everything else, so no single transaction holds the database, or the
+event loop, for long.
+
+A job's state is derived from its frame counts (and its status), never stored:
 queued | running | done | failed | cancelled.
 """
 
@@ -20,11 +30,19 @@ from typing import Callable, Iterable, Iterator
 from .errors import Conflict, NotFound
 from .job.spec import JobSpec
 from .store.blobs import Blob
-from .url import format_url
+from .url import DistrenURL, format_url
 
 FRAME_STATES = ("waiting", "ready", "running", "done", "failed", "cancelled")
 TERMINAL = ("done", "failed", "cancelled")
+UNFINISHED = ("waiting", "ready", "running")
 LOG_LIMIT = 256 * 1024
+# Frames (or dependency rows) handled by one transaction of the long operations.
+CHUNK = 2000
+# Frames a page of the frame list holds by default, and at most.
+PAGE = 1000
+MAX_PAGE = 10_000
+# Hidden job statuses: a job under intake or being deleted is not shown or served.
+HIDDEN = ("intake", "deleting")
 
 
 @dataclass(frozen=True)
@@ -38,7 +56,6 @@ class Lease:
     settings: dict
     seed_sha256: str
     seed_size: int
-    frame_ids: tuple[int, ...]
     depends: tuple[dict, ...]   # {"url", "sha256", "size"} of each dependency's output
     expires: float | None
     owner: str = ""
@@ -49,8 +66,7 @@ class Lease:
         return {
             "job": self.job, "frame": self.frame, "attempt": self.attempt, "backend": self.backend,
             "settings": self.settings, "seed": {"sha256": self.seed_sha256, "size": self.seed_size},
-            "frame_ids": list(self.frame_ids), "depends": list(self.depends), "lease_seconds": lease_seconds,
-            "timeout": self.timeout,
+            "depends": list(self.depends), "lease_seconds": lease_seconds, "timeout": self.timeout,
         }
 
 
@@ -58,6 +74,19 @@ def _clip_log(log: str | None) -> str | None:
     if log is not None and len(log) > LOG_LIMIT:
         return "[... log truncated ...]\n" + log[-LOG_LIMIT:]
     return log
+
+
+def drain(steps: Iterator) -> object:
+    """Run a `*_steps` generator to its end in one go; returns its return value."""
+    while True:
+        try:
+            next(steps)
+        except StopIteration as stop:
+            return stop.value
+
+
+def is_local(renderer: str) -> bool:
+    return renderer.startswith("local:")
 
 
 class Scheduler:
@@ -68,6 +97,7 @@ class Scheduler:
         *,
         max_failures: int = 3,
         block_after: int = 2,
+        retry_elsewhere: float = 30.0,
         on_ready: Callable[[], None] = lambda: None,
         clock: Callable[[], float] = time.time,
     ):
@@ -75,8 +105,12 @@ class Scheduler:
         self.server = server
         self.max_failures = max_failures
         self.block_after = block_after
+        self.retry_elsewhere = retry_elsewhere
         self.on_ready = on_ready
         self.clock = clock
+        # What the liveness checker last learnt of the farm (liveness.FarmView); read by
+        # waiting_for. None until the first check.
+        self.farm = None
 
     # -- transactions --------------------------------------------------------------------
     @contextmanager
@@ -101,56 +135,239 @@ class Scheduler:
 
     def drop_job(self, job: int) -> None:
         with self._tx() as c:
-            c.execute("DELETE FROM jobs WHERE id=? AND status='intake'", (job,))
+            self._purge(c, job, "intake")
+
+    def _purge(self, c: sqlite3.Connection, job: int, status: str) -> None:
+        for table in ("attempts", "deps", "frames", "blocklist"):
+            c.execute(f"DELETE FROM {table} WHERE job_id=? AND EXISTS"
+                      " (SELECT 1 FROM jobs WHERE id=? AND status=?)", (job, job, status))
+        c.execute("DELETE FROM jobs WHERE id=? AND status=?", (job, status))
 
     def activate_job(self, job: int, spec: JobSpec, seed: Blob) -> None:
-        """Record a checked job and its frames; frames whose dependencies are done become ready."""
+        drain(self.activate_job_steps(job, spec, seed))
+
+    def activate_job_steps(self, job: int, spec: JobSpec, seed: Blob) -> Iterator[None]:
+        """Record a checked job and its frames, in bounded transactions, while the job stays
+        hidden ('intake'); then show it. A frame's dependency rows are written before the frame
+        itself, and its state is computed from its dependencies' states in the transaction that
+        writes it: a dependency that changes later finds the rows and moves the frame on."""
         with self._tx() as c:
             c.execute(
                 "UPDATE jobs SET name=?, backend=?, priority=?, settings=?, seed_sha256=?,"
-                " seed_size=?, timeout=?, status='active' WHERE id=? AND status='intake'",
+                " seed_size=?, timeout=? WHERE id=? AND status='intake'",
                 (spec.name, spec.backend, spec.priority, json.dumps(spec.backends()), seed.sha256, seed.size,
                  spec.timeout, job),
             )
-            c.executemany(
-                "INSERT INTO frames(job_id, frame, backend, priority, state) VALUES (?, ?, ?, ?, 'waiting')",
-                ((job, f.id, spec.frame_backend(f), spec.priority) for f in spec.frames),
-            )
-            c.executemany(
-                "INSERT OR IGNORE INTO deps(job_id, frame, dep_server, dep_job, dep_frame) VALUES (?,?,?,?,?)",
-                ((job, f.id, d.server, d.job, d.frame) for f in spec.frames for d in f.depends),
-            )
-            c.executemany(
-                "INSERT OR IGNORE INTO remote_deps(server, job, frame) VALUES (?,?,?)",
-                ((d.server, d.job, d.frame) for f in spec.frames for d in f.depends if d.server != self.server),
-            )
-            self._settle(c, ((job, f.id) for f in spec.frames))
+        batch: list = []
+        rows = 0
+        for f in spec.frames:
+            # a frame's dependency rows first (several transactions for a fan-in frame)
+            for i in range(0, len(f.depends), CHUNK):
+                part = f.depends[i:i + CHUNK]
+                with self._tx() as c:
+                    self._insert_deps(c, job, f.id, part)
+                yield
+            batch.append(f)
+            rows += 1 + len(f.depends) // 16
+            if rows >= CHUNK:
+                with self._tx() as c:
+                    self._insert_frames(c, job, spec, batch)
+                batch, rows = [], 0
+                yield
+        with self._tx() as c:
+            if batch:
+                self._insert_frames(c, job, spec, batch)
+            c.execute("UPDATE jobs SET status='active' WHERE id=? AND status='intake'", (job,))
         self.on_ready()
+
+    def _insert_deps(self, c: sqlite3.Connection, job: int, frame: int, deps: list[DistrenURL]) -> None:
+        c.executemany(
+            "INSERT OR IGNORE INTO deps(job_id, frame, dep_server, dep_job, dep_frame) VALUES (?,?,?,?,?)",
+            ((job, frame, d.server, d.job, d.frame) for d in deps),
+        )
+        remote = [(d.server, d.job, d.frame) for d in deps if d.server != self.server]
+        if remote:
+            # A peer's frame that was failed or cancelled may have been retried there since:
+            # a new dependent asks again. Only 'done' is final.
+            c.executemany(
+                "INSERT INTO remote_deps(server, job, frame) VALUES (?,?,?) ON CONFLICT(server, job, frame)"
+                " DO UPDATE SET state='waiting', error=NULL WHERE state != 'done'",
+                remote,
+            )
+
+    def _insert_frames(self, c: sqlite3.Connection, job: int, spec: JobSpec, frames: list) -> None:
+        now = self.clock()
+        failed_here = {r[0] for r in c.execute(
+            "SELECT frame FROM frames WHERE job_id=? AND state IN ('failed','cancelled')", (job,))}
+        cache: dict[DistrenURL, str | None] = {}
+        rows = []
+        broken_frames = []
+        for f in frames:
+            left, broken = 0, None
+            for d in f.depends:
+                if d.server == self.server and d.job == job:
+                    st = "failed" if d.frame in failed_here else "waiting"
+                else:
+                    if d not in cache:
+                        cache[d] = self._dep_state(c, d)
+                    st = cache[d]
+                if st != "done":
+                    left += 1
+                    if st in ("failed", "cancelled", None) and broken is None:
+                        broken = f"dependency {d} {st or 'deleted'}"
+            if broken:
+                rows.append((job, f.id, spec.frame_backend(f), spec.priority, "failed", left, now, broken))
+                broken_frames.append(f.id)
+            else:
+                rows.append((job, f.id, spec.frame_backend(f), spec.priority, "ready" if left == 0 else "waiting",
+                             left, None, None))
+        c.executemany(
+            "INSERT INTO frames(job_id, frame, backend, priority, state, deps_left, finished, error)"
+            " VALUES (?,?,?,?,?,?,?,?)", rows)
+        # frames written earlier that wait for a frame failed just now
+        self._ripple_failure(c, [(job, f) for f in broken_frames])
+
+    def _dep_state(self, c: sqlite3.Connection, d: DistrenURL) -> str | None:
+        """The state of a dependency: a frame here (None: it does not exist, or is hidden), or
+        what is known of a peer's frame."""
+        if d.server == self.server:
+            row = c.execute("SELECT f.state FROM frames f JOIN jobs j ON j.id=f.job_id WHERE f.job_id=?"
+                            " AND f.frame=? AND j.status NOT IN ('intake','deleting')", (d.job, d.frame)).fetchone()
+        else:
+            row = c.execute("SELECT state FROM remote_deps WHERE server=? AND job=? AND frame=?",
+                            (d.server, d.job, d.frame)).fetchone()
+            if row is None:
+                return "waiting"
+        return None if row is None else row[0]
 
     def check_external_deps(self, spec: JobSpec, job: int) -> list[str]:
         """Problems with dependencies on other jobs of this server (unknown job or frame)."""
         problems = []
+        seen: set[DistrenURL] = set()
         for f in spec.frames:
             for d in f.depends:
-                if d.server == self.server and d.job != job:
-                    row = self.conn.execute(
-                        "SELECT 1 FROM frames f JOIN jobs j ON j.id=f.job_id"
-                        " WHERE f.job_id=? AND f.frame=? AND j.status != 'intake'",
-                        (d.job, d.frame),
-                    ).fetchone()
-                    if row is None:
+                if d.server == self.server and d.job != job and d not in seen:
+                    seen.add(d)
+                    if self._dep_state(self.conn, d) is None:
                         problems.append(f"frame {f.id} depends on {d}, which does not exist")
+                        if len(problems) >= 10:
+                            return problems
         return problems
 
     def discard_intake(self) -> None:
-        """At start-up: drop jobs whose intake a crash interrupted (their client got no 201)."""
+        """At start-up: drop jobs whose intake a crash interrupted (their client got no 201),
+        and finish deletions a crash interrupted."""
         with self._tx() as c:
-            c.execute("DELETE FROM jobs WHERE status='intake'")
+            for status in HIDDEN:
+                for (job,) in c.execute("SELECT id FROM jobs WHERE status=?", (status,)).fetchall():
+                    self._purge(c, job, status)
 
-    # -- readiness -----------------------------------------------------------------------
+    # -- dependencies ----------------------------------------------------------------------
+    def _dependents(self, c: sqlite3.Connection, job: int, frame: int, server: str | None = None) -> list[tuple[int, int]]:
+        rows = c.execute(
+            "SELECT job_id, frame FROM deps WHERE dep_server=? AND dep_job=? AND dep_frame=?",
+            (server or self.server, job, frame),
+        ).fetchall()
+        return [(r[0], r[1]) for r in rows]
+
+    def _dependency_done(self, c: sqlite3.Connection, server: str, job: int, frame: int) -> None:
+        """One dependency finished: its waiting dependents count down; at zero they are ready."""
+        for dj, df in self._dependents(c, job, frame, server):
+            c.execute(
+                "UPDATE frames SET deps_left=deps_left-1,"
+                " state=CASE WHEN deps_left<=1 THEN 'ready' ELSE state END"
+                " WHERE job_id=? AND frame=? AND state='waiting' AND deps_left > 0",
+                (dj, df),
+            )
+
+    def _ripple_failure(self, c: sqlite3.Connection, frames: list[tuple[int, int]], server: str | None = None,
+                        skip_job: int | None = None) -> None:
+        """These frames failed or were cancelled: the frames waiting for them fail, and so on
+        (except in `skip_job`, a job being cancelled whole)."""
+        now = self.clock()
+        work = [(server or self.server, j, f) for j, f in frames]
+        while work:
+            srv, job, frame = work.pop()
+            url = format_url(srv, job, frame)
+            for dj, df in self._dependents(c, job, frame, srv):
+                if dj == skip_job:
+                    continue
+                row = c.execute("SELECT state, error FROM frames WHERE job_id=? AND frame=?", (dj, df)).fetchone()
+                if row is None or row[0] != "waiting":
+                    continue
+                c.execute("UPDATE frames SET state='failed', finished=?, error=? WHERE job_id=? AND frame=?",
+                          (now, f"dependency {url} {self._ended_as(c, srv, job, frame)}", dj, df))
+                work.append((self.server, dj, df))
+
+    def _ended_as(self, c: sqlite3.Connection, server: str, job: int, frame: int) -> str:
+        if server == self.server:
+            row = c.execute("SELECT state FROM frames WHERE job_id=? AND frame=?", (job, frame)).fetchone()
+        else:
+            row = c.execute("SELECT state, error FROM remote_deps WHERE server=? AND job=? AND frame=?",
+                            (server, job, frame)).fetchone()
+            if row and row[1]:
+                return f"{row[0]} ({row[1]})"
+        return row[0] if row else "deleted"
+
+    # -- leases --------------------------------------------------------------------------
+    def claim(self, owner: str, backends: Iterable[str], lease_seconds: float | None = None) -> Lease | None:
+        """Lease the best ready frame (highest priority, oldest job, lowest frame id) of a
+        backend the renderer has, or None. A frame whose last attempt failed on this renderer
+        is not given back to it for `retry_elsewhere` seconds (another renderer gets a go)."""
+        names = sorted(set(backends))
+        if not names:
+            return None
+        now = self.clock()
+        with self._tx() as c:
+            jobs = c.execute(
+                "SELECT id FROM jobs WHERE status='active' AND n_ready > 0"
+                " AND NOT EXISTS (SELECT 1 FROM blocklist b WHERE b.job_id=jobs.id AND b.renderer=?)"
+                " ORDER BY priority DESC, id", (owner,)).fetchall()
+            row = None
+            for (job,) in jobs:
+                best = None
+                for backend in names:
+                    r = c.execute(
+                        "SELECT job_id, frame, attempts, backend FROM frames"
+                        " WHERE job_id=? AND state='ready' AND backend=?"
+                        " AND (avoid IS NULL OR avoid != ? OR avoid_until <= ?)"
+                        " ORDER BY frame LIMIT 1", (job, backend, owner, now)).fetchone()
+                    if r is not None and (best is None or r[1] < best[1]):
+                        best = r
+                if best is not None:
+                    row = best
+                    break
+            if row is None:
+                return None
+            job, frame, attempt = row[0], row[1], row[2] + 1
+            expires = now + lease_seconds if lease_seconds else None
+            c.execute(
+                "UPDATE frames SET state='running', attempts=?, lease_owner=?, lease_expires=?,"
+                " started=COALESCE(started, ?), error=NULL, upload_sha256=NULL, upload_size=NULL"
+                " WHERE job_id=? AND frame=?",
+                (attempt, owner, expires, now, job, frame),
+            )
+            c.execute(
+                "INSERT INTO attempts(job_id, frame, attempt, renderer, started) VALUES (?,?,?,?,?)",
+                (job, frame, attempt, owner, now),
+            )
+            jrow = c.execute(
+                "SELECT settings, seed_sha256, seed_size, timeout FROM jobs WHERE id=?", (job,)
+            ).fetchone()
+            deps = tuple(
+                {"url": format_url(r[0], r[1], r[2]), "sha256": r["sha256"], "size": r["size"]}
+                for r in self._deps(c, job, frame)
+            )
+        return Lease(
+            job=job, frame=frame, attempt=attempt, backend=row["backend"],
+            settings=json.loads(jrow["settings"])[row["backend"]], seed_sha256=jrow["seed_sha256"],
+            seed_size=jrow["seed_size"], depends=deps, expires=expires, owner=owner,
+            lease_seconds=lease_seconds, timeout=jrow["timeout"],
+        )
+
     def _deps(self, c: sqlite3.Connection, job: int, frame: int) -> list[sqlite3.Row]:
         """A frame's dependencies: url, state and output, for frames here and on peers."""
-        rows = c.execute(
+        return c.execute(
             "SELECT d.dep_server, d.dep_job, d.dep_frame,"
             " CASE WHEN d.dep_server=? THEN f.state ELSE r.state END AS state,"
             " CASE WHEN d.dep_server=? THEN f.output_sha256 ELSE r.output_sha256 END AS sha256,"
@@ -161,93 +378,11 @@ class Scheduler:
             " WHERE d.job_id=? AND d.frame=? ORDER BY d.dep_server, d.dep_job, d.dep_frame",
             (self.server, self.server, self.server, self.server, job, frame),
         ).fetchall()
-        return rows
 
-    def _dep_states(self, c: sqlite3.Connection, job: int, frame: int) -> list[tuple[str, str | None]]:
-        return [(format_url(r[0], r[1], r[2]), r["state"]) for r in self._deps(c, job, frame)]
-
-    def _settle(self, c: sqlite3.Connection, frames: Iterable[tuple[int, int]]) -> None:
-        """Move waiting frames on: ready when every dependency is done, failed when one failed
-        or was cancelled (and then their own dependents too)."""
-        work = list(frames)
-        now = self.clock()
-        while work:
-            job, frame = work.pop()
-            row = c.execute(
-                "SELECT f.state, j.status FROM frames f JOIN jobs j ON j.id=f.job_id"
-                " WHERE f.job_id=? AND f.frame=?",
-                (job, frame),
-            ).fetchone()
-            if row is None or row["state"] != "waiting" or row["status"] != "active":
-                continue
-            deps = self._dep_states(c, job, frame)
-            # a frame of this server with no row was deleted with its job
-            broken = [(url, st or "deleted") for url, st in deps if st in ("failed", "cancelled", None)]
-            if broken:
-                url, st = broken[0]
-                c.execute(
-                    "UPDATE frames SET state='failed', finished=?, error=? WHERE job_id=? AND frame=?",
-                    (now, f"dependency {url} {st}", job, frame),
-                )
-                work.extend(self._dependents(c, job, frame))
-            elif all(st == "done" for _, st in deps):
-                c.execute("UPDATE frames SET state='ready' WHERE job_id=? AND frame=?", (job, frame))
-
-    def _dependents(self, c: sqlite3.Connection, job: int, frame: int, server: str | None = None) -> list[tuple[int, int]]:
-        rows = c.execute(
-            "SELECT job_id, frame FROM deps WHERE dep_server=? AND dep_job=? AND dep_frame=?",
-            (server or self.server, job, frame),
-        ).fetchall()
-        return [(r[0], r[1]) for r in rows]
-
-    # -- leases --------------------------------------------------------------------------
-    def claim(self, owner: str, backends: Iterable[str], lease_seconds: float | None = None) -> Lease | None:
-        """Lease the best ready frame (highest priority, oldest job, lowest frame id) of a
-        backend the renderer has, or None."""
-        names = list(backends)
-        if not names:
-            return None
-        marks = ",".join("?" * len(names))
-        now = self.clock()
-        with self._tx() as c:
-            row = c.execute(
-                "SELECT f.job_id, f.frame, f.attempts, f.backend FROM frames f JOIN jobs j ON j.id=f.job_id"
-                f" WHERE f.state='ready' AND j.status='active' AND f.backend IN ({marks})"
-                " AND NOT EXISTS (SELECT 1 FROM blocklist b WHERE b.job_id=f.job_id AND b.renderer=?)"
-                " ORDER BY f.priority DESC, f.job_id, f.frame LIMIT 1",
-                [*names, owner],
-            ).fetchone()
-            if row is None:
-                return None
-            job, frame, attempt = row[0], row[1], row[2] + 1
-            expires = now + lease_seconds if lease_seconds else None
-            c.execute(
-                "UPDATE frames SET state='running', attempts=?, lease_owner=?, lease_expires=?,"
-                " started=COALESCE(started, ?), error=NULL WHERE job_id=? AND frame=?",
-                (attempt, owner, expires, now, job, frame),
-            )
-            c.execute(
-                "INSERT INTO attempts(job_id, frame, attempt, renderer, started) VALUES (?,?,?,?,?)",
-                (job, frame, attempt, owner, now),
-            )
-            jrow = c.execute(
-                "SELECT backend, settings, seed_sha256, seed_size, timeout FROM jobs WHERE id=?", (job,)
-            ).fetchone()
-            ids = tuple(r[0] for r in c.execute("SELECT frame FROM frames WHERE job_id=? ORDER BY frame", (job,)))
-            deps = tuple(
-                {"url": format_url(r[0], r[1], r[2]), "sha256": r["sha256"], "size": r["size"]}
-                for r in self._deps(c, job, frame)
-            )
-        return Lease(
-            job=job, frame=frame, attempt=attempt, backend=row["backend"],
-            settings=json.loads(jrow["settings"])[row["backend"]], seed_sha256=jrow["seed_sha256"],
-            seed_size=jrow["seed_size"], frame_ids=ids, depends=deps, expires=expires, owner=owner,
-            lease_seconds=lease_seconds, timeout=jrow["timeout"],
-        )
-
-    def _running(self, c: sqlite3.Connection, job: int, frame: int, attempt: int, owner: str | None = None) -> None:
+    def _running(self, c: sqlite3.Connection, job: int, frame: int, attempt: int, owner: str | None = None) -> sqlite3.Row:
         row = c.execute(
-            "SELECT state, attempts, lease_owner FROM frames WHERE job_id=? AND frame=?", (job, frame)
+            "SELECT state, attempts, lease_owner, upload_sha256, upload_size FROM frames WHERE job_id=? AND frame=?",
+            (job, frame),
         ).fetchone()
         if row is None:
             raise NotFound(f"no frame {format_url(self.server, job, frame)}")
@@ -256,6 +391,18 @@ class Scheduler:
                 f"attempt {attempt} of {format_url(self.server, job, frame)} is not current"
                 f" (frame is {row['state']}, attempt {row['attempts']})"
             )
+        return row
+
+    def record_upload(self, job: int, frame: int, attempt: int, owner: str, output: Blob) -> None:
+        """A peer uploaded the output of its current attempt (it reports complete next)."""
+        with self._tx() as c:
+            self._running(c, job, frame, attempt, owner)
+            c.execute("UPDATE frames SET upload_sha256=?, upload_size=? WHERE job_id=? AND frame=?",
+                      (output.sha256, output.size, job, frame))
+
+    def uploaded(self, job: int, frame: int, attempt: int, owner: str) -> Blob | None:
+        row = self._running(self.conn, job, frame, attempt, owner)
+        return Blob(row["upload_sha256"], row["upload_size"]) if row["upload_sha256"] else None
 
     def complete(
         self, job: int, frame: int, attempt: int, output: Blob, rendered_by: str, log: str, owner: str | None = None
@@ -265,16 +412,37 @@ class Scheduler:
         with self._tx() as c:
             self._running(c, job, frame, attempt, owner)
             c.execute(
-                "UPDATE frames SET state='done', finished=?, output_sha256=?, output_size=?,"
-                " rendered_by=?, lease_owner=NULL, lease_expires=NULL WHERE job_id=? AND frame=?",
+                "UPDATE frames SET state='done', finished=?, output_sha256=?, output_size=?, rendered_by=?,"
+                " lease_owner=NULL, lease_expires=NULL, upload_sha256=NULL, upload_size=NULL, avoid=NULL,"
+                " avoid_until=NULL WHERE job_id=? AND frame=?",
                 (now, output.sha256, output.size, rendered_by, job, frame),
             )
             self._end_attempt(c, job, frame, attempt, "done", log)
-            self._settle(c, self._dependents(c, job, frame))
+            self._strike(c, job, frame, rendered_by)
+            self._dependency_done(c, self.server, job, frame)
         self.on_ready()
 
+    def _strike(self, c: sqlite3.Connection, job: int, frame: int, rendered_by: str) -> None:
+        """The frame rendered here after failing on other peers: that was those peers' fault.
+        A peer with `block_after` such frames in a job gets no more of its frames (until a
+        retry). A frame that fails everywhere is the frame's fault and strikes nobody; this
+        server's own slots are never blocked (the job must still run or fail somewhere)."""
+        for (renderer,) in c.execute(
+            "SELECT DISTINCT renderer FROM attempts WHERE job_id=? AND frame=? AND outcome='failed'"
+            " AND renderer != ?", (job, frame, rendered_by)).fetchall():
+            if is_local(renderer):
+                continue
+            strikes = c.execute(
+                "SELECT COUNT(DISTINCT a.frame) FROM attempts a JOIN frames f ON f.job_id=a.job_id"
+                " AND f.frame=a.frame WHERE a.job_id=? AND a.renderer=? AND a.outcome='failed'"
+                " AND f.state='done' AND f.rendered_by != ?", (job, renderer, renderer)).fetchone()[0]
+            if strikes >= self.block_after:
+                c.execute("INSERT OR IGNORE INTO blocklist(job_id, renderer, since) VALUES (?,?,?)",
+                          (job, renderer, self.clock()))
+
     def fail(
-        self, job: int, frame: int, attempt: int, log: str, error: str, *, counts: bool = True, owner: str | None = None
+        self, job: int, frame: int, attempt: int, log: str, error: str, *, counts: bool = True,
+        owner: str | None = None, outcome: str | None = None,
     ) -> str:
         """Record a failed attempt. The frame is ready again until it has failed
         `max_failures` times; then it is failed, and so are the frames waiting for it.
@@ -282,38 +450,26 @@ class Scheduler:
         Returns the frame's new state."""
         now = self.clock()
         with self._tx() as c:
-            self._running(c, job, frame, attempt, owner)
+            row = self._running(c, job, frame, attempt, owner)
+            renderer = row["lease_owner"] or ""
             failures = c.execute(
                 "SELECT failures FROM frames WHERE job_id=? AND frame=?", (job, frame)
             ).fetchone()[0] + (1 if counts else 0)
             state = "failed" if failures >= self.max_failures else "ready"
+            avoid = renderer if counts and not is_local(renderer) else None
             c.execute(
                 "UPDATE frames SET state=?, failures=?, error=?, lease_owner=NULL, lease_expires=NULL,"
+                " upload_sha256=NULL, upload_size=NULL, avoid=?, avoid_until=?,"
                 " finished=CASE WHEN ?='failed' THEN ? ELSE NULL END WHERE job_id=? AND frame=?",
-                (state, failures, error, state, now, job, frame),
+                (state, failures, error, avoid, now + self.retry_elsewhere if avoid else None,
+                 state, now, job, frame),
             )
-            self._end_attempt(c, job, frame, attempt, "failed" if counts else "interrupted", log)
-            if counts:
-                self._maybe_block(c, job, frame, attempt)
+            self._end_attempt(c, job, frame, attempt, outcome or ("failed" if counts else "interrupted"), log)
             if state == "failed":
-                self._settle(c, self._dependents(c, job, frame))
+                self._ripple_failure(c, [(job, frame)])
         if state == "ready":
             self.on_ready()
         return state
-
-    def _maybe_block(self, c: sqlite3.Connection, job: int, frame: int, attempt: int) -> None:
-        """A peer whose renders of this job failed `block_after` times gets no more of its
-        frames; the others take them. This server's own slots are never blocked (the job must
-        still run or fail somewhere)."""
-        row = c.execute("SELECT renderer FROM attempts WHERE job_id=? AND frame=? AND attempt=?",
-                        (job, frame, attempt)).fetchone()
-        if row is None or row[0].startswith("local:"):
-            return
-        failed = c.execute("SELECT COUNT(*) FROM attempts WHERE job_id=? AND renderer=? AND outcome='failed'",
-                           (job, row[0])).fetchone()[0]
-        if failed >= self.block_after:
-            c.execute("INSERT OR IGNORE INTO blocklist(job_id, renderer, since) VALUES (?,?,?)",
-                      (job, row[0], self.clock()))
 
     def _end_attempt(self, c: sqlite3.Connection, job: int, frame: int, attempt: int, outcome: str, log: str | None) -> None:
         c.execute(
@@ -332,10 +488,10 @@ class Scheduler:
     def pending_remote_deps(self) -> list[tuple[str, int, int]]:
         """Frames on peers that waiting frames here depend on, not yet known done or failed."""
         rows = self.conn.execute(
-            "SELECT DISTINCT r.server, r.job, r.frame FROM remote_deps r JOIN deps d"
-            " ON d.dep_server=r.server AND d.dep_job=r.job AND d.dep_frame=r.frame"
-            " JOIN frames f ON f.job_id=d.job_id AND f.frame=d.frame"
-            " WHERE r.state='waiting' AND f.state='waiting'"
+            "SELECT r.server, r.job, r.frame FROM remote_deps r WHERE r.state='waiting' AND EXISTS"
+            " (SELECT 1 FROM deps d JOIN frames f ON f.job_id=d.job_id AND f.frame=d.frame"
+            " WHERE d.dep_server=r.server AND d.dep_job=r.job AND d.dep_frame=r.frame AND f.state='waiting')"
+            " ORDER BY r.server, r.job, r.frame"
         ).fetchall()
         return [(r[0], r[1], r[2]) for r in rows]
 
@@ -344,80 +500,110 @@ class Scheduler:
         """What a peer reported of a frame that frames here depend on: 'done' (with its output,
         already in the blob store), 'failed' or 'cancelled'; dependents move on."""
         with self._tx() as c:
+            row = c.execute("SELECT state FROM remote_deps WHERE server=? AND job=? AND frame=?",
+                            (server, job, frame)).fetchone()
+            if row is None or row[0] == "done":
+                return  # done is final; an unknown row has no dependents
             c.execute(
                 "UPDATE remote_deps SET state=?, output_sha256=?, output_size=?, error=?, checked=?"
                 " WHERE server=? AND job=? AND frame=?",
                 (state, output.sha256 if output else None, output.size if output else None, error,
                  self.clock(), server, job, frame),
             )
-            self._settle(c, self._dependents(c, job, frame, server))
+            if state == "done":
+                self._dependency_done(c, server, job, frame)
+            else:
+                self._ripple_failure(c, [(job, frame)], server)
         self.on_ready()
 
     def recover(self, owner: str) -> int:
-        """At start-up: frames leased to this server's own renderers were interrupted by the
-        stop; they are ready again (the attempt does not count as a failure)."""
+        """At start-up: frames leased to this server's own slots (under this name or an earlier
+        one of the same data folder) were interrupted by the stop; they are ready again (the
+        attempt does not count as a failure)."""
         rows = self.conn.execute(
-            "SELECT job_id, frame, attempts FROM frames WHERE state='running' AND lease_owner=?", (owner,)
+            "SELECT job_id, frame, attempts FROM frames WHERE state='running' AND lease_owner LIKE 'local:%'"
         ).fetchall()
         for r in rows:
             self.fail(r[0], r[1], r[2], "", "interrupted by a server restart", counts=False)
         return len(rows)
 
     def expire_leases(self) -> int:
-        """Leases past their expiry: the frame is ready again (a counted failure)."""
+        """Leases past their expiry: the frame is ready again (a counted failure of the frame,
+        not a strike against the renderer: it may have crashed or lost the network)."""
         rows = self.conn.execute(
             "SELECT job_id, frame, attempts FROM frames WHERE state='running'"
             " AND lease_expires IS NOT NULL AND lease_expires < ?",
             (self.clock(),),
         ).fetchall()
+        n = 0
         for r in rows:
-            self.fail(r[0], r[1], r[2], "", "lease expired")
-        return len(rows)
+            try:
+                self.fail(r[0], r[1], r[2], "", "lease expired", outcome="expired")
+                n += 1
+            except Conflict:
+                pass  # renewed or finished meanwhile
+        return n
+
+    def fail_ready(self, job: int, backend: str, error: str) -> Iterator[None]:
+        """Fail the ready frames of one backend of a job that no renderer can take any more
+        (liveness.py decides), in bounded transactions."""
+        now = self.clock()
+        while True:
+            with self._tx() as c:
+                frames = [r[0] for r in c.execute(
+                    "SELECT frame FROM frames WHERE job_id=? AND state='ready' AND backend=? ORDER BY frame LIMIT ?",
+                    (job, backend, CHUNK))]
+                c.executemany("UPDATE frames SET state='failed', finished=?, error=? WHERE job_id=? AND frame=?",
+                              ((now, error, job, f) for f in frames))
+                self._ripple_failure(c, [(job, f) for f in frames])
+            if len(frames) < CHUNK:
+                return
+            yield
 
     # -- job actions -----------------------------------------------------------------------
     def cancel(self, job: int) -> list[tuple[int, int, int]]:
-        """Cancel a job: unfinished frames are cancelled; frames of other jobs waiting for them
-        fail. Returns the (job, frame, attempt) leases that were running, for the runner to kill."""
+        return drain(self.cancel_steps(job))  # type: ignore[return-value]
+
+    def cancel_steps(self, job: int) -> Iterator[None]:
+        """Cancel a job: no frame of it starts any more; unfinished frames are cancelled (in
+        bounded transactions); frames of other jobs waiting for them fail. Returns the
+        (job, frame, attempt) leases that were running, for the runner to kill."""
         self._job_row(job)
         now = self.clock()
         with self._tx() as c:
-            running = [
-                (r[0], r[1], r[2])
-                for r in c.execute(
-                    "SELECT job_id, frame, attempts FROM frames WHERE job_id=? AND state='running'", (job,)
-                )
-            ]
+            c.execute("UPDATE jobs SET status='cancelled' WHERE id=?", (job,))
+            running = [(job, r[0], r[1]) for r in c.execute(
+                "SELECT frame, attempts FROM frames WHERE job_id=? AND state='running'", (job,))]
             for _, frame, attempt in running:
                 self._end_attempt(c, job, frame, attempt, "cancelled", None)
-            changed = [
-                r[0]
-                for r in c.execute(
-                    "SELECT frame FROM frames WHERE job_id=? AND state IN ('waiting','ready','running')", (job,)
-                )
-            ]
-            c.execute(
-                "UPDATE frames SET state='cancelled', finished=?, lease_owner=NULL, lease_expires=NULL"
-                " WHERE job_id=? AND state IN ('waiting','ready','running')",
-                (now, job),
-            )
-            c.execute("UPDATE jobs SET status='cancelled' WHERE id=?", (job,))
-            for frame in changed:
-                self._settle(c, [d for d in self._dependents(c, job, frame) if d[0] != job])
-        return running
+            c.execute("UPDATE frames SET state='cancelled', finished=?, lease_owner=NULL, lease_expires=NULL,"
+                      " upload_sha256=NULL, upload_size=NULL WHERE job_id=? AND state='running'", (now, job))
+            self._ripple_failure(c, [(job, f) for _, f, _ in running], skip_job=job)
+        yield
+        while True:
+            with self._tx() as c:
+                frames = [r[0] for r in c.execute(
+                    "SELECT frame FROM frames WHERE job_id=? AND state IN ('waiting','ready','running')"
+                    " ORDER BY frame LIMIT ?", (job, CHUNK))]
+                c.executemany(
+                    "UPDATE frames SET state='cancelled', finished=?, lease_owner=NULL, lease_expires=NULL,"
+                    " upload_sha256=NULL, upload_size=NULL WHERE job_id=? AND frame=?",
+                    ((now, job, f) for f in frames))
+                # frames of other jobs that wait for this one fail
+                self._ripple_failure(c, [(job, f) for f in frames], skip_job=job)
+            if len(frames) < CHUNK:
+                return running
+            yield
 
     def retry(self, job: int) -> int:
-        """Requeue a job's failed and cancelled frames (and lift a cancel). Returns how many."""
+        return drain(self.retry_steps(job))  # type: ignore[return-value]
+
+    def retry_steps(self, job: int) -> Iterator[None]:
+        """Requeue a job's failed and cancelled frames (and lift a cancel), in bounded
+        transactions. Returns how many. First the frames wait again, then each one's
+        dependency counter is counted afresh from its dependencies' states."""
         self._job_row(job)
         with self._tx() as c:
-            frames = [
-                r[0]
-                for r in c.execute("SELECT frame FROM frames WHERE job_id=? AND state IN ('failed','cancelled')", (job,))
-            ]
-            c.execute(
-                "UPDATE frames SET state='waiting', failures=0, error=NULL, finished=NULL"
-                " WHERE job_id=? AND state IN ('failed','cancelled')",
-                (job,),
-            )
             c.execute("UPDATE jobs SET status='active', bundle_sha256=NULL, bundle_key=NULL WHERE id=?", (job,))
             c.execute("DELETE FROM blocklist WHERE job_id=?", (job,))
             # frames on peers that failed may have been retried there: ask again
@@ -427,17 +613,60 @@ class Scheduler:
                 " AND d.dep_job=remote_deps.job AND d.dep_frame=remote_deps.frame)",
                 (job,),
             )
-            self._settle(c, ((job, f) for f in sorted(frames)))
+        count = 0
+        while True:
+            with self._tx() as c:
+                frames = [r[0] for r in c.execute(
+                    "SELECT frame FROM frames WHERE job_id=? AND state IN ('failed','cancelled') ORDER BY frame LIMIT ?",
+                    (job, CHUNK))]
+                c.executemany(
+                    "UPDATE frames SET state='waiting', deps_left=-1, failures=0, error=NULL, finished=NULL,"
+                    " avoid=NULL, avoid_until=NULL WHERE job_id=? AND frame=?", ((job, f) for f in frames))
+            count += len(frames)
+            if len(frames) < CHUNK:
+                break
+            yield
+        # deps_left = -1 marks the requeued frames whose counter is to be counted
+        while True:
+            with self._tx() as c:
+                frames = [r[0] for r in c.execute(
+                    "SELECT frame FROM frames WHERE job_id=? AND state='waiting' AND deps_left < 0"
+                    " ORDER BY frame LIMIT ?", (job, CHUNK // 10))]
+                broken = []
+                for frame in frames:
+                    left, why = 0, None
+                    for r in self._deps(c, job, frame):
+                        st = r["state"]
+                        if st != "done":
+                            left += 1
+                            if st in ("failed", "cancelled", None) and why is None:
+                                why = f"dependency {format_url(r[0], r[1], r[2])} {st or 'deleted'}"
+                    if why:
+                        c.execute("UPDATE frames SET state='failed', deps_left=?, finished=?, error=?"
+                                  " WHERE job_id=? AND frame=?", (left, self.clock(), why, job, frame))
+                        broken.append((job, frame))
+                    else:
+                        c.execute("UPDATE frames SET deps_left=?, state=? WHERE job_id=? AND frame=?",
+                                  (left, "ready" if left == 0 else "waiting", job, frame))
+                self._ripple_failure(c, broken)
+            if len(frames) < CHUNK // 10:
+                break
+            yield
         self.on_ready()
-        return len(frames)
+        return count
 
     def delete(self, job: int) -> list[tuple[int, int, int]]:
-        """Forget a job (its id is never handed out again). Refused while unfinished frames of
-        other jobs wait for it. Returns its running leases, for the runner to kill."""
+        return drain(self.delete_steps(job))  # type: ignore[return-value]
+
+    def delete_steps(self, job: int) -> Iterator[None]:
+        """Forget a job (its id is never handed out again), in bounded transactions; hidden
+        from the first. Refused while unfinished frames of other jobs wait for it. Returns its
+        running leases, for the runner to kill."""
         self._job_row(job)
         waiting = self.conn.execute(
             "SELECT d.job_id, d.frame FROM deps d JOIN frames f ON f.job_id=d.job_id AND f.frame=d.frame"
-            " WHERE d.dep_server=? AND d.dep_job=? AND d.job_id != ? AND f.state IN ('waiting','ready','running')",
+            " WHERE d.dep_server=? AND d.dep_job=? AND d.job_id != ? AND f.state IN ('waiting','ready','running')"
+            " LIMIT 1",
             (self.server, job, job),
         ).fetchone()
         if waiting is not None:
@@ -445,22 +674,34 @@ class Scheduler:
                 f"{format_url(self.server, waiting[0], waiting[1])} waits for job {format_url(self.server, job)};"
                 " cancel or delete that job first"
             )
-        running = [(job, r[0], r[1]) for r in self.conn.execute(
-            "SELECT frame, attempts FROM frames WHERE job_id=? AND state='running'", (job,))]
         with self._tx() as c:
-            for table in ("attempts", "deps", "frames", "blocklist"):
-                c.execute(f"DELETE FROM {table} WHERE job_id=?", (job,))
-            c.execute("DELETE FROM jobs WHERE id=?", (job,))
+            running = [(job, r[0], r[1]) for r in c.execute(
+                "SELECT frame, attempts FROM frames WHERE job_id=? AND state='running'", (job,))]
+            c.execute("UPDATE jobs SET status='deleting' WHERE id=?", (job,))
+        yield
+        while True:
+            with self._tx() as c:
+                frames = [r[0] for r in c.execute(
+                    "SELECT frame FROM frames WHERE job_id=? ORDER BY frame LIMIT ?", (job, CHUNK))]
+                for table in ("attempts", "deps", "frames"):
+                    c.executemany(f"DELETE FROM {table} WHERE job_id=? AND frame=?", ((job, f) for f in frames))
+            if len(frames) < CHUNK:
+                break
+            yield
+        with self._tx() as c:
+            self._purge(c, job, "deleting")
         return running
 
     # -- queries -------------------------------------------------------------------------
     def _job_row(self, job: int) -> sqlite3.Row:
-        row = self.conn.execute("SELECT * FROM jobs WHERE id=? AND status != 'intake'", (job,)).fetchone()
+        row = self.conn.execute("SELECT * FROM jobs WHERE id=? AND status NOT IN ('intake','deleting')",
+                                (job,)).fetchone()
         if row is None:
             raise NotFound(f"no job {format_url(self.server, job)}")
         return row
 
-    def job_state(self, cancelled: bool, counts: dict[str, int]) -> str:
+    @staticmethod
+    def job_state(cancelled: bool, counts: dict[str, int]) -> str:
         total = sum(counts.values())
         if cancelled:
             return "cancelled"
@@ -474,20 +715,13 @@ class Scheduler:
         return self._job_json(self._job_row(job))
 
     def jobs(self) -> list[dict]:
-        rows = self.conn.execute("SELECT * FROM jobs WHERE status != 'intake' ORDER BY id").fetchall()
+        rows = self.conn.execute("SELECT * FROM jobs WHERE status NOT IN ('intake','deleting') ORDER BY id").fetchall()
         return [self._job_json(r) for r in rows]
 
     def _job_json(self, row: sqlite3.Row) -> dict:
-        counts = dict.fromkeys(FRAME_STATES, 0)
-        for state, n in self.conn.execute(
-            "SELECT state, COUNT(*) FROM frames WHERE job_id=? GROUP BY state", (row["id"],)
-        ):
-            counts[state] = n
-        times = self.conn.execute(
-            "SELECT MIN(started), MAX(finished) FROM frames WHERE job_id=?", (row["id"],)
-        ).fetchone()
+        counts = {s: row[f"n_{s}"] for s in FRAME_STATES}
         state = self.job_state(row["status"] == "cancelled", counts)
-        return {
+        out = {
             "id": row["id"],
             "url": format_url(self.server, row["id"]),
             "name": row["name"],
@@ -499,22 +733,57 @@ class Scheduler:
             "frames": counts,
             "total_frames": sum(counts.values()),
             "submitted": row["submitted"],
-            "started": times[0],
-            "finished": times[1] if state in ("done", "failed", "cancelled") else None,
+            "started": row["started"],
+            "finished": row["finished"] if state in TERMINAL else None,
             "seed": {"sha256": row["seed_sha256"], "size": row["seed_size"]},
             "blocklisted": [r[0] for r in self.conn.execute(
                 "SELECT renderer FROM blocklist WHERE job_id=? ORDER BY renderer", (row["id"],))],
         }
+        out["waiting_for"] = self._job_waiting_for(row, counts) if state not in TERMINAL else None
+        return out
 
-    def frames(self, job: int) -> list[dict]:
+    def _job_waiting_for(self, row: sqlite3.Row, counts: dict[str, int]) -> str | None:
+        """Why an unfinished job is not moving, if it is not: no renderer for its ready frames,
+        or the dependency that its first waiting frame waits for."""
+        from .liveness import renderer_problem
+
+        job = row["id"]
+        if counts["ready"]:
+            for backend in json.loads(row["settings"]):
+                has = self.conn.execute("SELECT 1 FROM frames WHERE job_id=? AND state='ready' AND backend=? LIMIT 1",
+                                        (job, backend)).fetchone()
+                if has:
+                    problem = renderer_problem(self, job, backend)
+                    if problem:
+                        return problem
+        if counts["waiting"] and not counts["ready"] and not counts["running"]:
+            first = self.conn.execute("SELECT frame FROM frames WHERE job_id=? AND state='waiting' ORDER BY frame"
+                                      " LIMIT 1", (job,)).fetchone()
+            if first is not None:
+                why = self._frame_waiting_for(job, first[0], "waiting")
+                return f"frame {first[0]}: {why[0]}" if why else None
+        return None
+
+    def frames(self, job: int, after: int | None = None, limit: int = PAGE, state: str | None = None) -> list[dict]:
+        """A page of a job's frames in id order: those with ids above `after`."""
         self._job_row(job)
-        rows = self.conn.execute("SELECT * FROM frames WHERE job_id=? ORDER BY frame", (job,)).fetchall()
+        limit = max(1, min(limit, MAX_PAGE))
+        start = -1 if after is None else after
+        if state is None:
+            rows = self.conn.execute("SELECT * FROM frames WHERE job_id=? AND frame>? ORDER BY frame LIMIT ?",
+                                     (job, start, limit)).fetchall()
+        else:
+            rows = self.conn.execute("SELECT * FROM frames WHERE job_id=? AND state=? AND frame>? ORDER BY frame"
+                                     " LIMIT ?", (job, state, start, limit)).fetchall()
         return [self._frame_json(r) for r in rows]
 
     def frame(self, job: int, frame: int) -> dict:
         row = self._frame_row(job, frame)
         out = self._frame_json(row)
-        out["depends"] = [{"url": url, "state": st} for url, st in self._dep_states(self.conn, job, frame)]
+        deps = self._deps(self.conn, job, frame)
+        out["depends"] = [{"url": format_url(r[0], r[1], r[2]), "state": r["state"] or "deleted"} for r in deps[:1000]]
+        out["depends_total"] = len(deps)
+        out["waiting_for"] = self._frame_waiting_for(job, frame, row["state"])
         out["history"] = [
             {k: r[k] for k in ("attempt", "renderer", "started", "finished", "outcome", "log")}
             for r in self.conn.execute(
@@ -523,6 +792,34 @@ class Scheduler:
         ]
         last = [h for h in out["history"] if h["log"]]
         out["log"] = last[-1]["log"] if last else ""
+        return out
+
+    def _frame_waiting_for(self, job: int, frame: int, state: str) -> list[str]:
+        """What a waiting or ready frame waits for, in words (at most 10 items)."""
+        from .liveness import dependency_problem, renderer_problem
+
+        out: list[str] = []
+        if state == "waiting":
+            rows = self.conn.execute(
+                "SELECT d.dep_server, d.dep_job, d.dep_frame,"
+                " CASE WHEN d.dep_server=? THEN f.state ELSE r.state END AS state"
+                " FROM deps d LEFT JOIN frames f ON d.dep_server=? AND f.job_id=d.dep_job AND f.frame=d.dep_frame"
+                " LEFT JOIN remote_deps r ON r.server=d.dep_server AND r.job=d.dep_job AND r.frame=d.dep_frame"
+                " WHERE d.job_id=? AND d.frame=? AND COALESCE(CASE WHEN d.dep_server=? THEN f.state"
+                " ELSE r.state END, '') != 'done' LIMIT 11",
+                (self.server, self.server, job, frame, self.server)).fetchall()
+            for r in rows[:10]:
+                url = format_url(r[0], r[1], r[2])
+                extra = dependency_problem(self, r[0]) if r[0] != self.server else None
+                out.append(f"dependency {url} ({r['state'] or 'deleted'}" + (f"; {extra})" if extra else ")"))
+            if len(rows) > 10:
+                left = self.conn.execute("SELECT deps_left FROM frames WHERE job_id=? AND frame=?",
+                                         (job, frame)).fetchone()[0]
+                out.append(f"and {max(0, left - 10)} more dependencies")
+        elif state == "ready":
+            backend = self.conn.execute("SELECT backend FROM frames WHERE job_id=? AND frame=?",
+                                        (job, frame)).fetchone()[0]
+            out.append(renderer_problem(self, job, backend) or "a free render slot")
         return out
 
     def _frame_row(self, job: int, frame: int) -> sqlite3.Row:

@@ -32,7 +32,6 @@ class FrameTask:
     settings: dict[str, str]
     scene: Path          # the extracted job folder on the host (read-only in the sandbox)
     frame: int
-    frame_ids: tuple[int, ...]
     out: Path            # an empty folder on the host for the outputs
     deps: Path           # dependency outputs on the host
     timeout: float

@@ -41,15 +41,17 @@ class Peer:
     last_contact: float | None = None
     failures: int = 0
     last_error: str | None = None
-    # claim back-off: no claim before this time
-    next_claim: float = 0.0
-    backoff: float = 0.0
+    # unreachable since (the first failure of the current run of failures), None when up
+    down_since: float | None = None
+    # the backends it renders, as it last said (claims, hello); None: not known yet
+    backends: frozenset[str] | None = None
 
     def to_json(self) -> dict:
         return {
             "name": self.name, "url": self.url, "verified": self.verified,
             "last_contact": self.last_contact, "failures": self.failures, "last_error": self.last_error,
-            "healthy": self.verified and self.failures == 0,
+            "healthy": self.verified and self.failures == 0, "down_since": self.down_since,
+            "backends": None if self.backends is None else sorted(self.backends),
         }
 
 
@@ -64,7 +66,7 @@ def parse_peer(text: str) -> tuple[str, str]:
 class PeerClient:
     """Signed HTTP requests from this server to its peers."""
 
-    def __init__(self, me: str, secret: bytes, peers: dict[str, str], timeout: float = 30.0):
+    def __init__(self, me: str, secret: bytes, peers: dict[str, str], timeout: float = 10.0):
         self.me = me
         self.secret = secret
         self.peers = {name: Peer(name, url) for name, url in peers.items()}
@@ -83,23 +85,28 @@ class PeerClient:
         """A verified request from a peer counts as contact."""
         peer = self.peers.get(name)
         if peer is not None:
-            peer.last_contact = time.time()
+            self._ok(peer)
 
     def _ok(self, peer: Peer) -> None:
         peer.last_contact = time.time()
         peer.failures = 0
         peer.last_error = None
+        peer.down_since = None
 
     def _failed(self, peer: Peer, error: str) -> None:
         peer.failures += 1
         peer.last_error = error
+        if peer.down_since is None:
+            peer.down_since = time.time()
 
     async def ensure_verified(self, peer: Peer) -> None:
         if peer.verified:
             return
         resp = await self._send(peer, "GET", "/api/v1/peer/hello", receiver=auth.ANY_RECEIVER)
         try:
-            name = resp.json().get("name")
+            info = resp.json()
+            name = info.get("name")
+            self.learn_backends(peer, info.get("backends"))
         except (ValueError, AttributeError):
             self._failed(peer, "does not answer as a distren server")
             raise PeerError(f"peer at {peer.url} does not answer as a distren server") from None
@@ -107,6 +114,18 @@ class PeerClient:
             self._failed(peer, f"answers as {name!r}, not {peer.name!r}")
             raise PeerError(f"peer at {peer.url} answers as {name!r}, not {peer.name!r}")
         peer.verified = True
+
+    @staticmethod
+    def learn_backends(peer: Peer, backends) -> None:
+        """What a peer said it renders (a list of names), if it said it well."""
+        if isinstance(backends, list) and all(isinstance(b, str) for b in backends) and len(backends) < 100:
+            peer.backends = frozenset(backends)
+
+    async def probe(self, name: str) -> None:
+        """Ask a peer who it is and what it renders (health and backends)."""
+        peer = self.get(name)
+        peer.verified = False
+        await self.ensure_verified(peer)
 
     async def request(
         self, name: str, method: str, path: str, *, json: Any = None, content: bytes | None = None,

@@ -1,7 +1,8 @@
 """The peer API under /api/v1/peer: every route needs a signed request (auth.py).
 
-    GET  /peer/hello                                   this server's name
-    POST /peer/claim             {"backends": [...]}   200 a lease, or 204 no work
+    GET  /peer/hello                                   this server's name, backends and slots
+    POST /peer/claim             {"backends": [...]}   200 a lease, or 204 no work (Retry-After)
+    POST /peer/work                                    the caller has work: ask it now
     POST /peer/leases/{job}/{frame}/{attempt}/heartbeat   renew; 409 when the lease is gone
     PUT  /peer/leases/{job}/{frame}/{attempt}/output      the frame tarball (body hash signed)
     POST /peer/leases/{job}/{frame}/{attempt}/complete {"sha256", "size", "log"}
@@ -11,6 +12,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 from typing import Callable
@@ -19,7 +21,6 @@ from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 
 from ..errors import BadJob, Conflict, TooLarge, Unauthorized
-from ..store.blobs import Blob
 from ..url import MAX_ID
 from . import auth
 
@@ -33,8 +34,6 @@ def _target(request: Request) -> str:
 
 def create_peer_router(get_core: Callable, get_fed: Callable) -> APIRouter:
     router = APIRouter(prefix="/api/v1/peer", tags=["peer"])
-
-    uploaded: dict[tuple[str, int, int, int], Blob] = {}
 
     def verify(request: Request, known_only: bool = True) -> tuple[str, str]:
         """The signed peer's name and body hash; only servers in the peer table are served
@@ -73,7 +72,15 @@ def create_peer_router(get_core: Callable, get_fed: Callable) -> APIRouter:
     @router.get("/hello")
     async def hello(request: Request) -> dict:
         verify(request, known_only=False)
-        return {"name": get_core().name}
+        core = get_core()
+        return {"name": core.name, "slots": core.config.slots,
+                "backends": core.available_backends() if core.config.slots > 0 else []}
+
+    @router.post("/work")
+    async def work(request: Request) -> dict:
+        peer, _ = await signed_json(request)
+        get_fed().announced(peer)
+        return {}
 
     @router.post("/claim", responses={204: {"description": "no work"}})
     async def claim(request: Request):
@@ -82,9 +89,12 @@ def create_peer_router(get_core: Callable, get_fed: Callable) -> APIRouter:
         if not isinstance(backends, list) or not all(isinstance(b, str) for b in backends):
             raise BadJob("claim needs {\"backends\": [names]}")
         core, fed = get_core(), get_fed()
+        fed.peers.learn_backends(fed.peers.get(peer), backends)
         lease = core.scheduler.claim(peer, backends, fed.settings.lease_seconds)
         if lease is None:
-            return Response(status_code=204)
+            wait = fed.no_work_answer(peer)
+            return Response(status_code=204, headers={"Retry-After": f"{wait:.1f}"})
+        fed.announcer.served(peer)
         return lease.to_json(fed.settings.lease_seconds)
 
     @router.post("/leases/{job}/{frame}/{attempt}/heartbeat")
@@ -102,19 +112,22 @@ def create_peer_router(get_core: Callable, get_fed: Callable) -> APIRouter:
         core = get_core()
         if not core.scheduler.is_running(job, frame, attempt, peer):
             raise Conflict(f"attempt {attempt} of frame {frame} of job {job} is not leased to {peer}")
-        writer = core.blobs.writer(core.config.max_job_bytes)
+        # disk writes (and the fsync) in a thread: the event loop serves everyone else meanwhile
+        writer = await asyncio.to_thread(core.blobs.writer, core.config.max_job_bytes)
         try:
             async for chunk in request.stream():
-                writer.write(chunk)
-            writer.close()
+                if chunk:
+                    await asyncio.to_thread(writer.write, chunk)
+            await asyncio.to_thread(writer.close)
         except BaseException:
             writer.abort()
             raise
         try:
-            blob = writer.commit(expect_sha256=body_sha)
+            blob = await asyncio.to_thread(writer.commit, expect_sha256=body_sha)
         except ValueError:
             raise Unauthorized("body does not match its signed hash (tampered?)") from None
-        uploaded[(peer, job, frame, attempt)] = blob
+        # recorded with the lease (fenced by the attempt): nothing to forget when it ends
+        core.scheduler.record_upload(job, frame, attempt, peer, blob)
         return {"sha256": blob.sha256, "size": blob.size}
 
     @router.post("/leases/{job}/{frame}/{attempt}/complete")
@@ -125,11 +138,10 @@ def create_peer_router(get_core: Callable, get_fed: Callable) -> APIRouter:
         sha, log = data.get("sha256"), data.get("log", "")
         if not isinstance(sha, str) or not isinstance(log, str):
             raise BadJob("complete needs {\"sha256\": str, \"log\": str}")
-        blob = uploaded.get((peer, job, frame, attempt))
+        blob = core.scheduler.uploaded(job, frame, attempt, peer)
         if blob is None or blob.sha256 != sha:
             raise Conflict(f"output {sha} was not uploaded for this lease")
         core.scheduler.complete(job, frame, attempt, blob, peer, log, owner=peer)
-        uploaded.pop((peer, job, frame, attempt), None)
         return {"state": "done"}
 
     @router.post("/leases/{job}/{frame}/{attempt}/fail")

@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..liveness import RendererView
 from ..scheduler import Lease
 from ..store.blobs import Blob
+from .pacing import Announcer, ClaimPacer, no_work_retry_after
 from .peers import PeerClient, PeerError
 
 log = logging.getLogger("distren.federation")
@@ -26,11 +27,19 @@ class FederationSettings:
     claim_backoff_max: float = 5.0
     watch_seconds: float = 2.0
     transfer_retries: int = 5
+    # empty claims a second this server is willing to answer (pacing.py)
+    idle_claims_per_second: float = 20.0
+    # a peer not heard from for this long is asked who it is (health, backends)
+    peer_timeout: float = 15.0
 
     def heartbeat(self, granted: float | None = None) -> float:
         """Heartbeat period for a lease of `granted` seconds (the home server's setting)."""
         period = self.heartbeat_seconds or self.lease_seconds / 3
         return min(period, granted / 3) if granted else period
+
+
+# Frames of one peer checked at once by the dependency watcher.
+WATCH_CONCURRENCY = 8
 
 
 class Federation:
@@ -39,15 +48,21 @@ class Federation:
         self.peers = peers
         self.settings = settings
         self.verifier = verifier  # checks the signed requests of peers that claim from us
-        self._rr = 0
+        self.pacer = ClaimPacer(backoff_max=settings.claim_backoff_max)
+        self.pacer.set_peers(peers.peers)
+        self.announcer = Announcer()
         self._tasks: list[asyncio.Task] = []
-        self._downloads: dict[str, asyncio.Lock] = {}
+        self._downloads: dict[str, list] = {}  # sha256 -> [lock, users]
+        self._announce_task: asyncio.Task | None = None
+        self._probed: dict[str, float] = {}
 
     # -- background loops ----------------------------------------------------------------
     def start(self) -> None:
         self._tasks = [asyncio.create_task(self._watch_loop(), name="remote-deps")]
 
     async def stop(self) -> None:
+        if self._announce_task is not None:
+            self._tasks.append(self._announce_task)
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -56,13 +71,42 @@ class Federation:
     async def _watch_loop(self) -> None:
         while True:
             await asyncio.sleep(self.settings.watch_seconds)
-            for server, job, frame in self.core.scheduler.pending_remote_deps():
+            try:
+                await self.check_remote_deps()
+            except Exception:
+                log.exception("checking dependencies on peers failed")
+
+    async def check_remote_deps(self) -> None:
+        """Ask peers about the frames that frames here wait for: each peer's frames at once
+        (a few at a time), every peer concurrently; a peer that cannot be reached is asked
+        again only after its claim back-off, so one dead peer delays nobody else's checks."""
+        by_server: dict[str, list[tuple[int, int]]] = {}
+        for server, job, frame in self.core.scheduler.pending_remote_deps():
+            by_server.setdefault(server, []).append((job, frame))
+        now = time.monotonic()
+        await asyncio.gather(*(self._check_server(server, frames, now) for server, frames in by_server.items()))
+
+    async def _check_server(self, server: str, frames: list[tuple[int, int]], now: float) -> None:
+        peer = self.peers.peers.get(server)
+        if peer is None:
+            return  # not (or no longer) a peer: the liveness check fails its dependents
+        if peer.down_since is not None and self._probed.get(server, 0) > now - self.settings.claim_backoff_max:
+            return
+        self._probed[server] = now
+        gate = asyncio.Semaphore(WATCH_CONCURRENCY)
+
+        async def one(job: int, frame: int) -> None:
+            async with gate:
+                if peer.down_since is not None and peer.failures > 1:
+                    return  # it went down meanwhile: the next round asks again
                 try:
                     await self.check_remote_dep(server, job, frame)
                 except PeerError as exc:
                     log.info("cannot check distren://%s/%d/%d yet: %s", server, job, frame, exc.message)
                 except Exception:
                     log.exception("checking distren://%s/%d/%d failed", server, job, frame)
+
+        await asyncio.gather(*(one(j, f) for j, f in frames))
 
     async def check_remote_dep(self, server: str, job: int, frame: int) -> None:
         """Ask the peer about one frame; fetch its output once done."""
@@ -86,56 +130,117 @@ class Federation:
         elif state in ("failed", "cancelled"):
             self.core.scheduler.set_remote_dep(server, job, frame, state, error=info.get("error"))
 
+    # -- health --------------------------------------------------------------------------
+    def renderer_views(self) -> list[RendererView]:
+        return [RendererView(p.name, p.backends, p.down_since is None, p.down_since)
+                for p in self.peers.peers.values()]
+
+    async def probe_peers(self) -> None:
+        """Peers not heard from for `peer_timeout` are asked who they are: a peer that is gone
+        shows as down (with since when), and a peer's backends become known."""
+        now = time.time()
+        quiet = [p.name for p in self.peers.peers.values()
+                 if (p.last_contact or 0) < now - self.settings.peer_timeout
+                 and self._probed.get("hello:" + p.name, 0) < now - self.settings.peer_timeout]
+        for name in quiet:
+            self._probed["hello:" + name] = now
+
+        async def one(name: str) -> None:
+            try:
+                await self.peers.probe(name)
+            except PeerError as exc:
+                log.info("peer %s: %s", name, exc.message)
+
+        await asyncio.gather(*(one(n) for n in quiet[:64]))
+
     # -- claiming ------------------------------------------------------------------------
     def next_claim_in(self) -> float:
         """Seconds until some peer may be asked for work again."""
-        now = time.monotonic()
-        waits = [max(0.0, p.next_claim - now) for p in self.peers.peers.values()]
-        return min(waits) if waits else float("inf")
+        return self.pacer.next_in(time.monotonic())
 
     async def claim(self, backends: list[str]) -> tuple[str, Lease] | None:
-        """Ask peers for a frame, round robin, skipping peers in back-off."""
-        peers = list(self.peers.peers.values())
-        if not peers or not backends:
+        """Ask the peers that are due for a frame, round robin (pacing.py)."""
+        if not backends:
             return None
-        now = time.monotonic()
-        for i in range(len(peers)):
-            peer = peers[(self._rr + i) % len(peers)]
-            if peer.next_claim > now:
+        for name in self.pacer.due(time.monotonic()):
+            if name not in self.peers.peers:
                 continue
             try:
-                resp = await self.peers.request(peer.name, "POST", "/api/v1/peer/claim", json={"backends": backends})
+                resp = await self.peers.request(name, "POST", "/api/v1/peer/claim", json={"backends": backends})
             except PeerError as exc:
-                self._back_off(peer)
-                log.debug("claim from %s failed: %s", peer.name, exc.message)
+                self.pacer.no_work(name, time.monotonic())
+                log.debug("claim from %s failed: %s", name, exc.message)
                 continue
             if resp.status_code == 204:
-                self._back_off(peer)
-                continue
-            peer.backoff = 0.0
-            self._rr = (self._rr + i + 1) % len(peers)
-            try:
-                data = resp.json()
-            except ValueError:
-                self._back_off(peer)
+                self.pacer.no_work(name, time.monotonic(), _retry_after(resp))
                 continue
             try:
-                return peer.name, lease_from_json(data, peer.name)
-            except PeerError as exc:
-                log.warning("%s", exc.message)
-                self._back_off(peer)
+                lease = lease_from_json(resp.json(), name)
+            except (ValueError, PeerError) as exc:
+                log.warning("bad lease from %s: %s", name, exc)
+                self.pacer.no_work(name, time.monotonic())
+                continue
+            self.pacer.got_work(name)
+            return name, lease
         return None
 
-    def _back_off(self, peer) -> None:
-        peer.backoff = min(self.settings.claim_backoff_max, max(0.1, peer.backoff * 2))
-        peer.next_claim = time.monotonic() + peer.backoff * random.uniform(0.8, 1.2)
+    def no_work_answer(self, peer: str) -> float:
+        """This server turns a claiming peer away: remember to tell it when work comes;
+        returns the wait to ask of it (seconds)."""
+        self.announcer.turned_away(peer)
+        return no_work_retry_after(len(self.peers.peers), self.settings.idle_claims_per_second)
+
+    def work_appeared(self) -> None:
+        """Frames became ready here: tell the peers that were turned away (at most once per
+        announce period; the task is started on the event loop)."""
+        if not self.announcer.waiting:
+            return
+        if self._announce_task is None or self._announce_task.done():
+            try:
+                self._announce_task = asyncio.get_running_loop().create_task(self._announce())
+            except RuntimeError:
+                pass  # no running loop (a test calling the scheduler directly)
+
+    async def _announce(self) -> None:
+        wait = self.announcer.last + self.announcer.announce_period - time.monotonic()
+        if wait > 0:
+            await asyncio.sleep(wait)
+        names = self.announcer.due(time.monotonic())
+
+        async def one(name: str) -> None:
+            try:
+                await self.peers.request(name, "POST", "/api/v1/peer/work", json={})
+            except PeerError as exc:
+                log.debug("announcing work to %s failed: %s", name, exc.message)
+
+        gate = asyncio.Semaphore(32)
+
+        async def gated(name: str) -> None:
+            async with gate:
+                await one(name)
+
+        await asyncio.gather(*(gated(n) for n in names))
+
+    def announced(self, peer: str) -> None:
+        """A peer says it has work for us."""
+        self.pacer.announced(peer, time.monotonic())
 
     # -- transfers -----------------------------------------------------------------------
     async def fetch_blob(self, server: str, sha256: str, size: int | None) -> Blob:
         """A blob of a peer into our store, once: streamed to a part file, resumed with HTTP
         Range after an interruption, retried with back-off, verified by hash."""
         blobs = self.core.blobs
-        lock = self._downloads.setdefault(sha256, asyncio.Lock())
+        entry = self._downloads.setdefault(sha256, [asyncio.Lock(), 0])
+        entry[1] += 1
+        try:
+            return await self._fetch_locked(entry[0], server, sha256, size)
+        finally:
+            entry[1] -= 1
+            if entry[1] == 0:
+                del self._downloads[sha256]  # nobody else wants it: the table does not grow
+
+    async def _fetch_locked(self, lock: asyncio.Lock, server: str, sha256: str, size: int | None) -> Blob:
+        blobs = self.core.blobs
         async with lock:
             if blobs.has(sha256):
                 return Blob(sha256, blobs.path(sha256).stat().st_size)
@@ -220,7 +325,6 @@ def lease_from_json(data: dict, owner: str) -> Lease:
             job=int(data["job"]), frame=int(data["frame"]), attempt=int(data["attempt"]),
             backend=str(data["backend"]), settings=dict(data["settings"]),
             seed_sha256=str(data["seed"]["sha256"]), seed_size=int(data["seed"]["size"]),
-            frame_ids=tuple(int(f) for f in data["frame_ids"]),
             depends=tuple({"url": str(d["url"]), "sha256": str(d["sha256"]), "size": int(d["size"])}
                           for d in data["depends"]),
             expires=None, owner=owner, lease_seconds=float(data["lease_seconds"]),
@@ -228,3 +332,11 @@ def lease_from_json(data: dict, owner: str) -> Lease:
         )
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise PeerError(f"malformed lease from {owner}: {exc!r}") from None
+
+
+def _retry_after(resp) -> float | None:
+    try:
+        value = float(resp.headers.get("retry-after", ""))
+    except ValueError:
+        return None
+    return value if 0 <= value <= 3600 else None

@@ -11,7 +11,7 @@ import contextlib
 import logging
 from pathlib import Path
 
-from fastapi import APIRouter, FastAPI, Request
+from fastapi import APIRouter, FastAPI, Query, Request
 from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
@@ -26,7 +26,8 @@ from ..federation.routes import create_peer_router
 from ..federation.service import Federation, FederationSettings
 from ..url import MAX_ID, format_url
 from .config import ServerConfig
-from .core import Core
+from ..scheduler import MAX_PAGE, PAGE
+from .core import Core, run_steps
 from .runner import Runner
 
 log = logging.getLogger("distren.server")
@@ -189,9 +190,20 @@ def create_app(config: ServerConfig, core: Core | None = None) -> FastAPI:
     async def get_job(job: int = JobId) -> JSONResponse:
         return JSONResponse(core_().scheduler.job(job))
 
-    @api.get("/jobs/{job}/frames", summary="The frames of a job")
-    async def get_frames(job: int = JobId) -> JSONResponse:
-        return JSONResponse(core_().scheduler.frames(job))
+    @api.get("/jobs/{job}/frames", summary="A page of a job's frames, in id order (Link header: the next page)")
+    async def get_frames(
+        request: Request, job: int = JobId,
+        after: int | None = Query(None, ge=-1, le=MAX_ID, description="only frames with ids above this one"),
+        limit: int = Query(PAGE, ge=1, le=MAX_PAGE, description=f"frames per page (default {PAGE})"),
+        state: str | None = Query(None, pattern="^(waiting|ready|running|done|failed|cancelled)$",
+                                  description="only frames in this state"),
+    ) -> JSONResponse:
+        frames = core_().scheduler.frames(job, after, limit, state)
+        headers = {}
+        if len(frames) == limit:
+            nxt = f"{request.url.path}?after={frames[-1]['frame']}&limit={limit}" + (f"&state={state}" if state else "")
+            headers["Link"] = f'<{nxt}>; rel="next"'
+        return JSONResponse(frames, headers=headers)
 
     @api.get("/jobs/{job}/frames/{frame}", summary="One frame: state, attempts, timings, log")
     async def get_frame(job: int = JobId, frame: int = FrameId) -> JSONResponse:
@@ -223,15 +235,15 @@ def create_app(config: ServerConfig, core: Core | None = None) -> FastAPI:
     async def cancel(request: Request, job: int = JobId) -> dict:
         client_auth(request)
         c = core_()
-        for j, f, _ in c.scheduler.cancel(job):
-            state["runner"].kill(j, f)
+        for j, f, a in await run_steps(c.scheduler.cancel_steps(job)):
+            state["runner"].kill(j, f, a)
         return c.scheduler.job(job)
 
     @api.post("/jobs/{job}/retry", summary="Requeue a job's failed and cancelled frames")
     async def retry(request: Request, job: int = JobId) -> dict:
         client_auth(request)
         c = core_()
-        n = c.scheduler.retry(job)
+        n = await run_steps(c.scheduler.retry_steps(job))
         out = c.scheduler.job(job)
         out["requeued"] = n
         return out
@@ -240,8 +252,8 @@ def create_app(config: ServerConfig, core: Core | None = None) -> FastAPI:
     async def delete(request: Request, job: int = JobId) -> dict:
         client_auth(request)
         c = core_()
-        for j, f, _ in c.scheduler.delete(job):
-            state["runner"].kill(j, f)
+        for j, f, a in await run_steps(c.scheduler.delete_steps(job)):
+            state["runner"].kill(j, f, a)
         return {"deleted": format_url(c.name, job)}
 
     app.include_router(api)
@@ -272,6 +284,7 @@ def make_federation(core: Core, config: ServerConfig):
     settings = FederationSettings(
         lease_seconds=config.lease_seconds, heartbeat_seconds=config.heartbeat_seconds,
         claim_backoff_max=config.claim_backoff_max, watch_seconds=config.watch_seconds,
+        idle_claims_per_second=config.idle_claims_per_second, peer_timeout=config.peer_timeout,
     )
     return Federation(core, PeerClient(core.name, secret, config.peers), settings, Verifier(secret, core.name))
 

@@ -48,6 +48,13 @@ class ServerConfig:
     heartbeat_seconds: float | None = None
     claim_backoff_max: float = 5.0
     watch_seconds: float = 2.0
+    # Liveness: a frame that failed on a peer goes back to it only after this many seconds; a
+    # dependency's server may be unreachable this long before its dependents fail.
+    retry_elsewhere: float = 30.0
+    remote_dep_timeout: float = 3600.0
+    # Federation pacing: empty claims a second this server answers; peers' health checks.
+    idle_claims_per_second: float = 20.0
+    peer_timeout: float = 15.0
     # Resource limits of one render (None: unlimited).
     render_memory: int | None = 16 * 1024**3
     render_file_size: int | None = 16 * 1024**3
@@ -64,6 +71,21 @@ class ServerConfig:
 
     # When set, submit, cancel, retry and delete need "Authorization: Bearer <token>".
     client_token_file: Path | None = None
+
+    def __post_init__(self) -> None:
+        """Settings that would break liveness are refused (also from a config file)."""
+        from ..errors import DistrenError
+
+        for key in ("lease_seconds", "claim_backoff_max", "watch_seconds", "remote_dep_timeout",
+                    "idle_claims_per_second", "peer_timeout", "frame_timeout"):
+            value = getattr(self, key)
+            if not isinstance(value, (int, float)) or not 0 < value < float("inf"):
+                raise DistrenError(f"{key.replace('_', '-')} must be a number of seconds > 0, got {value!r}")
+        if self.heartbeat_seconds is not None and not 0 < self.heartbeat_seconds < self.lease_seconds:
+            raise DistrenError(f"heartbeat-seconds must be > 0 and below lease-seconds ({self.lease_seconds}),"
+                               f" got {self.heartbeat_seconds!r}")
+        if not 0 <= self.retry_elsewhere < float("inf"):
+            raise DistrenError(f"retry-elsewhere-seconds must be >= 0, got {self.retry_elsewhere!r}")
 
     def threads(self) -> int:
         if self.render_threads:

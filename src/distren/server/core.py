@@ -51,7 +51,8 @@ class Core:
         for d in (self.work_dir, self.tmp_dir):
             for child in d.iterdir():
                 _remove(child)
-        self.scheduler = Scheduler(self.conn, self.name, max_failures=config.max_failures)
+        self.scheduler = Scheduler(self.conn, self.name, max_failures=config.max_failures,
+                                   retry_elsewhere=config.retry_elsewhere)
         self.scheduler.discard_intake()
         self.backends = find_backends() if backends is None else backends
         self.lease_owner = f"local:{self.name}"
@@ -118,7 +119,7 @@ class Core:
                 failpoints.hit("intake")
             finally:
                 await asyncio.to_thread(_remove, scratch)
-            self.scheduler.activate_job(job, spec, seed)
+            await run_steps(self.scheduler.activate_job_steps(job, spec, seed))
         except OSError as exc:
             upload.abort()
             self.scheduler.drop_job(job)
@@ -211,6 +212,17 @@ class Core:
         if self._intake_pool is not None:
             self._intake_pool.shutdown(cancel_futures=True)
         self.conn.close()
+
+
+async def run_steps(steps):
+    """Run a scheduler `*_steps` generator on the event loop, letting everything else run
+    between its bounded transactions. Returns the generator's return value."""
+    while True:
+        try:
+            next(steps)
+        except StopIteration as stop:
+            return stop.value
+        await asyncio.sleep(0)
 
 
 def _remove(path: Path) -> None:

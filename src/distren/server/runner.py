@@ -10,11 +10,13 @@ import asyncio
 import contextlib
 import logging
 import shutil
+import time
 from pathlib import Path
 
 from .. import failpoints
 from ..backends.base import FrameTask, RenderResult
 from ..errors import Conflict, DistrenError
+from ..liveness import FarmView, Liveness, RendererView
 from ..scheduler import Lease
 from ..store.blobs import Blob
 from ..url import parse_url
@@ -23,6 +25,10 @@ from .core import Core
 log = logging.getLogger("distren.runner")
 IDLE_POLL = 1.0
 EXPIRY_PERIOD = 0.5
+LIVENESS_PERIOD = 2.0
+# A slot that cannot record a result (a database error) tries again this often, this many
+# times; after that the lease runs out and the frame is rendered again.
+REPORT_RETRIES = 5
 
 
 class Runner:
@@ -32,20 +38,24 @@ class Runner:
         self.federation = federation
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
-        self._renders: dict[tuple[str, int, int], asyncio.Task] = {}
+        self._renders: dict[tuple[str, int, int, int], asyncio.Task] = {}
+        self.liveness = Liveness(core.scheduler, core.config.remote_dep_timeout)
         core.scheduler.on_ready = self.wake
 
     def wake(self) -> None:
         self._wake.set()
+        if self.federation is not None:
+            self.federation.work_appeared()
 
     async def start(self) -> None:
         self.core.scheduler.recover(self.core.lease_owner)
         self._tasks = [asyncio.create_task(self._slot(i), name=f"slot-{i}") for i in range(self.slots)]
         self._tasks.append(asyncio.create_task(self._expire_loop(), name="lease-expiry"))
+        self._tasks.append(asyncio.create_task(self._liveness_loop(), name="liveness"))
 
     async def _expire_loop(self) -> None:
-        """Leases this server granted to peers and that were not renewed: the frames are
-        ready again. Runs with or without federation (leases outlive a restart)."""
+        """Leases not renewed, this server's slots' and its peers': the frames are ready again.
+        Runs with or without federation (leases outlive a restart)."""
         while True:
             await asyncio.sleep(EXPIRY_PERIOD)
             try:
@@ -55,19 +65,46 @@ class Runner:
             except Exception:
                 log.exception("lease expiry failed")
 
+    def farm_view(self) -> FarmView:
+        """This server's slots and its peers, as the liveness check sees them."""
+        own = frozenset(self.core.available_backends()) if self.slots > 0 else frozenset()
+        renderers = [RendererView(self.core.lease_owner, own)]
+        peers: frozenset[str] = frozenset()
+        if self.federation is not None:
+            renderers += self.federation.renderer_views()
+            peers = frozenset(self.federation.peers.peers)
+        return FarmView(tuple(renderers), peers, time.time())
+
+    async def _liveness_loop(self) -> None:
+        """Every few seconds: what can no longer run fails with its reason (liveness.py)."""
+        while True:
+            await asyncio.sleep(LIVENESS_PERIOD)
+            try:
+                if self.federation is not None:
+                    await self.federation.probe_peers()
+                for _ in self.liveness.check_steps(self.farm_view()):
+                    await asyncio.sleep(0)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("liveness check failed")
+
     async def stop(self) -> None:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
 
-    def kill(self, job: int, frame: int, home: str | None = None) -> None:
-        task = self._renders.get((home or self.core.name, job, frame))
+    def kill(self, job: int, frame: int, attempt: int, home: str | None = None) -> None:
+        task = self._renders.get((home or self.core.name, job, frame, attempt))
         if task is not None:
             task.cancel()
 
+    def lease_seconds(self) -> float:
+        return self.core.config.lease_seconds
+
     async def _next(self, backends: list[str]) -> tuple[str | None, Lease] | None:
-        lease = self.core.scheduler.claim(self.core.lease_owner, backends)
+        lease = self.core.scheduler.claim(self.core.lease_owner, backends, self.lease_seconds())
         if lease is not None:
             return None, lease
         if self.federation is not None:
@@ -75,62 +112,89 @@ class Runner:
         return None
 
     async def _slot(self, index: int) -> None:
+        """One render slot. It never ends on an error: whatever goes wrong is logged, the slot
+        waits a moment and goes on; a lease it could not settle expires by itself."""
         backends = self.core.available_backends()
         while True:
-            self._wake.clear()
             try:
-                got = await self._next(backends)
-            except Exception:  # a bad peer answer or a database hiccup must not end the slot
-                log.exception("slot %d: could not take work; trying again", index)
-                await asyncio.sleep(IDLE_POLL)
-                continue
-            if got is None:
-                idle = IDLE_POLL
-                if self.federation is not None:
-                    idle = min(IDLE_POLL, max(0.05, self.federation.next_claim_in()))
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), idle)
-                continue
-            home, lease = got
-            if home is not None:
-                self.wake()  # a peer has work: the other idle slots ask it too, now
-            key = (home or self.core.name, lease.job, lease.frame)
-            render = asyncio.create_task(self._render(home, lease))
-            self._renders[key] = render
-            try:
-                await asyncio.wait({render})
+                await self._slot_turn(backends)
             except asyncio.CancelledError:
-                render.cancel()
-                await asyncio.gather(render, return_exceptions=True)
-                await self._interrupted(home, lease)
                 raise
-            finally:
-                self._renders.pop(key, None)
-            if not render.cancelled() and render.exception() is not None:
-                exc = render.exception()
-                log.error("render of %s failed unexpectedly: %r", key, exc)
-                if home is None:
-                    self._local_failure(lease, "", f"internal error: {exc}")
+            except Exception:
+                log.exception("slot %d: unexpected error; going on", index)
+                await asyncio.sleep(IDLE_POLL)
+
+    async def _slot_turn(self, backends: list[str]) -> None:
+        self._wake.clear()
+        try:
+            got = await self._next(backends)
+        except Exception:  # a bad peer answer or a database hiccup must not end the slot
+            log.exception("could not take work; trying again")
+            await asyncio.sleep(IDLE_POLL)
+            return
+        if got is None:
+            idle = IDLE_POLL
+            if self.federation is not None:
+                idle = min(IDLE_POLL, max(0.05, self.federation.next_claim_in()))
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), idle)
+            return
+        home, lease = got
+        if home is not None:
+            self._wake.set()  # a peer has work: the other idle slots ask it too, now
+        key = (home or self.core.name, lease.job, lease.frame, lease.attempt)
+        render = asyncio.create_task(self._render(home, lease))
+        self._renders[key] = render
+        try:
+            await asyncio.wait({render})
+        except asyncio.CancelledError:
+            render.cancel()
+            await asyncio.gather(render, return_exceptions=True)
+            await self._interrupted(home, lease)
+            raise
+        finally:
+            self._renders.pop(key, None)
+        if not render.cancelled() and render.exception() is not None:
+            exc = render.exception()
+            log.error("render of %s failed unexpectedly: %r", key, exc)
+            if home is None:
+                await self._local_failure(lease, "", f"internal error: {exc}")
 
     async def _interrupted(self, home: str | None, lease: Lease) -> None:
         """This server is stopping: give the frame back at once (not a failure of the frame)."""
         if home is None:
-            self._local_failure(lease, "", "interrupted: server stopping", counts=False)
+            await self._local_failure(lease, "", "interrupted: server stopping", counts=False)
             return
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.federation.report_failure(
                 home, lease, "", f"interrupted: {self.core.name} stopping", interrupted=True), 5)
 
-    def _local_failure(self, lease: Lease, log_text: str, error: str, counts: bool = True) -> None:
-        try:
-            self.core.scheduler.fail(lease.job, lease.frame, lease.attempt, log_text, error, counts=counts)
-        except Conflict:
-            pass  # cancelled or superseded meanwhile
+    async def _local_failure(self, lease: Lease, log_text: str, error: str, counts: bool = True) -> None:
+        await self._settle(lambda: self.core.scheduler.fail(
+            lease.job, lease.frame, lease.attempt, log_text, error, counts=counts, owner=self.core.lease_owner))
+
+    async def _settle(self, record) -> None:
+        """Record a local result, retrying a database error a few times; Conflict means the
+        frame moved on (cancelled, or the lease expired) and is not an error."""
+        delay = 0.2
+        for attempt in range(REPORT_RETRIES):
+            try:
+                record()
+                return
+            except Conflict:
+                return
+            except Exception:
+                if attempt == REPORT_RETRIES - 1:
+                    log.exception("cannot record a result; its lease will expire and the frame run again")
+                    return
+                log.warning("cannot record a result yet; trying again", exc_info=True)
+                await asyncio.sleep(delay)
+                delay *= 2
 
     async def _render(self, home: str | None, lease: Lease) -> None:
         core = self.core
         work = core.work_dir / f"{home or core.name}-{lease.job}-{lease.frame}-{lease.attempt}"
-        heart = asyncio.create_task(self._heartbeat(home, lease, asyncio.current_task())) if home else None
+        heart = asyncio.create_task(self._heartbeat(home, lease, asyncio.current_task()))
         try:
             result = await self._prepare_and_render(home, lease, work)
             blob = None
@@ -166,7 +230,7 @@ class Runner:
         except OSError as exc:
             return RenderResult(False, "", f"cannot prepare the frame: {exc}", [])
         task = FrameTask(
-            settings=lease.settings, scene=scene, frame=lease.frame, frame_ids=lease.frame_ids,
+            settings=lease.settings, scene=scene, frame=lease.frame,
             out=out, deps=deps, timeout=lease.timeout or core.config.frame_timeout, threads=core.config.threads(),
             limits=core.config.render_limits(lease.timeout),
             home=home or core.name, job=lease.job, depends=tuple(d["url"] for d in lease.depends),
@@ -178,14 +242,12 @@ class Runner:
         if home is None:
             if blob is not None:
                 failpoints.hit("output")
-                try:
-                    core.scheduler.complete(lease.job, lease.frame, lease.attempt, blob, core.name, result.log)
-                except Conflict:
-                    pass
+                await self._settle(lambda: core.scheduler.complete(
+                    lease.job, lease.frame, lease.attempt, blob, core.name, result.log, owner=core.lease_owner))
                 if failpoints.armed("done") and core.scheduler.job(lease.job)["state"] == "done":
                     failpoints.hit("done")
             else:
-                self._local_failure(lease, result.log, result.error or "render failed")
+                await self._local_failure(lease, result.log, result.error or "render failed")
             return
         try:
             if blob is not None:
@@ -197,18 +259,29 @@ class Runner:
             log.warning("result of distren://%s/%d/%d attempt %d not taken: %s",
                         home, lease.job, lease.frame, lease.attempt, exc.message)
 
-    async def _heartbeat(self, home: str, lease: Lease, render: asyncio.Task) -> None:
-        """Renew the lease every third of its length; stop the render when the home server
-        says the lease is gone (409)."""
-        period = self.federation.settings.heartbeat(lease.lease_seconds)
+    async def _heartbeat(self, home: str | None, lease: Lease, render: asyncio.Task) -> None:
+        """Renew the lease every third of its length (a local slot's lease in the database, a
+        peer's lease at its home server); stop the render when the lease is gone (cancelled,
+        expired, superseded)."""
+        if home is None:
+            period = self.lease_seconds() / 3
+        else:
+            period = self.federation.settings.heartbeat(lease.lease_seconds)
         while True:
             await asyncio.sleep(period)
             try:
-                await self.federation.heartbeat(home, lease)
+                if home is None:
+                    self.core.scheduler.heartbeat(lease.job, lease.frame, lease.attempt, self.core.lease_owner,
+                                                  self.lease_seconds())
+                else:
+                    await self.federation.heartbeat(home, lease)
             except DistrenError as exc:
-                status = getattr(exc, "http_status", None)
+                status = getattr(exc, "http_status", None) or exc.status
                 if status in (404, 409):
-                    log.warning("lease of distren://%s/%d/%d lost: %s", home, lease.job, lease.frame, exc.message)
+                    log.warning("lease of distren://%s/%d/%d lost: %s", home or self.core.name, lease.job,
+                                lease.frame, exc.message)
                     render.cancel()
                     return
                 # unreachable: keep rendering, try again next period
+            except Exception:
+                log.warning("heartbeat failed; trying again", exc_info=True)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (
@@ -27,11 +27,20 @@ CREATE TABLE IF NOT EXISTS jobs (
     settings TEXT NOT NULL DEFAULT '{}',
     seed_sha256 TEXT,
     seed_size INTEGER,
-    -- 'intake' while the package is checked (hidden), 'active', 'cancelled'
+    -- 'intake' while the package is checked (hidden), 'active', 'cancelled', 'deleting' (hidden)
     status TEXT NOT NULL,
     submitted REAL NOT NULL,
     bundle_sha256 TEXT,
-    bundle_key TEXT
+    bundle_key TEXT,
+    -- frame counts by state and first start / last finish, kept by the triggers below
+    n_waiting INTEGER NOT NULL DEFAULT 0,
+    n_ready INTEGER NOT NULL DEFAULT 0,
+    n_running INTEGER NOT NULL DEFAULT 0,
+    n_done INTEGER NOT NULL DEFAULT 0,
+    n_failed INTEGER NOT NULL DEFAULT 0,
+    n_cancelled INTEGER NOT NULL DEFAULT 0,
+    started REAL,
+    finished REAL
 );
 CREATE TABLE IF NOT EXISTS frames (
     job_id INTEGER NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,
@@ -49,9 +58,18 @@ CREATE TABLE IF NOT EXISTS frames (
     output_size INTEGER,
     rendered_by TEXT,
     error TEXT,
+    -- dependencies not done yet (a counter: a finished dependency decrements its dependents)
+    deps_left INTEGER NOT NULL DEFAULT 0,
+    -- the renderer whose attempt last failed: it gets the frame again only after avoid_until
+    avoid TEXT,
+    avoid_until REAL,
+    -- the output a peer uploaded for the current attempt, until it reports complete
+    upload_sha256 TEXT,
+    upload_size INTEGER,
     PRIMARY KEY (job_id, frame)
 );
-CREATE INDEX IF NOT EXISTS frames_ready ON frames (state, priority DESC, job_id, frame);
+CREATE INDEX IF NOT EXISTS frames_job_state ON frames (job_id, state, backend, frame);
+CREATE INDEX IF NOT EXISTS frames_leases ON frames (state, lease_expires);
 CREATE TABLE IF NOT EXISTS deps (
     job_id INTEGER NOT NULL,
     frame INTEGER NOT NULL,
@@ -92,20 +110,107 @@ CREATE TABLE IF NOT EXISTS attempts (
     log TEXT,
     PRIMARY KEY (job_id, frame, attempt)
 );
+CREATE INDEX IF NOT EXISTS attempts_renderer ON attempts (job_id, renderer, outcome);
+""" + """
+CREATE TRIGGER IF NOT EXISTS frames_insert AFTER INSERT ON frames BEGIN
+    UPDATE jobs SET
+        n_waiting = n_waiting + (NEW.state = 'waiting'), n_ready = n_ready + (NEW.state = 'ready'),
+        n_running = n_running + (NEW.state = 'running'), n_done = n_done + (NEW.state = 'done'),
+        n_failed = n_failed + (NEW.state = 'failed'), n_cancelled = n_cancelled + (NEW.state = 'cancelled'),
+        finished = CASE WHEN NEW.finished IS NOT NULL THEN MAX(COALESCE(finished, 0), NEW.finished) ELSE finished END
+    WHERE id = NEW.job_id;
+END;
+CREATE TRIGGER IF NOT EXISTS frames_state AFTER UPDATE OF state, started, finished ON frames BEGIN
+    UPDATE jobs SET
+        n_waiting = n_waiting + (NEW.state = 'waiting') - (OLD.state = 'waiting'),
+        n_ready = n_ready + (NEW.state = 'ready') - (OLD.state = 'ready'),
+        n_running = n_running + (NEW.state = 'running') - (OLD.state = 'running'),
+        n_done = n_done + (NEW.state = 'done') - (OLD.state = 'done'),
+        n_failed = n_failed + (NEW.state = 'failed') - (OLD.state = 'failed'),
+        n_cancelled = n_cancelled + (NEW.state = 'cancelled') - (OLD.state = 'cancelled'),
+        started = CASE WHEN started IS NULL THEN NEW.started
+                       WHEN NEW.started IS NULL THEN started ELSE MIN(started, NEW.started) END,
+        finished = CASE WHEN NEW.finished IS NOT NULL THEN MAX(COALESCE(finished, 0), NEW.finished) ELSE finished END
+    WHERE id = NEW.job_id;
+END;
+CREATE TRIGGER IF NOT EXISTS frames_delete AFTER DELETE ON frames BEGIN
+    UPDATE jobs SET
+        n_waiting = n_waiting - (OLD.state = 'waiting'), n_ready = n_ready - (OLD.state = 'ready'),
+        n_running = n_running - (OLD.state = 'running'), n_done = n_done - (OLD.state = 'done'),
+        n_failed = n_failed - (OLD.state = 'failed'), n_cancelled = n_cancelled - (OLD.state = 'cancelled')
+    WHERE id = OLD.job_id;
+END;
 """
 
 
 def connect(path: Path) -> sqlite3.Connection:
-    """Open (creating if needed) the database at `path`."""
+    """Open (creating if needed) the database at `path`, upgrading an older schema in place."""
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
     conn.row_factory = sqlite3.Row
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=NORMAL")
     conn.execute("PRAGMA foreign_keys=ON")
+    version = _version(conn)
+    if version is not None and version > SCHEMA_VERSION:
+        raise RuntimeError(f"database {path} has schema version {version}, newer than this distren's "
+                           f"{SCHEMA_VERSION}: upgrade distren")
+    if version is not None and version < SCHEMA_VERSION:
+        _migrate(conn, path, version)
     conn.executescript(SCHEMA)
-    row = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
-    if row is None:
+    if version is None:
         conn.execute("INSERT INTO meta(key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
-    elif int(row["value"]) != SCHEMA_VERSION:
-        raise RuntimeError(f"database {path} has schema version {row['value']}, expected {SCHEMA_VERSION}")
     return conn
+
+
+def _version(conn: sqlite3.Connection) -> int | None:
+    if conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='meta'").fetchone() is None:
+        return None
+    row = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+    return None if row is None else int(row["value"])
+
+
+def _to_4(conn: sqlite3.Connection) -> None:
+    """Frame counters on jobs, dependency counters on frames, lease-side columns."""
+    for col in ("n_waiting", "n_ready", "n_running", "n_done", "n_failed", "n_cancelled"):
+        conn.execute(f"ALTER TABLE jobs ADD COLUMN {col} INTEGER NOT NULL DEFAULT 0")
+    for col in ("started REAL", "finished REAL"):
+        conn.execute(f"ALTER TABLE jobs ADD COLUMN {col}")
+    for col in ("deps_left INTEGER NOT NULL DEFAULT 0", "avoid TEXT", "avoid_until REAL",
+                "upload_sha256 TEXT", "upload_size INTEGER"):
+        conn.execute(f"ALTER TABLE frames ADD COLUMN {col}")
+    conn.execute("DROP INDEX IF EXISTS frames_ready")
+    for state in ("waiting", "ready", "running", "done", "failed", "cancelled"):
+        conn.execute(f"UPDATE jobs SET n_{state} = (SELECT COUNT(*) FROM frames f WHERE f.job_id = jobs.id"
+                     f" AND f.state = '{state}')")
+    conn.execute("UPDATE jobs SET started = (SELECT MIN(started) FROM frames f WHERE f.job_id = jobs.id),"
+                 " finished = (SELECT MAX(finished) FROM frames f WHERE f.job_id = jobs.id)")
+    # waiting frames: count the dependencies not done (a dependency with a remote_deps row is
+    # a peer's frame; the others are this server's)
+    conn.execute(
+        "UPDATE frames SET deps_left = (SELECT COUNT(*) FROM deps d"
+        " LEFT JOIN remote_deps r ON r.server = d.dep_server AND r.job = d.dep_job AND r.frame = d.dep_frame"
+        " LEFT JOIN frames g ON r.server IS NULL AND g.job_id = d.dep_job AND g.frame = d.dep_frame"
+        " WHERE d.job_id = frames.job_id AND d.frame = frames.frame"
+        " AND COALESCE(r.state, g.state, 'missing') != 'done')"
+        " WHERE state = 'waiting'")
+
+
+# Ordered upgrade steps: MIGRATIONS[v] turns schema v into v + 1.
+MIGRATIONS = {3: _to_4}
+
+
+def _migrate(conn: sqlite3.Connection, path: Path, version: int) -> None:
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        while version < SCHEMA_VERSION:
+            step = MIGRATIONS.get(version)
+            if step is None:
+                raise RuntimeError(f"database {path} has schema version {version}, which this distren "
+                                   "cannot upgrade")
+            step(conn)
+            version += 1
+        conn.execute("UPDATE meta SET value=? WHERE key='schema_version'", (str(version),))
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
