@@ -8,6 +8,7 @@ dependency cycles, a frame-count cap). `JobSpec.to_xml` writes the canonical for
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
@@ -16,6 +17,7 @@ from lxml import etree
 
 from ..errors import BadJob, BadJobXML
 from ..frames import group_ranges
+from ..url import MAX_ID as MAX_ID_VALUE
 from ..url import DistrenURL, parse_dependency
 
 JOB_XML_NAME = "distrenjob.xml"
@@ -88,14 +90,40 @@ class JobSpec:
                 etree.SubElement(backend, key).text = value
         frames_el = etree.SubElement(root, "frames")
 
-        def dep_text(url: DistrenURL) -> str:
-            same_job = url.server == server and url.job == job
-            return str(url.frame) if same_job else str(url)
+        all_ids = sorted(f.id for f in self.frames)
+        position = {f: i for i, f in enumerate(all_ids)}
+
+        def dep_elements(frame: FrameSpec) -> tuple:
+            """The frame's dependencies as XML elements: runs of this job's frames become
+            <depends-range>, all of them <depends-all/>, the rest <depends>."""
+            own = sorted({d.frame for d in frame.depends if d.server == server and d.job == job})
+            out: list[tuple] = [("depends", str(d)) for d in frame.depends
+                                if not (d.server == server and d.job == job)]
+            if own and len(own) == len(all_ids) - 1 and frame.id not in own:
+                return (("depends-all",), *out)
+            run: list[int] = []
+
+            def flush() -> None:
+                if len(run) >= 3:
+                    out.append(("depends-range", str(run[0]), str(run[-1])))
+                else:
+                    out.extend(("depends", str(f)) for f in run)
+                run.clear()
+
+            for f in own:
+                if run:
+                    gap = position[f] - position[run[-1]]
+                    skips_self = gap == 2 and all_ids[position[f] - 1] == frame.id
+                    if gap != 1 and not skips_self:
+                        flush()
+                run.append(f)
+            flush()
+            return tuple(out)
 
         # Frames with identical dependency lists and backends in consecutive runs become ranges.
         groups: dict[tuple, list[int]] = {}
         for frame in self.frames:
-            key = (self.frame_backend(frame), tuple(dep_text(d) for d in frame.depends))
+            key = (self.frame_backend(frame), dep_elements(frame))
             groups.setdefault(key, []).append(frame.id)
         for (backend, deps), ids in groups.items():
             extra = {} if backend == self.backend else {"backend": backend}
@@ -105,7 +133,12 @@ class JobSpec:
                 else:
                     el = etree.SubElement(frames_el, "range", first=str(first), last=str(last), **extra)
                 for dep in deps:
-                    etree.SubElement(el, "depends").text = dep
+                    if dep[0] == "depends":
+                        etree.SubElement(el, "depends").text = dep[1]
+                    elif dep[0] == "depends-all":
+                        etree.SubElement(el, "depends-all")
+                    else:
+                        etree.SubElement(el, "depends-range", first=dep[1], last=dep[2])
         return etree.tostring(root, xml_declaration=True, encoding="UTF-8", pretty_print=True)
 
 
@@ -179,12 +212,14 @@ def parse_job_xml(
         backends[name_] = _backend_settings(backend_el)
     backend, settings = next(iter(backends.items()))
 
-    frames: list[FrameSpec] = []
-    count = edges = 0
+    # First the frame ids (compact dependencies name "every other frame" of the job), then
+    # the dependencies, counted before they are made (a range of frames that each depend on
+    # every other frame would otherwise be quadratic).
+    elements = []
+    count = 0
     for el in root.find("frames"):
         if not isinstance(el.tag, str):
             continue
-        deps = [parse_dependency(d.text or "", server, job) for d in el.findall("depends")]
         frame_backend = el.get("backend")
         if frame_backend is not None and frame_backend not in backends:
             raise BadJob(f"frames name backend {frame_backend!r}, which has no <backend> element")
@@ -199,12 +234,35 @@ def parse_job_xml(
         count += last - first + 1
         if count > max_frames:
             raise BadJob(f"the job has more than {max_frames} frames")
+        elements.append((el, first, last, frame_backend))
+    all_ids = sorted(i for _, first, last, _ in elements for i in range(first, last + 1))
+
+    def in_range(a: int, b: int) -> list[int]:
+        return all_ids[bisect.bisect_left(all_ids, a):bisect.bisect_right(all_ids, b)]
+
+    frames: list[FrameSpec] = []
+    edges = 0
+    for el, first, last, frame_backend in elements:
         ids = range(first, last + 1)
-        deps = list(dict.fromkeys(deps))  # the same dependency twice is one
-        edges += len(deps) * len(ids)
+        explicit = [parse_dependency(d.text or "", server, job) for d in el.findall("depends")]
+        spans = [(0, MAX_ID_VALUE)] if el.find("depends-all") is not None else []
+        for r in el.findall("depends-range"):
+            a, b = int(r.get("first")), int(r.get("last"))
+            if a > b:
+                raise BadJob(f"<depends-range first=\"{a}\" last=\"{b}\"> is empty: first must be <= last")
+            spans.append((a, b))
+        span_ids = sorted({i for a, b in spans for i in in_range(a, b)}) if spans else []
+        per_frame = len(explicit) + len(span_ids)
+        edges += per_frame * len(ids)
         if edges > MAX_DEPENDENCIES:
             raise BadJob(f"the job has more than {MAX_DEPENDENCIES} dependencies in all")
-        frames.extend(FrameSpec(i, list(deps), frame_backend) for i in ids)
+        for i in ids:
+            deps = explicit + [DistrenURL(server, job, f) for f in span_ids if f != i]
+            if span_ids and explicit:
+                deps = list(dict.fromkeys(deps))  # the same dependency twice is one
+            elif explicit:
+                deps = list(dict.fromkeys(explicit))
+            frames.append(FrameSpec(i, deps, frame_backend))
 
     seen: set[int] = set()
     for frame in frames:
