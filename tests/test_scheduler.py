@@ -234,3 +234,92 @@ def test_a_frame_that_fails_everywhere_fails_alone(tmp_path):
     assert info["state"] == "failed" and info["frames"]["done"] == 3 and info["frames"]["failed"] == 1
     assert info["blocklisted"] == []
     assert seen.count(1) == 3
+
+
+def _vm_steps(s: Scheduler, fn) -> int:
+    """SQLite virtual-machine steps that `fn` costs: a measure of work that does not depend
+    on the machine's speed."""
+    count = [0]
+
+    def tick():
+        count[0] += 1
+        return 0
+
+    s.conn.set_progress_handler(tick, 100)
+    try:
+        fn()
+    finally:
+        s.conn.set_progress_handler(None, 100)
+    return count[0]
+
+
+def _claim_complete_cost(tmp_path, n: int) -> float:
+    """VM steps per claim + complete in a job of n frames plus one frame depending on all."""
+    s = Scheduler(db.connect(tmp_path / f"scale{n}.sqlite3"), "me")
+    job = s.begin_job()
+    frames = [FrameSpec(i) for i in range(n)] + [FrameSpec(n, [DistrenURL("me", job, i) for i in range(n)])]
+    s.activate_job(job, JobSpec("j", "povray", {}, frames), SEED)
+    for _ in range(20):  # warm up
+        lease = s.claim("local:me", ["povray"], 60)
+        s.complete(job, lease.frame, lease.attempt, OUT, "me", "")
+
+    def hundred():
+        for _ in range(100):
+            lease = s.claim("local:me", ["povray"], 60)
+            s.complete(job, lease.frame, lease.attempt, OUT, "me", "")
+
+    return _vm_steps(s, hundred) / 100
+
+
+def test_per_frame_scheduling_work_does_not_grow_with_the_job(tmp_path):
+    small, large = _claim_complete_cost(tmp_path, 500), _claim_complete_cost(tmp_path, 20_000)
+    # the old scheduler read every frame id per claim and every dependency of the fan-in
+    # frame per completion: 40x the frames cost it about 40x the work
+    assert large < small * 1.5, (small, large)
+
+
+def test_fan_in_frame_becomes_ready_when_its_last_dependency_is_done(tmp_path):
+    s = Scheduler(db.connect(tmp_path / "f.sqlite3"), "me")
+    job = s.begin_job()
+    frames = [FrameSpec(i) for i in range(50)] + [FrameSpec(99, [DistrenURL("me", job, i) for i in range(50)])]
+    s.activate_job(job, JobSpec("j", "povray", {}, frames), SEED)
+    for _ in range(50):
+        assert s.frame(job, 99)["state"] == "waiting"
+        lease = s.claim("local:me", ["povray"], 60)
+        assert lease.frame != 99
+        s.complete(job, lease.frame, lease.attempt, OUT, "me", "")
+    assert s.frame(job, 99)["state"] == "ready"
+    assert len(s.claim("local:me", ["povray"], 60).depends) == 50
+
+
+def test_local_leases_expire_and_leases_of_an_earlier_name_are_recovered(tmp_path):
+    clock = Clock()
+    s = Scheduler(db.connect(tmp_path / "l.sqlite3"), "me", clock=clock)
+    job = add_job(s, {0: [], 1: []})
+    s.claim("local:me", ["povray"], 10)
+    clock.now += 11
+    assert s.expire_leases() == 1  # a slot that died cannot hold its frame for ever
+    s.claim("local:oldname", ["povray"], 10)  # the same data folder under an earlier name
+    assert s.recover("local:me") == 1
+    assert states(s, job) == {0: "ready", 1: "ready"}
+
+
+def test_frame_list_pages(sched):
+    job = add_job(sched, {i: [] for i in range(0, 50, 2)})
+    first = sched.frames(job, limit=10)
+    assert [f["frame"] for f in first] == list(range(0, 20, 2))
+    nxt = sched.frames(job, after=first[-1]["frame"], limit=10)
+    assert [f["frame"] for f in nxt] == list(range(20, 40, 2))
+    assert len(sched.frames(job, state="ready")) == 25 and sched.frames(job, state="done") == []
+
+
+def test_counters_follow_every_transition(sched):
+    job = add_job(sched, {0: [], 1: [0], 2: []})
+    lease = sched.claim("local:me", ["povray"], 60)
+    sched.complete(job, lease.frame, lease.attempt, OUT, "me", "")
+    lease = sched.claim("local:me", ["povray"], 60)
+    sched.fail(job, lease.frame, lease.attempt, "", "x")
+    sched.cancel(job)
+    sched.retry(job)
+    real = dict(sched.conn.execute("SELECT state, COUNT(*) FROM frames WHERE job_id=? GROUP BY state", (job,)).fetchall())
+    assert {k: v for k, v in sched.job(job)["frames"].items() if v} == real
