@@ -125,6 +125,7 @@ def create_app(config: ServerConfig, core: Core | None = None) -> FastAPI:
     async def server_info() -> dict:
         info = core_().server_info()
         info["peers"] = peers_json()
+        info["loop_lag_ms"] = dict(state["runner"].loop_lag_ms)
         return info
 
     @api.get("/peers", summary="This server's peers and their health")

@@ -40,6 +40,7 @@ class Runner:
         self._tasks: list[asyncio.Task] = []
         self._renders: dict[tuple[str, int, int, int], asyncio.Task] = {}
         self.liveness = Liveness(core.scheduler, core.config.remote_dep_timeout)
+        self.loop_lag_ms = {"last": 0.0, "max": 0.0}
         core.scheduler.on_ready = self.wake
 
     def wake(self) -> None:
@@ -52,6 +53,18 @@ class Runner:
         self._tasks = [asyncio.create_task(self._slot(i), name=f"slot-{i}") for i in range(self.slots)]
         self._tasks.append(asyncio.create_task(self._expire_loop(), name="lease-expiry"))
         self._tasks.append(asyncio.create_task(self._liveness_loop(), name="liveness"))
+        self._tasks.append(asyncio.create_task(self._lag_loop(), name="loop-lag"))
+
+    async def _lag_loop(self) -> None:
+        """How late the event loop wakes a 0.1 s sleep: the longest delay that anything on the
+        loop caused (`GET /api/v1/server` shows it as loop_lag_ms)."""
+        loop = asyncio.get_running_loop()
+        while True:
+            t0 = loop.time()
+            await asyncio.sleep(0.1)
+            lag = (loop.time() - t0 - 0.1) * 1000
+            self.loop_lag_ms["last"] = round(lag, 1)
+            self.loop_lag_ms["max"] = round(max(self.loop_lag_ms["max"], lag), 1)
 
     async def _expire_loop(self) -> None:
         """Leases not renewed, this server's slots' and its peers': the frames are ready again.
