@@ -251,6 +251,13 @@ def check_data_folder(data: Path) -> None:
                            "give a new or empty folder")
 
 
+def check_database(data: Path) -> None:
+    """An existing database opens (and is upgraded to this distren's schema) before the server
+    starts: a version problem is one line, not a failed start-up."""
+    if (data / DB_NAME).is_file():
+        db.connect(data / DB_NAME).close()
+
+
 def _intake_worker_init() -> None:
     """An intake worker dies with the server (also on kill -9) and yields the CPU to it."""
     import ctypes

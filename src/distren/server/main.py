@@ -85,12 +85,13 @@ def uvicorn_config(app, head_timeout: float = 10.0, **kw) -> uvicorn.Config:
 
 def serve(config: ServerConfig, listen: str) -> None:
     from .app import load_token
-    from .core import check_data_folder
+    from .core import check_data_folder, check_database
     from ..federation.auth import load_secret
 
     host, port = parse_listen(listen)
     # Settings problems are reported before anything starts, as one line.
     check_data_folder(Path(config.data))
+    check_database(Path(config.data))
     load_token(config.client_token_file)
     if config.federation_secret_file is not None:
         load_secret(config.federation_secret_file)

@@ -10,6 +10,14 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
+from ..errors import DistrenError
+
+
+class DatabaseVersionError(DistrenError):
+    """Raised when a data folder's database has a schema this distren cannot use."""
+
+    code = "database_version"
+
 SCHEMA_VERSION = 4
 
 SCHEMA = """
@@ -152,7 +160,7 @@ def connect(path: Path) -> sqlite3.Connection:
     conn.execute("PRAGMA foreign_keys=ON")
     version = _version(conn)
     if version is not None and version > SCHEMA_VERSION:
-        raise RuntimeError(f"database {path} has schema version {version}, newer than this distren's "
+        raise DatabaseVersionError(f"database {path} has schema version {version}, newer than this distren's "
                            f"{SCHEMA_VERSION}: upgrade distren")
     if version is not None and version < SCHEMA_VERSION:
         _migrate(conn, path, version)
@@ -205,7 +213,7 @@ def _migrate(conn: sqlite3.Connection, path: Path, version: int) -> None:
         while version < SCHEMA_VERSION:
             step = MIGRATIONS.get(version)
             if step is None:
-                raise RuntimeError(f"database {path} has schema version {version}, which this distren "
+                raise DatabaseVersionError(f"database {path} has schema version {version}, which this distren "
                                    "cannot upgrade")
             step(conn)
             version += 1
