@@ -693,6 +693,13 @@ class Scheduler:
         return running
 
     # -- queries -------------------------------------------------------------------------
+    def ready_backends(self) -> set[str]:
+        """The backends of the active jobs that have ready frames (one row per job)."""
+        out: set[str] = set()
+        for (settings,) in self.conn.execute("SELECT settings FROM jobs WHERE status='active' AND n_ready > 0"):
+            out.update(json.loads(settings))
+        return out
+
     def _job_row(self, job: int) -> sqlite3.Row:
         row = self.conn.execute("SELECT * FROM jobs WHERE id=? AND status NOT IN ('intake','deleting')",
                                 (job,)).fetchone()

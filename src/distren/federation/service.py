@@ -135,9 +135,13 @@ class Federation:
         return [RendererView(p.name, p.backends, p.down_since is None, p.down_since)
                 for p in self.peers.peers.values()]
 
-    async def probe_peers(self) -> None:
-        """Peers not heard from for `peer_timeout` are asked who they are: a peer that is gone
-        shows as down (with since when), and a peer's backends become known."""
+    async def probe_peers(self, local_backends: set[str]) -> None:
+        """When this server has ready frames its own slots cannot render, the peers not heard
+        from for `peer_timeout` are asked who they are: a peer that is gone shows as down (with
+        since when), and a peer's backends become known. (Only then: a farm of idle servers
+        probing each other would cost O(N^2) requests.)"""
+        if not (self.core.scheduler.ready_backends() - local_backends):
+            return
         now = time.time()
         quiet = [p.name for p in self.peers.peers.values()
                  if (p.last_contact or 0) < now - self.settings.peer_timeout
@@ -205,6 +209,8 @@ class Federation:
         wait = self.announcer.last + self.announcer.announce_period - time.monotonic()
         if wait > 0:
             await asyncio.sleep(wait)
+        if not self.core.scheduler.ready_backends():
+            return  # a frame finished but nothing is claimable: no need to wake anybody
         names = self.announcer.due(time.monotonic())
 
         async def one(name: str) -> None:

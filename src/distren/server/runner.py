@@ -93,9 +93,11 @@ class Runner:
         while True:
             await asyncio.sleep(LIVENESS_PERIOD)
             try:
+                view = self.farm_view()
                 if self.federation is not None:
-                    await self.federation.probe_peers()
-                for _ in self.liveness.check_steps(self.farm_view()):
+                    await self.federation.probe_peers(set(view.renderers[0].backends or ()))
+                    view = self.farm_view()
+                for _ in self.liveness.check_steps(view):
                     await asyncio.sleep(0)
             except asyncio.CancelledError:
                 raise
