@@ -381,7 +381,8 @@ class Scheduler:
 
     def _running(self, c: sqlite3.Connection, job: int, frame: int, attempt: int, owner: str | None = None) -> sqlite3.Row:
         row = c.execute(
-            "SELECT state, attempts, lease_owner, upload_sha256, upload_size FROM frames WHERE job_id=? AND frame=?",
+            "SELECT state, attempts, failures, lease_owner, upload_sha256, upload_size FROM frames"
+            " WHERE job_id=? AND frame=?",
             (job, frame),
         ).fetchone()
         if row is None:
@@ -410,7 +411,7 @@ class Scheduler:
         """Record a frame's output. Raises Conflict for a superseded or expired attempt."""
         now = self.clock()
         with self._tx() as c:
-            self._running(c, job, frame, attempt, owner)
+            row = self._running(c, job, frame, attempt, owner)
             c.execute(
                 "UPDATE frames SET state='done', finished=?, output_sha256=?, output_size=?, rendered_by=?,"
                 " lease_owner=NULL, lease_expires=NULL, upload_sha256=NULL, upload_size=NULL, avoid=NULL,"
@@ -418,7 +419,8 @@ class Scheduler:
                 (now, output.sha256, output.size, rendered_by, job, frame),
             )
             self._end_attempt(c, job, frame, attempt, "done", log)
-            self._strike(c, job, frame, rendered_by)
+            if row["failures"]:
+                self._strike(c, job, frame, rendered_by)
             self._dependency_done(c, self.server, job, frame)
         self.on_ready()
 
@@ -428,8 +430,9 @@ class Scheduler:
         retry). A frame that fails everywhere is the frame's fault and strikes nobody; this
         server's own slots are never blocked (the job must still run or fail somewhere)."""
         for (renderer,) in c.execute(
-            "SELECT DISTINCT renderer FROM attempts WHERE job_id=? AND frame=? AND outcome='failed'"
-            " AND renderer != ?", (job, frame, rendered_by)).fetchall():
+            # (+ keeps the planner on the primary key: this frame's attempts, not the job's)
+            "SELECT DISTINCT renderer FROM attempts WHERE job_id=? AND frame=? AND +outcome='failed'"
+            " AND +renderer != ?", (job, frame, rendered_by)).fetchall():
             if is_local(renderer):
                 continue
             strikes = c.execute(

@@ -9,6 +9,7 @@ dependency cycles, a frame-count cap). `JobSpec.to_xml` writes the canonical for
 from __future__ import annotations
 
 import bisect
+from array import array
 from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
@@ -62,6 +63,25 @@ class JobSpec:
     priority: int = 0
     extra_backends: dict[str, dict[str, str]] = field(default_factory=dict)
     timeout: int | None = None   # seconds per render; None: the server's default
+
+    def __reduce__(self):
+        """A compact pickle (the intake worker sends the checked spec to the server): frame ids
+        and dependencies as packed integer arrays. pickle.loads of 100,000 frame objects is one
+        C call that holds the GIL for a second, stalling the server's event loop; rebuilding
+        from arrays is Python code that lets the loop run."""
+        ids = array("q", (f.id for f in self.frames))
+        backends = sorted({f.backend for f in self.frames if f.backend})
+        which = bytes(0 if f.backend is None else backends.index(f.backend) + 1 for f in self.frames) \
+            if backends else b""
+        deps = []
+        for i, f in enumerate(self.frames):
+            if f.depends:
+                groups: dict[tuple, array] = {}
+                for d in f.depends:
+                    groups.setdefault((d.server, d.job), array("q")).append(d.frame)
+                deps.append((i, [(srv, job, arr.tobytes()) for (srv, job), arr in groups.items()]))
+        return (_unpack_spec, (self.name, self.backend, self.settings, self.priority, self.extra_backends,
+                               self.timeout, ids.tobytes(), backends, which, deps))
 
     def frame_ids(self) -> list[int]:
         return [f.id for f in self.frames]
@@ -140,6 +160,20 @@ class JobSpec:
                     else:
                         etree.SubElement(el, "depends-range", first=dep[1], last=dep[2])
         return etree.tostring(root, xml_declaration=True, encoding="UTF-8", pretty_print=True)
+
+
+def _unpack_spec(name, backend, settings, priority, extra_backends, timeout, ids, backends, which, deps) -> JobSpec:
+    frame_ids = array("q")
+    frame_ids.frombytes(ids)
+    frames = [FrameSpec(i, [], backends[which[n] - 1] if which and which[n] else None)
+              for n, i in enumerate(frame_ids)]
+    for index, groups in deps:
+        out = frames[index].depends
+        for server, job, packed in groups:
+            numbers = array("q")
+            numbers.frombytes(packed)
+            out.extend(DistrenURL(server, job, f) for f in numbers)
+    return JobSpec(name, backend, settings, frames, priority, extra_backends, timeout)
 
 
 @lru_cache(maxsize=1)

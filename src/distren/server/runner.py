@@ -229,8 +229,7 @@ class Runner:
         core = self.core
         out, deps = work / "out", work / "deps"
         try:
-            out.mkdir(parents=True)
-            deps.mkdir()
+            await asyncio.to_thread(_make_dirs, out, deps)
             if home is not None:
                 await self.federation.fetch_blob(home, lease.seed_sha256, lease.seed_size)
             scene = await asyncio.to_thread(core.scene, lease.seed_sha256)
@@ -300,3 +299,8 @@ class Runner:
                 # unreachable: keep rendering, try again next period
             except Exception:
                 log.warning("heartbeat failed; trying again", exc_info=True)
+
+
+def _make_dirs(out: Path, deps: Path) -> None:
+    out.mkdir(parents=True)
+    deps.mkdir()

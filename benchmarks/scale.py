@@ -1,0 +1,584 @@
+#!/usr/bin/env python3
+"""Scale benchmark (issue "every job ends at 100,000 frames"): jobs of 1,000, 10,000 and
+100,000 frames, each plus one frame that depends on all the others (a fan-in frame, like a
+video encode), rendered by a backend whose render costs nothing, so that only the server's
+own work is timed: intake, scheduling, leases, results, readiness of the fan-in frame.
+
+Per size, on a fresh `distren serve` (loopback port, temporary data folder, --slots 4,
+--max-frames N+1 so that the cap itself is not what is measured):
+
+  submit s     POST /api/v1/jobs of the package until its 201
+  frames/s     the N+1 frames / wall time from that 201 until the job's state is "done"
+  rss MB       the server process's peak RSS (VmHWM in /proc/PID/status) at the end
+  lag ms       event-loop lag seen from outside: a thread polls GET /api/v1/jobs/{id} every
+               50 ms during the run; max_lag = the slowest answer minus the median one. The
+               raw p99 and max of those answers are printed too. (During the submit the same
+               thread polls GET /api/v1/server; that lag is printed apart.)
+
+Then, on a fresh server that renders nothing (--slots 0) with two jobs of the largest size
+(one to query and cancel, a second, never started, to delete): 200 sequential job status
+requests (p50, p99), the first page of GET /api/v1/jobs/{id}/frames (the plain GET, however
+long the page is), POST /jobs/{id}/cancel, DELETE /jobs/{id}.
+
+Targets (at 100,000 frames): submit <= 10 s, >= 2,000 frames/s, RSS <= 300 MB, loop lag
+<= 100 ms; per-frame cost growing linearly (per-frame time at the largest size / at the
+smallest <= 2); idle server: status p99 <= 20 ms, frame list first page <= 0.2 s, cancel
+<= 5 s, delete <= 10 s. Each figure is printed with "pass" or "MISS".
+
+The no-cost backend is not part of distren: the benchmark writes a module
+`distren_nullbackend.py` (backend "null": writes one tiny file per frame, starts no process)
+and its `.dist-info` with a `distren.backends` entry point into a temporary folder, and puts
+that folder on the servers' PYTHONPATH, exactly as an installed plug-in would be found.
+
+The package holds only `distrenjob.xml`: `<range first="0" last="N-1"/>` and frame N with
+`<depends-all/>`; a server that refuses that element (400) gets one `<depends>` per frame
+instead (printed: which form was used). A size that does not finish within --timeout seconds
+(default 900) is given up, and said so; servers are stopped by process group, also on errors,
+Ctrl-C and SIGTERM. The last line is machine-readable, for the largest size:
+`frames_per_s=N submit_s=N rss_mb=N max_lag_ms=N`.
+
+Run: .venv/bin/python benchmarks/scale.py [--sizes 1000,10000,100000] [--slots 4] [--timeout 900] [--keep]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import io
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import httpx
+
+POLL = 0.05
+STATUS_REQUESTS = 200
+
+TARGET_SUBMIT_S = 10.0
+TARGET_FPS = 2000.0
+TARGET_RSS_MB = 300.0
+TARGET_LAG_MS = 100.0
+TARGET_LINEAR = 2.0
+TARGET_STATUS_P99_MS = 20.0
+TARGET_FRAMES_PAGE_S = 0.2
+TARGET_CANCEL_S = 5.0
+TARGET_DELETE_S = 10.0
+
+PLUGIN = '''"""A backend whose render costs nothing: written by distren's benchmarks/scale.py."""
+
+from distren.backends.base import Backend, RenderResult
+
+
+class NullBackend(Backend):
+    name = "null"
+    executable = ""
+
+    def version(self):
+        return "1"
+
+    def check(self, settings, scene, frame_ids):
+        return []
+
+    def command(self, task):
+        return []
+
+    async def render(self, task):
+        path = task.out / "frame.txt"
+        path.write_bytes(b"%d\\n" % task.frame)
+        return RenderResult(True, "", None, [path])
+'''
+PLUGIN_METADATA = "Metadata-Version: 2.1\nName: distren-nullbackend\nVersion: 1.0\n"
+PLUGIN_ENTRY_POINTS = "[distren.backends]\nnull = distren_nullbackend:NullBackend\n"
+
+
+def distren_cmd() -> list[str]:
+    return [sys.executable, "-m", "distren.cli"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def pct(values: list[float], p: float) -> float:
+    if not values:
+        return float("nan")
+    values = sorted(values)
+    return values[min(len(values) - 1, int(round(p / 100 * (len(values) - 1))))]
+
+
+def mark(ok: bool) -> str:
+    return "pass" if ok else "MISS"
+
+
+def write_plugin(folder: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "distren_nullbackend.py").write_text(PLUGIN)
+    info = folder / "distren_nullbackend-1.0.dist-info"
+    info.mkdir(exist_ok=True)
+    (info / "METADATA").write_text(PLUGIN_METADATA)
+    (info / "entry_points.txt").write_text(PLUGIN_ENTRY_POINTS)
+
+
+# -- packages -----------------------------------------------------------------------------------
+def job_xml(n: int, compact: bool) -> bytes:
+    """N frames 0..N-1 and frame N depending on all of them."""
+    if compact:
+        fan_in = f'<frame id="{n}"><depends-all/></frame>'
+    else:
+        fan_in = f'<frame id="{n}">' + "".join(f"<depends>{i}</depends>" for i in range(n)) + "</frame>"
+    return (f"<?xml version='1.0' encoding='UTF-8'?>\n<distrenjob version=\"1\">\n<name>scale-{n}</name>\n"
+            f'<backend name="null"/>\n<frames>\n<range first="0" last="{n - 1}"/>\n{fan_in}\n</frames>\n'
+            f"</distrenjob>\n").encode()
+
+
+def package(n: int, compact: bool) -> bytes:
+    """A gzip tarball holding only distrenjob.xml."""
+    data = job_xml(n, compact)
+    buf = io.BytesIO()
+    with gzip.GzipFile(fileobj=buf, mode="wb", mtime=0) as gz, tarfile.open(fileobj=gz, mode="w") as tar:
+        info = tarfile.TarInfo("distrenjob.xml")
+        info.size, info.mode = len(data), 0o644
+        tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+# -- servers ------------------------------------------------------------------------------------
+class Server:
+    """`distren serve` in its own process group on a free loopback port, the plug-in on its path."""
+
+    def __init__(self, root: Path, name: str, slots: int, plugin: Path, max_frames: int):
+        self.name = name
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = root / f"{name}.log"
+        self.cmd = distren_cmd() + ["serve", "--name", name, "--listen", f"127.0.0.1:{self.port}",
+                                    "--data", str(root / f"data-{name}"), "--slots", str(slots),
+                                    "--max-frames", str(max_frames)]
+        path = os.environ.get("PYTHONPATH")
+        self.env = {**os.environ, "PYTHONPATH": str(plugin) + (os.pathsep + path if path else "")}
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 30) -> None:
+        with open(self.log, "ab") as logf:
+            self.proc = subprocess.Popen(self.cmd, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                         start_new_session=True, env=self.env)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server {self.name} exited ({self.proc.returncode}):\n{self.tail()}")
+            try:
+                r = httpx.get(self.url + "/api/v1/server", timeout=1)
+                if r.status_code == 200:
+                    null = r.json().get("backends", {}).get("null")
+                    if not (null and null.get("available")):
+                        raise RuntimeError(f"server {self.name} does not offer the null backend: {r.json()}")
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError(f"server {self.name} did not start:\n{self.tail()}")
+
+    def peak_rss_mb(self) -> float:
+        return self._status_kb(self.proc.pid, "VmHWM") / 1024
+
+    def children_peak_rss_mb(self) -> float:
+        """The largest VmHWM among the server's child processes (the intake worker)."""
+        best = 0
+        try:
+            for task in os.listdir(f"/proc/{self.proc.pid}/task"):
+                with open(f"/proc/{self.proc.pid}/task/{task}/children") as f:
+                    for pid in f.read().split():
+                        best = max(best, self._status_kb(int(pid), "VmHWM"))
+        except OSError:
+            pass
+        return best / 1024
+
+    @staticmethod
+    def _status_kb(pid: int, key: str) -> int:
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                for line in f:
+                    if line.startswith(key + ":"):
+                        return int(line.split()[1])
+        except OSError:
+            pass
+        return 0
+
+    def tail(self, n: int = 3000) -> str:
+        try:
+            return self.log.read_text(errors="replace")[-n:]
+        except OSError:
+            return ""
+
+    def log_problems(self) -> list[str]:
+        """Lines of the server's log that speak of errors (tracebacks, 5xx answers)."""
+        try:
+            lines = self.log.read_text(errors="replace").splitlines()
+        except OSError:
+            return []
+        return [ln for ln in lines if "Traceback" in ln or "ERROR" in ln or '" 50' in ln]
+
+    def stop(self) -> None:
+        """SIGTERM to the whole process group, SIGKILL to what is left."""
+        if self.proc is None:
+            return
+        pgid = self.proc.pid  # start_new_session: the group id is the server's pid
+        if self.proc.poll() is None:
+            try:
+                os.killpg(pgid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                pass
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait()
+
+
+# -- the outside poller -------------------------------------------------------------------------
+class Poller(threading.Thread):
+    """GET `path` every 50 ms on one keep-alive connection (a slow answer delays the next one;
+    none is skipped); latencies are kept per phase. On a job path it remembers the last
+    answer and sets `finished` when the job's state is done, failed or cancelled."""
+
+    def __init__(self, url: str):
+        super().__init__(daemon=True)
+        self.http = httpx.Client(base_url=url, timeout=60)
+        self.path = "/api/v1/server"
+        self.phase = "submit"
+        self.lat: dict[str, list[float]] = {"submit": [], "run": []}
+        self.errors: list[str] = []
+        self.last: dict | None = None
+        self.finished = threading.Event()
+        self.halt = threading.Event()
+
+    def follow(self, job: int) -> None:
+        self.path, self.phase = f"/api/v1/jobs/{job}", "run"
+
+    def run(self) -> None:
+        next_at = time.monotonic()
+        while not self.halt.is_set():
+            path, phase = self.path, self.phase
+            t0 = time.perf_counter()
+            try:
+                r = self.http.get(path)
+                took = time.perf_counter() - t0
+                if r.status_code != 200:
+                    self.errors.append(f"GET {path}: {r.status_code}")
+                elif phase == "run":
+                    self.last = r.json()
+                    if self.last.get("state") in ("done", "failed", "cancelled"):
+                        self.finished.set()
+            except (httpx.HTTPError, ValueError) as exc:
+                took = time.perf_counter() - t0
+                self.errors.append(f"GET {path}: {type(exc).__name__}")
+            self.lat[phase].append(took)
+            next_at = max(next_at + POLL, time.monotonic())
+            self.halt.wait(max(0.0, next_at - time.monotonic()))
+        self.http.close()
+
+    def stop(self) -> None:
+        self.halt.set()
+        self.join(timeout=70)
+
+
+def lag_figures(lat: list[float]) -> dict:
+    if not lat:
+        return {"n": 0, "p50": float("nan"), "p99": float("nan"), "max": float("nan"), "lag": float("nan")}
+    ms = [x * 1000 for x in lat]
+    med = statistics.median(ms)
+    return {"n": len(ms), "p50": med, "p99": pct(ms, 99), "max": max(ms), "lag": max(ms) - med}
+
+
+def own_lag(url: str) -> float | None:
+    """The server's own loop-lag figure (max ms), when its GET /api/v1/server reports one."""
+    try:
+        lag = httpx.get(url + "/api/v1/server", timeout=30).json().get("loop_lag_ms")
+        return float(lag["max"]) if isinstance(lag, dict) and "max" in lag else None
+    except (httpx.HTTPError, ValueError, TypeError):
+        return None
+
+
+# -- one size -----------------------------------------------------------------------------------
+def submit(http: httpx.Client, n: int, budget: float) -> dict:
+    """POST the package; on a 400 for <depends-all/>, once more with one <depends> per frame."""
+    out: dict = {"form": None, "refused": []}
+    for compact in (True, False):
+        body = package(n, compact)
+        t0 = time.perf_counter()
+        r = http.post("/api/v1/jobs", content=body, headers={"Content-Type": "application/gzip"},
+                      timeout=max(1.0, budget))
+        took = time.perf_counter() - t0
+        form = "<depends-all/>" if compact else f"{n} x <depends>"
+        if r.status_code == 201:
+            out.update(form=form, seconds=took, job=r.json()["id"], xml_bytes=len(job_xml(n, compact)))
+            return out
+        try:
+            msg = r.json()["error"]["message"]
+        except Exception:
+            msg = r.text[:200]
+        out["refused"].append(f"{form}: {r.status_code} {msg}")
+        if r.status_code != 400:
+            break
+    return out
+
+
+def run_size(root: Path, plugin: Path, n: int, slots: int, timeout: float) -> dict:
+    """One fresh server, one job of n + 1 frames, timed from submit to done."""
+    folder = root / f"size-{n}"
+    folder.mkdir()
+    server = Server(folder, f"scale{n}", slots, plugin, n + 1)
+    res: dict = {"n": n, "total": n + 1, "ok": False}
+    poller = None
+    try:
+        server.start()
+        poller = Poller(server.url)
+        poller.start()
+        deadline = time.monotonic() + timeout
+        with httpx.Client(base_url=server.url) as http:
+            sub = submit(http, n, deadline - time.monotonic())
+            res.update(sub)
+            if sub["form"] is None:
+                res["why"] = "refused: " + "; ".join(sub["refused"])
+                return res
+            t_run = time.monotonic()
+            poller.follow(sub["job"])
+            last_note = t_run
+            while not poller.finished.wait(1.0):
+                now = time.monotonic()
+                if now >= deadline:
+                    break
+                if now - last_note >= 60:
+                    done = (poller.last or {}).get("frames", {}).get("done", 0)
+                    print(f"  ... {n}: {done}/{n + 1} done after {now - t_run:.0f} s", file=sys.stderr, flush=True)
+                    last_note = now
+            wall = time.monotonic() - t_run
+            poller.stop()
+            last = poller.last or {}
+            done = last.get("frames", {}).get("done", 0)
+            res.update(wall=wall, done=done, state=last.get("state"))
+            res["fps"] = (done if done else 0) / wall if wall > 0 else float("nan")
+            if last.get("state") == "done":
+                res["ok"] = True
+                fan_in = http.get(f"/api/v1/jobs/{sub['job']}/frames/{n}", timeout=120).json()
+                res["fan_in_deps"] = fan_in.get("depends_total", len(fan_in.get("depends", [])))
+            elif poller.finished.is_set():
+                res["why"] = f"job ended {last.get('state')}: {last.get('frames')}"
+            else:
+                res["why"] = f"gave up after {timeout:.0f} s: {done} of {n + 1} frames done"
+        res["rss"] = server.peak_rss_mb()
+        res["worker_rss"] = server.children_peak_rss_mb()
+        res["own_lag"] = own_lag(server.url)
+    except (httpx.HTTPError, RuntimeError) as exc:
+        res["why"] = f"{type(exc).__name__}: {exc}"
+    finally:
+        if poller is not None:
+            poller.stop()
+            res["submit_lag"] = lag_figures(poller.lat["submit"])
+            res["run_lag"] = lag_figures(poller.lat["run"])
+            res["poll_errors"] = poller.errors
+        if "rss" not in res and server.proc is not None and server.proc.poll() is None:
+            res["rss"] = server.peak_rss_mb()
+        server.stop()
+        res["log_problems"] = server.log_problems()
+        res["log"] = server.log
+    return res
+
+
+# -- the idle server ----------------------------------------------------------------------------
+def run_idle(root: Path, plugin: Path, n: int, timeout: float) -> dict:
+    """A server with --slots 0: two jobs of n + 1 frames; status, frame list, cancel, delete."""
+    folder = root / "idle"
+    folder.mkdir()
+    server = Server(folder, "idle", 0, plugin, n + 1)
+    res: dict = {"n": n}
+    try:
+        server.start()
+        with httpx.Client(base_url=server.url, timeout=timeout) as http:
+            first = submit(http, n, timeout)
+            second = submit(http, n, timeout)
+            if first["form"] is None or second["form"] is None:
+                res["why"] = "refused: " + "; ".join(first["refused"] + second["refused"])
+                return res
+            res["submit_s"] = (first["seconds"], second["seconds"])
+            job, other = first["job"], second["job"]
+            lat, bad = [], 0
+            for _ in range(STATUS_REQUESTS):
+                t0 = time.perf_counter()
+                r = http.get(f"/api/v1/jobs/{job}")
+                lat.append((time.perf_counter() - t0) * 1000)
+                bad += r.status_code != 200
+            res.update(status_p50=pct(lat, 50), status_p99=pct(lat, 99), status_errors=bad)
+            t0 = time.perf_counter()
+            r = http.get(f"/api/v1/jobs/{job}/frames")
+            res["frames_s"] = time.perf_counter() - t0
+            res["frames_status"] = r.status_code
+            res["frames_bytes"] = len(r.content)
+            try:
+                body = r.json()
+                res["frames_items"] = len(body) if isinstance(body, list) else len(body.get("frames", []))
+            except ValueError:
+                res["frames_items"] = None
+            t0 = time.perf_counter()
+            r = http.post(f"/api/v1/jobs/{job}/cancel")
+            res["cancel_s"], res["cancel_status"] = time.perf_counter() - t0, r.status_code
+            res["cancel_state"] = r.json().get("state") if r.status_code == 200 else r.text[:200]
+            t0 = time.perf_counter()
+            r = http.delete(f"/api/v1/jobs/{other}")
+            res["delete_s"], res["delete_status"] = time.perf_counter() - t0, r.status_code
+            gone = http.get(f"/api/v1/jobs/{other}").status_code
+            res["deleted_gone"] = gone == 404
+        res["rss"] = server.peak_rss_mb()
+    except (httpx.HTTPError, RuntimeError) as exc:
+        res["why"] = f"{type(exc).__name__}: {exc}"
+    finally:
+        server.stop()
+        res["log_problems"] = server.log_problems()
+        res["log"] = server.log
+    return res
+
+
+# -- report -------------------------------------------------------------------------------------
+def describe(r: dict) -> list[str]:
+    n = r["n"]
+    lines = [f"{n:>7} frames + 1 fan-in:"]
+    if r.get("form"):
+        lines.append(f"  submit        {r['seconds']:8.2f} s   (form {r['form']}, distrenjob.xml {r['xml_bytes']} bytes)")
+    for refusal in r.get("refused", []):
+        lines.append(f"  refused       {refusal}")
+    if "wall" in r:
+        lines.append(f"  run           {r['wall']:8.2f} s   {r.get('done', 0)}/{r['total']} frames done, "
+                     f"{r['fps']:.1f} frames/s" + (f", fan-in frame has {r['fan_in_deps']} dependencies"
+                                                   if "fan_in_deps" in r else ""))
+    if "rss" in r:
+        lines.append(f"  peak RSS      {r['rss']:8.1f} MB  (server process; intake worker {r.get('worker_rss', 0):.1f} MB)")
+    for phase, label in (("run_lag", "status during run"), ("submit_lag", "/server during submit")):
+        f = r.get(phase)
+        if f and f["n"]:
+            lines.append(f"  {label:<22} n={f['n']:<6} p50 {f['p50']:7.1f} ms  p99 {f['p99']:7.1f} ms  "
+                         f"max {f['max']:8.1f} ms  lag (max - p50) {f['lag']:8.1f} ms")
+    if r.get("own_lag") is not None:
+        lines.append(f"  server's own loop_lag_ms max {r['own_lag']:.1f} ms (GET /server; not used for the targets)")
+    if r.get("poll_errors"):
+        errs = r["poll_errors"]
+        lines.append(f"  poll errors   {len(errs)} ({', '.join(sorted(set(errs))[:3])})")
+    if r.get("why"):
+        lines.append(f"  NOT FINISHED: {r['why']}")
+    if r.get("log_problems"):
+        lines.append(f"  server log: {len(r['log_problems'])} error lines, e.g. {r['log_problems'][0][:160]}")
+    return lines
+
+
+def sigterm(signum, frame):
+    raise KeyboardInterrupt
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", default="1000,10000,100000", help="frames per job, comma-separated (plus one fan-in"
+                                                                      " frame each)")
+    parser.add_argument("--slots", type=int, default=4, help="render slots of the rendering servers (default 4)")
+    parser.add_argument("--timeout", type=float, default=900, help="seconds to give one size (default 900)")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary folders (data, logs, plug-in)")
+    args = parser.parse_args()
+    try:
+        sizes = sorted({int(s) for s in args.sizes.split(",") if s.strip()})
+    except ValueError:
+        parser.error("--sizes: comma-separated integers")
+    if not sizes or sizes[0] < 1:
+        parser.error("--sizes: at least one size, each >= 1")
+    signal.signal(signal.SIGTERM, sigterm)
+    root = Path(tempfile.mkdtemp(prefix="distren-bench-scale-"))
+    plugin = root / "plugin"
+    write_plugin(plugin)
+    results: list[dict] = []
+    idle: dict | None = None
+    try:
+        print(f"scale: sizes {', '.join(map(str, sizes))} (+1 fan-in frame each), null backend, {args.slots} slots, "
+              f"{os.cpu_count()} cores; one fresh server per size", flush=True)
+        for n in sizes:
+            r = run_size(root, plugin, n, args.slots, args.timeout)
+            results.append(r)
+            print("\n".join(describe(r)), flush=True)
+        big = sizes[-1]
+        print(f"idle server (--slots 0), two jobs of {big} + 1 frames:", flush=True)
+        idle = run_idle(root, plugin, big, args.timeout)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    finally:
+        if not args.keep:
+            shutil.rmtree(root, ignore_errors=True)
+
+    if idle.get("why"):
+        print(f"  NOT MEASURED: {idle['why']}")
+    if "status_p99" in idle:
+        print(f"  submit        {idle['submit_s'][0]:8.2f} s, {idle['submit_s'][1]:.2f} s")
+        print(f"  job status    p50 {idle['status_p50']:7.1f} ms  p99 {idle['status_p99']:7.1f} ms over "
+              f"{STATUS_REQUESTS} requests ({idle['status_errors']} not 200)   "
+              f"target p99 <= {TARGET_STATUS_P99_MS:g} ms: {mark(idle['status_p99'] <= TARGET_STATUS_P99_MS)}")
+    if "frames_s" in idle:
+        print(f"  frame list    {idle['frames_s']:8.3f} s   (HTTP {idle['frames_status']}, {idle['frames_items']} frames, "
+              f"{idle['frames_bytes'] / 1e6:.1f} MB)   target <= {TARGET_FRAMES_PAGE_S:g} s: "
+              f"{mark(idle['frames_status'] == 200 and idle['frames_s'] <= TARGET_FRAMES_PAGE_S)}")
+    if "cancel_s" in idle:
+        print(f"  cancel        {idle['cancel_s']:8.3f} s   (HTTP {idle['cancel_status']}, job {idle['cancel_state']})   "
+              f"target <= {TARGET_CANCEL_S:g} s: {mark(idle['cancel_status'] == 200 and idle['cancel_s'] <= TARGET_CANCEL_S)}")
+    if "delete_s" in idle:
+        ok = idle["delete_status"] == 200 and idle["deleted_gone"] and idle["delete_s"] <= TARGET_DELETE_S
+        print(f"  delete        {idle['delete_s']:8.3f} s   (HTTP {idle['delete_status']}, then "
+              f"{'404' if idle['deleted_gone'] else 'still there'})   target <= {TARGET_DELETE_S:g} s: {mark(ok)}")
+    if "rss" in idle:
+        print(f"  peak RSS      {idle['rss']:8.1f} MB")
+    if idle.get("log_problems"):
+        print(f"  server log: {len(idle['log_problems'])} error lines, e.g. {idle['log_problems'][0][:160]}")
+
+    top = results[-1]
+    print(f"targets at {top['n']} frames:")
+    if top.get("form"):
+        print(f"  submit        {top['seconds']:8.2f} s      target <= {TARGET_SUBMIT_S:g} s: "
+              f"{mark(top['seconds'] <= TARGET_SUBMIT_S)}")
+    if "fps" in top:
+        print(f"  throughput    {top['fps']:8.1f} frames/s target >= {TARGET_FPS:g}: "
+              f"{mark(top['ok'] and top['fps'] >= TARGET_FPS)}" + ("" if top["ok"] else " (did not finish)"))
+    if "rss" in top:
+        print(f"  peak RSS      {top['rss']:8.1f} MB     target <= {TARGET_RSS_MB:g} MB: {mark(top['rss'] <= TARGET_RSS_MB)}")
+    lag = top.get("run_lag", {}).get("lag", float("nan"))
+    if lag == lag:
+        print(f"  loop lag      {lag:8.1f} ms     target <= {TARGET_LAG_MS:g} ms: {mark(lag <= TARGET_LAG_MS)}")
+    low = results[0]
+    if len(results) > 1 and low.get("ok") and top.get("ok"):
+        per_low, per_top = low["wall"] / low["total"], top["wall"] / top["total"]
+        ratio = per_top / per_low
+        print(f"  per-frame run time {per_top * 1e3:.3f} ms at {top['n']} vs {per_low * 1e3:.3f} ms at {low['n']}: "
+              f"ratio {ratio:.2f}   target <= {TARGET_LINEAR:g} (linear): {mark(ratio <= TARGET_LINEAR)}")
+        s_ratio = (top["seconds"] / top["total"]) / (low["seconds"] / low["total"])
+        print(f"  per-frame submit time ratio {top['n']} vs {low['n']}: {s_ratio:.2f}   "
+              f"target <= {TARGET_LINEAR:g}: {mark(s_ratio <= TARGET_LINEAR)}")
+    elif len(results) > 1:
+        unfinished = " and ".join(str(r["n"]) for r in (low, top) if not r.get("ok"))
+        print(f"  linearity: not measured ({unfinished} did not finish)")
+    if args.keep:
+        print(f"kept {root} (server logs, data folders, the plug-in)")
+    print(f"frames_per_s={top.get('fps', 0.0):.1f} submit_s={top.get('seconds', 0.0):.1f} "
+          f"rss_mb={top.get('rss', 0.0):.1f} max_lag_ms={lag if lag == lag else 0.0:.1f}")
+    return 0 if top.get("ok") else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
