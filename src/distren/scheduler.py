@@ -583,17 +583,23 @@ class Scheduler:
                       " upload_sha256=NULL, upload_size=NULL WHERE job_id=? AND state='running'", (now, job))
             self._ripple_failure(c, [(job, f) for _, f, _ in running], skip_job=job)
         yield
+        others_wait = self.conn.execute(
+            "SELECT 1 FROM deps WHERE dep_server=? AND dep_job=? AND job_id != ? LIMIT 1",
+            (self.server, job, job)).fetchone() is not None
+        after = -1
         while True:
             with self._tx() as c:
                 frames = [r[0] for r in c.execute(
-                    "SELECT frame FROM frames WHERE job_id=? AND state IN ('waiting','ready','running')"
-                    " ORDER BY frame LIMIT ?", (job, CHUNK))]
-                c.executemany(
-                    "UPDATE frames SET state='cancelled', finished=?, lease_owner=NULL, lease_expires=NULL,"
-                    " upload_sha256=NULL, upload_size=NULL WHERE job_id=? AND frame=?",
-                    ((now, job, f) for f in frames))
-                # frames of other jobs that wait for this one fail
-                self._ripple_failure(c, [(job, f) for f in frames], skip_job=job)
+                    "SELECT frame FROM frames WHERE job_id=? AND frame > ? ORDER BY frame LIMIT ?",
+                    (job, after, CHUNK))]
+                if frames:
+                    c.execute(
+                        "UPDATE frames SET state='cancelled', finished=?, lease_owner=NULL, lease_expires=NULL,"
+                        " upload_sha256=NULL, upload_size=NULL WHERE job_id=? AND frame BETWEEN ? AND ?"
+                        " AND state IN ('waiting','ready','running')", (now, job, frames[0], frames[-1]))
+                    if others_wait:  # frames of other jobs that wait for this one fail
+                        self._ripple_failure(c, [(job, f) for f in frames], skip_job=job)
+                    after = frames[-1]
             if len(frames) < CHUNK:
                 return running
             yield
@@ -617,15 +623,24 @@ class Scheduler:
                 (job,),
             )
         count = 0
+        after = -1
         while True:
             with self._tx() as c:
                 frames = [r[0] for r in c.execute(
-                    "SELECT frame FROM frames WHERE job_id=? AND state IN ('failed','cancelled') ORDER BY frame LIMIT ?",
-                    (job, CHUNK))]
-                c.executemany(
-                    "UPDATE frames SET state='waiting', deps_left=-1, failures=0, error=NULL, finished=NULL,"
-                    " avoid=NULL, avoid_until=NULL WHERE job_id=? AND frame=?", ((job, f) for f in frames))
-            count += len(frames)
+                    "SELECT frame FROM frames WHERE job_id=? AND frame > ? ORDER BY frame LIMIT ?",
+                    (job, after, CHUNK))]
+                if frames:
+                    # frames without dependencies are ready at once; the others are counted below
+                    cur = c.execute(
+                        "UPDATE frames SET failures=0, error=NULL, finished=NULL, avoid=NULL, avoid_until=NULL,"
+                        " deps_left=CASE WHEN EXISTS (SELECT 1 FROM deps d WHERE d.job_id=frames.job_id"
+                        " AND d.frame=frames.frame) THEN -1 ELSE 0 END,"
+                        " state=CASE WHEN EXISTS (SELECT 1 FROM deps d WHERE d.job_id=frames.job_id"
+                        " AND d.frame=frames.frame) THEN 'waiting' ELSE 'ready' END"
+                        " WHERE job_id=? AND frame BETWEEN ? AND ? AND state IN ('failed','cancelled')",
+                        (job, frames[0], frames[-1]))
+                    count += cur.rowcount
+                    after = frames[-1]
             if len(frames) < CHUNK:
                 break
             yield
@@ -686,8 +701,10 @@ class Scheduler:
             with self._tx() as c:
                 frames = [r[0] for r in c.execute(
                     "SELECT frame FROM frames WHERE job_id=? ORDER BY frame LIMIT ?", (job, CHUNK))]
-                for table in ("attempts", "deps", "frames"):
-                    c.executemany(f"DELETE FROM {table} WHERE job_id=? AND frame=?", ((job, f) for f in frames))
+                if frames:
+                    for table in ("attempts", "deps", "frames"):
+                        c.execute(f"DELETE FROM {table} WHERE job_id=? AND frame BETWEEN ? AND ?",
+                                  (job, frames[0], frames[-1]))
             if len(frames) < CHUNK:
                 break
             yield
