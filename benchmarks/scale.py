@@ -488,6 +488,37 @@ def sigterm(signum, frame):
     raise KeyboardInterrupt
 
 
+def scheduler_only(n: int, seconds: float = 5.0) -> dict:
+    """The scheduler alone, in this process, on a real SQLite file: claim + complete of the
+    job's frames (the same job: n frames and one depending on all), for `seconds`. This is the
+    ceiling that the server's per-frame path (work folders, output tarball, fsync) sits under."""
+    from distren.job.spec import FrameSpec, JobSpec
+    from distren.scheduler import Scheduler
+    from distren.store import db
+    from distren.store.blobs import Blob
+    from distren.url import DistrenURL
+
+    folder = Path(tempfile.mkdtemp(prefix="distren-bench-sched-"))
+    try:
+        s = Scheduler(db.connect(folder / "distren.sqlite3"), "bench")
+        job = s.begin_job()
+        frames = [FrameSpec(i) for i in range(n)] + [FrameSpec(n, [DistrenURL("bench", job, i) for i in range(n)])]
+        t0 = time.perf_counter()
+        s.activate_job(job, JobSpec("scale", "null", {}, frames), Blob("a" * 64, 1))
+        create = time.perf_counter() - t0
+        out, done = Blob("b" * 64, 1), 0
+        t0 = time.perf_counter()
+        while time.perf_counter() - t0 < seconds:
+            lease = s.claim("local:bench", ["null"], 60)
+            if lease is None:
+                break
+            s.complete(job, lease.frame, lease.attempt, out, "bench", "")
+            done += 1
+        return {"create_s": create, "fps": done / (time.perf_counter() - t0)}
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="1000,10000,100000", help="frames per job, comma-separated (plus one fan-in"
@@ -515,6 +546,10 @@ def main() -> int:
             r = run_size(root, plugin, n, args.slots, args.timeout)
             results.append(r)
             print("\n".join(describe(r)), flush=True)
+            only = scheduler_only(n)
+            r["sched_fps"] = only["fps"]
+            print(f"  scheduler alone (in process, claim + complete): {only['fps']:.0f} frames/s; "
+                  f"job created in {only['create_s']:.2f} s", flush=True)
         big = sizes[-1]
         print(f"idle server (--slots 0), two jobs of {big} + 1 frames:", flush=True)
         idle = run_idle(root, plugin, big, args.timeout)
@@ -556,6 +591,9 @@ def main() -> int:
     if "fps" in top:
         print(f"  throughput    {top['fps']:8.1f} frames/s target >= {TARGET_FPS:g}: "
               f"{mark(top['ok'] and top['fps'] >= TARGET_FPS)}" + ("" if top["ok"] else " (did not finish)"))
+    if "sched_fps" in top:
+        print(f"  scheduler alone {top['sched_fps']:6.0f} frames/s target >= {TARGET_FPS:g}: "
+              f"{mark(top['sched_fps'] >= TARGET_FPS)}")
     if "rss" in top:
         print(f"  peak RSS      {top['rss']:8.1f} MB     target <= {TARGET_RSS_MB:g} MB: {mark(top['rss'] <= TARGET_RSS_MB)}")
     lag = top.get("run_lag", {}).get("lag", float("nan"))
