@@ -459,7 +459,8 @@ class Scheduler:
                 "SELECT failures FROM frames WHERE job_id=? AND frame=?", (job, frame)
             ).fetchone()[0] + (1 if counts else 0)
             state = "failed" if failures >= self.max_failures else "ready"
-            avoid = renderer if counts and not is_local(renderer) else None
+            # an expired lease says nothing of the renderer (it crashed, or lost the network)
+            avoid = renderer if counts and outcome is None and not is_local(renderer) else None
             c.execute(
                 "UPDATE frames SET state=?, failures=?, error=?, lease_owner=NULL, lease_expires=NULL,"
                 " upload_sha256=NULL, upload_size=NULL, avoid=?, avoid_until=?,"
@@ -844,9 +845,12 @@ class Scheduler:
                                          (job, frame)).fetchone()[0]
                 out.append(f"and {max(0, left - 10)} more dependencies")
         elif state == "ready":
-            backend = self.conn.execute("SELECT backend FROM frames WHERE job_id=? AND frame=?",
-                                        (job, frame)).fetchone()[0]
-            out.append(renderer_problem(self, job, backend) or "a free render slot")
+            row = self.conn.execute("SELECT backend, avoid, avoid_until FROM frames WHERE job_id=? AND frame=?",
+                                    (job, frame)).fetchone()
+            out.append(renderer_problem(self, job, row[0]) or "a free render slot")
+            if row[1] and row[2] and row[2] > self.clock():
+                out.append(f"its last attempt failed on {row[1]}, which gets it again only after "
+                           f"{time.strftime('%H:%M:%S', time.gmtime(row[2]))} UTC (others may take it now)")
         return out
 
     def _frame_row(self, job: int, frame: int) -> sqlite3.Row:

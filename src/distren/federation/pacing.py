@@ -4,9 +4,9 @@
 Pulling alone costs O(N^2) requests in an idle farm of N servers: every idle server asks every
 peer every few seconds. Three rules keep a home server's share bounded whatever N is:
 
-- **Back-off with jitter.** A peer that had no work (or could not be reached) is asked again
-  after a wait that doubles up to `backoff_max`, each wait jittered by +-20 % so that the farm's
-  servers do not ask in step.
+- **Back-off with jitter.** A peer that had no work is asked again after a wait that doubles up
+  to `backoff_max` (one that could not be reached: up to `error_backoff_max`), each wait
+  jittered by +-20 % so that the farm's servers do not ask in step.
 - **The home paces its askers.** A "no work" answer carries `retry_after`: the home's peer count
   divided by `idle_claims_per_second`, the rate of empty claims it is willing to answer. With 10
   peers that is shorter than the back-off and changes nothing; with 1,000 peers and the default
@@ -38,6 +38,7 @@ class ClaimPacer:
 
     backoff_max: float = 5.0
     backoff_min: float = 0.1
+    error_backoff_max: float = 30.0
     announce_jitter: float = 1.0
     rand: Callable[[], float] = field(default=random.random)
     peers: dict[str, PeerPace] = field(default_factory=dict)
@@ -76,6 +77,13 @@ class ClaimPacer:
         pace.backoff = min(self.backoff_max, max(self.backoff_min, pace.backoff * 2))
         wait = max(pace.backoff, retry_after or 0.0)
         pace.next_claim = now + self._jitter(wait)
+
+    def failed(self, name: str, now: float) -> None:
+        """The peer could not be reached or answered an error: ask again after a back-off that
+        doubles up to `error_backoff_max` (longer than for "no work": it may be gone)."""
+        pace = self.peers.setdefault(name, PeerPace())
+        pace.backoff = min(self.error_backoff_max, max(self.backoff_min, pace.backoff * 2))
+        pace.next_claim = now + self._jitter(pace.backoff)
 
     def announced(self, name: str, now: float) -> None:
         """The peer says it has work: ask it soon (jittered so a farm does not stampede)."""

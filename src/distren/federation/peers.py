@@ -20,6 +20,8 @@ from ..url import check_server_name
 from . import auth
 
 CHUNK = 1024 * 1024
+# `hello` is tiny: a peer that does not answer it in this time is taken as unreachable for now
+HELLO_TIMEOUT = 3.0
 
 
 class PeerError(DistrenError):
@@ -99,10 +101,11 @@ class PeerClient:
         if peer.down_since is None:
             peer.down_since = time.time()
 
-    async def ensure_verified(self, peer: Peer) -> None:
+    async def ensure_verified(self, peer: Peer, timeout: float | None = None) -> None:
         if peer.verified:
             return
-        resp = await self._send(peer, "GET", "/api/v1/peer/hello", receiver=auth.ANY_RECEIVER)
+        resp = await self._send(peer, "GET", "/api/v1/peer/hello", receiver=auth.ANY_RECEIVER,
+                                timeout=timeout or HELLO_TIMEOUT)
         try:
             info = resp.json()
             name = info.get("name")
@@ -130,17 +133,17 @@ class PeerClient:
     async def request(
         self, name: str, method: str, path: str, *, json: Any = None, content: bytes | None = None,
         file: Path | None = None, file_sha256: str | None = None, headers: dict | None = None,
-        ok: tuple[int, ...] = (200, 201, 204),
+        ok: tuple[int, ...] = (200, 201, 204), timeout: float | None = None,
     ) -> httpx.Response:
         peer = self.get(name)
-        await self.ensure_verified(peer)
+        await self.ensure_verified(peer, timeout)
         return await self._send(peer, method, path, json=json, content=content, file=file,
-                                file_sha256=file_sha256, headers=headers, ok=ok)
+                                file_sha256=file_sha256, headers=headers, ok=ok, timeout=timeout)
 
     async def _send(
         self, peer: Peer, method: str, path: str, *, json: Any = None, content: bytes | None = None,
         file: Path | None = None, file_sha256: str | None = None, headers: dict | None = None,
-        ok: tuple[int, ...] = (200, 201, 204), receiver: str | None = None,
+        ok: tuple[int, ...] = (200, 201, 204), receiver: str | None = None, timeout: float | None = None,
     ) -> httpx.Response:
         import json as _json
 
@@ -158,7 +161,8 @@ class PeerClient:
             body_sha = hashlib.sha256(content or b"").hexdigest()
         hdrs.update(auth.sign(self.secret, self.me, receiver or peer.name, method, path, body_sha))
         try:
-            resp = await self.http.request(method, peer.url + path, content=body, headers=hdrs)
+            extra = {} if timeout is None else {"timeout": timeout}
+            resp = await self.http.request(method, peer.url + path, content=body, headers=hdrs, **extra)
         except httpx.HTTPError as exc:
             self._failed(peer, f"{type(exc).__name__}: {exc}")
             raise PeerError(f"peer {peer.name} at {peer.url} unreachable: {exc}") from None

@@ -19,6 +19,7 @@ from typing import Callable
 
 from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
+from starlette.requests import ClientDisconnect
 
 from ..errors import BadJob, Conflict, TooLarge, Unauthorized
 from ..url import MAX_ID
@@ -51,10 +52,13 @@ def create_peer_router(get_core: Callable, get_fed: Callable) -> APIRouter:
     async def signed_json(request: Request) -> tuple[str, dict]:
         peer, body_sha = verify(request)
         body = b""
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > MAX_JSON_BYTES:
-                raise TooLarge(f"peer request body exceeds {MAX_JSON_BYTES} bytes")
+        try:
+            async for chunk in request.stream():
+                body += chunk
+                if len(body) > MAX_JSON_BYTES:
+                    raise TooLarge(f"peer request body exceeds {MAX_JSON_BYTES} bytes")
+        except ClientDisconnect:
+            raise BadJob("the peer went away before its request body arrived") from None
         auth.check_body(body_sha, hashlib.sha256(body).hexdigest())
         try:
             data = json.loads(body) if body else {}

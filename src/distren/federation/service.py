@@ -40,6 +40,9 @@ class FederationSettings:
 
 # Frames of one peer checked at once by the dependency watcher.
 WATCH_CONCURRENCY = 8
+# A claim or a hello is a small request: a peer that does not answer it in this time is taken
+# as unreachable for now (a slow or black-holed peer must not hold a render slot).
+CLAIM_TIMEOUT = 3.0
 
 
 class Federation:
@@ -55,6 +58,7 @@ class Federation:
         self._downloads: dict[str, list] = {}  # sha256 -> [lock, users]
         self._announce_task: asyncio.Task | None = None
         self._probed: dict[str, float] = {}
+        self._watching: dict[str, asyncio.Task] = {}
 
     # -- background loops ----------------------------------------------------------------
     def start(self) -> None:
@@ -63,6 +67,7 @@ class Federation:
     async def stop(self) -> None:
         if self._announce_task is not None:
             self._tasks.append(self._announce_task)
+        self._tasks += list(self._watching.values())
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -72,19 +77,28 @@ class Federation:
         while True:
             await asyncio.sleep(self.settings.watch_seconds)
             try:
-                await self.check_remote_deps()
+                self.check_remote_deps()
             except Exception:
                 log.exception("checking dependencies on peers failed")
 
-    async def check_remote_deps(self) -> None:
-        """Ask peers about the frames that frames here wait for: each peer's frames at once
-        (a few at a time), every peer concurrently; a peer that cannot be reached is asked
-        again only after its claim back-off, so one dead peer delays nobody else's checks."""
+    def check_remote_deps(self) -> list[asyncio.Task]:
+        """Ask peers about the frames that frames here wait for: each peer in a task of its
+        own (a few of its frames at a time); a peer whose last check has not ended yet (slow or
+        black-holed) is skipped this round, and one that cannot be reached is asked again only
+        after its claim back-off, so no peer delays the checks of another."""
         by_server: dict[str, list[tuple[int, int]]] = {}
         for server, job, frame in self.core.scheduler.pending_remote_deps():
             by_server.setdefault(server, []).append((job, frame))
         now = time.monotonic()
-        await asyncio.gather(*(self._check_server(server, frames, now) for server, frames in by_server.items()))
+        started = []
+        for server, frames in by_server.items():
+            running = self._watching.get(server)
+            if running is not None and not running.done():
+                continue
+            task = asyncio.create_task(self._check_server(server, frames, now), name=f"watch-{server}")
+            self._watching[server] = task
+            started.append(task)
+        return started
 
     async def _check_server(self, server: str, frames: list[tuple[int, int]], now: float) -> None:
         peer = self.peers.peers.get(server)
@@ -170,9 +184,10 @@ class Federation:
             if name not in self.peers.peers:
                 continue
             try:
-                resp = await self.peers.request(name, "POST", "/api/v1/peer/claim", json={"backends": backends})
+                resp = await self.peers.request(name, "POST", "/api/v1/peer/claim", json={"backends": backends},
+                                                timeout=CLAIM_TIMEOUT)
             except PeerError as exc:
-                self.pacer.no_work(name, time.monotonic())
+                self.pacer.failed(name, time.monotonic())
                 log.debug("claim from %s failed: %s", name, exc.message)
                 continue
             if resp.status_code == 204:

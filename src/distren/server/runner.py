@@ -119,12 +119,38 @@ class Runner:
         return self.core.config.lease_seconds
 
     async def _next(self, backends: list[str]) -> tuple[str | None, Lease] | None:
+        """A frame of this server's, else one claimed from a peer. While the peers are asked,
+        work of this server's own that comes meanwhile (a wake) is taken at once; a peer's
+        lease that arrives after that is handed back (interrupted: no failure of the frame)."""
         lease = self.core.scheduler.claim(self.core.lease_owner, backends, self.lease_seconds())
         if lease is not None:
             return None, lease
-        if self.federation is not None:
-            return await self.federation.claim(backends)
-        return None
+        if self.federation is None:
+            return None
+        asking = asyncio.create_task(self.federation.claim(backends))
+        woken = asyncio.create_task(self._wake.wait())
+        try:
+            await asyncio.wait({asking, woken}, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            asking.cancel()
+            raise
+        finally:
+            woken.cancel()
+        if asking.done():
+            return asking.result()
+        lease = self.core.scheduler.claim(self.core.lease_owner, backends, self.lease_seconds())
+        if lease is None:
+            return await asking
+        asking.add_done_callback(self._hand_back)
+        return None, lease
+
+    def _hand_back(self, asking: asyncio.Task) -> None:
+        if asking.cancelled() or asking.exception() is not None or asking.result() is None:
+            return
+        home, lease = asking.result()
+        task = asyncio.ensure_future(self.federation.report_failure(
+            home, lease, "", f"handed back: {self.core.name} took work of its own", interrupted=True))
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())  # logged by the peer client
 
     async def _slot(self, index: int) -> None:
         """One render slot. It never ends on an error: whatever goes wrong is logged, the slot
