@@ -41,6 +41,7 @@ class Core:
         self.data = data
         # the database first: from now on the folder is recognisably distren's
         self.conn = db.connect(data / DB_NAME)
+        self._checkpointer = db.Checkpointer(data / DB_NAME, self.conn)
         self.blobs = BlobStore(data / "blobs")
         self.scenes_dir = data / "scenes"
         self.work_dir = data / "work"
@@ -211,6 +212,7 @@ class Core:
     def close(self) -> None:
         if self._intake_pool is not None:
             self._intake_pool.shutdown(cancel_futures=True)
+        self._checkpointer.stop()
         self.conn.close()
 
 
