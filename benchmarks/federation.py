@@ -33,7 +33,6 @@ import re
 import resource
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tarfile
@@ -43,6 +42,7 @@ from collections import Counter
 from pathlib import Path
 
 import httpx
+from _common import free_port, stop_group
 
 import distren
 from distren.client import Client
@@ -62,11 +62,6 @@ def distren_cmd() -> list[str]:
     exe = Path(sys.executable).with_name("distren")
     return [str(exe)] if exe.exists() else [sys.executable, "-m", "distren.cli"]
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # -- CPU accounting ---------------------------------------------------------------------------
@@ -161,25 +156,8 @@ class Server:
             return ""
 
     def stop(self) -> None:
-        """SIGTERM to the whole process group, SIGKILL to what is left. (Renders run in
-        bubblewrap with --die-with-parent, so they end with the server.)"""
-        if self.proc is None:
-            return
-        pgid = self.proc.pid  # start_new_session: the group id is the server's pid
-        if self.proc.poll() is None:
-            try:
-                os.killpg(pgid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                pass
-        try:
-            os.killpg(pgid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        self.proc.wait()
+        """SIGTERM to the whole process group, SIGKILL to what is left."""
+        stop_group(self.proc, 15)
 
 
 def run_job(servers: list[Server], package: Path, root: Path, quiet_wait: float) -> dict:

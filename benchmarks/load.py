@@ -21,7 +21,6 @@ import argparse
 import asyncio
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -30,23 +29,13 @@ import time
 from pathlib import Path
 
 import httpx
+from _common import free_port, pct
 
 import distren
 
 SAMPLE = Path(distren.__file__).parent / "samples" / "orbit" / "orbit.ini"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def pct(values: list[float], p: float) -> float:
-    if not values:
-        return float("nan")
-    values = sorted(values)
-    return values[min(len(values) - 1, int(round(p / 100 * (len(values) - 1))))]
 
 
 class RawConnection:

@@ -48,7 +48,6 @@ import io
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -59,6 +58,7 @@ import time
 from pathlib import Path
 
 import httpx
+from _common import free_port, pct, stop_group
 
 POLL = 0.05
 STATUS_REQUESTS = 200
@@ -104,17 +104,6 @@ def distren_cmd() -> list[str]:
     return [sys.executable, "-m", "distren.cli"]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def pct(values: list[float], p: float) -> float:
-    if not values:
-        return float("nan")
-    values = sorted(values)
-    return values[min(len(values) - 1, int(round(p / 100 * (len(values) - 1))))]
 
 
 def mark(ok: bool) -> str:
@@ -231,23 +220,7 @@ class Server:
 
     def stop(self) -> None:
         """SIGTERM to the whole process group, SIGKILL to what is left."""
-        if self.proc is None:
-            return
-        pgid = self.proc.pid  # start_new_session: the group id is the server's pid
-        if self.proc.poll() is None:
-            try:
-                os.killpg(pgid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                pass
-        try:
-            os.killpg(pgid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        self.proc.wait()
+        stop_group(self.proc, 20)
 
 
 # -- the outside poller -------------------------------------------------------------------------

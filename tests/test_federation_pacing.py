@@ -13,7 +13,7 @@ from test_federation import pack
 def test_an_idle_peer_told_to_wait_is_told_when_work_comes(farm, tmp_path):
     # A answers 0.02 empty claims a second: its one peer is told to wait 50 s
     a = farm.add("A", 0, ["B"], extra=["--idle-claims-per-second", "0.02"])
-    b = farm.add("B", 1, ["A"], extra=["--claim-backoff-max", "60"])
+    farm.add("B", 1, ["A"], extra=["--claim-backoff-max", "60"])
     farm.start()
     # B asks A, hears "no work, ask again in 50 s"
     deadline = time.monotonic() + 30

@@ -20,7 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Farm, dependent_package, make_scene, run_cli
+from conftest import Farm, dependent_package
+from test_federation import pack
 
 # Against the old code (see the module docstring): servers are started without the flags they
 # do not know; the tests then fail for the real reason (a job that never ends, a wrong state).
@@ -37,17 +38,6 @@ def spin(n: int) -> str:
 
 
 BAD_FRAME_3 = '#if (frame_number = 3) #error "bad frame" #end\n'
-
-
-def pack(tmp: Path, final: int, name: str = "scene", pov_extra: str = "") -> Path:
-    scene = tmp / name
-    ini = make_scene(scene, final=final)
-    if pov_extra:
-        (scene / "scene.pov").write_text((scene / "scene.pov").read_text() + pov_extra)
-    pkg = tmp / f"{name}.tar.gz"
-    r = run_cli("pack", str(ini), "-o", str(pkg))
-    assert r.returncode == 0, r.stderr
-    return pkg
 
 
 def package_with_deps(folder: Path, deps: dict[int, str]) -> Path:
@@ -353,13 +343,7 @@ def test_black_holed_peer_does_not_delay_other_peers_dependencies(farm, tmp_path
     """B's frame 0 depends on a frame of A, which accepts connections and never answers; frame 1
     depends on a frame of C, done already. Frame 1 is fetched and rendered at once, not after
     B's requests to A time out."""
-    b = farm.add("B", 0, ["C"])
-    c = farm.add("C", 1, ["B"])
-    b.extra += ["--peer", f"A=http://127.0.0.1:{black_hole.port}"]
-    start(farm)
-    cc, cb = c.client(), b.client()
-    job1 = cc.submit(pack(tmp_path, final=0))
-    assert wait_state(cc, job1["url"], timeout=30)["state"] == "done"
+    cb, job1 = black_holed_farm(farm, tmp_path, black_hole)
     t0 = time.monotonic()
     y = cb.submit(package_with_deps(tmp_path / "y", {0: "distren://A/1/0", 1: f"distren://C/{job1['id']}/0"}))
     frame = poll("B's frame 1 rendered", lambda: cb.frame(f"{y['url']}/1"), lambda f: f["state"] != "waiting"
@@ -373,16 +357,22 @@ def test_black_holed_peer_does_not_delay_other_peers_dependencies(farm, tmp_path
 
 # A black-holed peer: B's requests to A hang until they time out; nothing else may wait for them.
 
-def test_black_holed_peer_does_not_delay_later_checks_of_other_peers(farm, tmp_path, black_hole):
-    """As above, but B is already waiting on the black-holed A when it learns of the dependency
-    on C (the steady state, not the first round)."""
+def black_holed_farm(farm, tmp_path, black_hole):
+    """B (no slots) with peers C (renders) and A (black-holed); a frame of C done. Returns
+    B's client and C's job."""
     b = farm.add("B", 0, ["C"])
     c = farm.add("C", 1, ["B"])
     b.extra += ["--peer", f"A=http://127.0.0.1:{black_hole.port}"]
     start(farm)
-    cc, cb = c.client(), b.client()
+    cc = c.client()
     job1 = cc.submit(pack(tmp_path, final=0))
     assert wait_state(cc, job1["url"], timeout=30)["state"] == "done"
+    return b.client(), job1
+
+def test_black_holed_peer_does_not_delay_later_checks_of_other_peers(farm, tmp_path, black_hole):
+    """As above, but B is already waiting on the black-holed A when it learns of the dependency
+    on C (the steady state, not the first round)."""
+    cb, job1 = black_holed_farm(farm, tmp_path, black_hole)
     asked = len(black_hole.accepted)  # B's hello at start-up, perhaps
     cb.submit(package_with_deps(tmp_path / "y0", {0: "distren://A/1/0"}))
     poll("B asks A about its frame", lambda: len(black_hole.accepted), lambda n: n > asked, timeout=10,

@@ -587,22 +587,32 @@ class Scheduler:
         others_wait = self.conn.execute(
             "SELECT 1 FROM deps WHERE dep_server=? AND dep_job=? AND job_id != ? LIMIT 1",
             (self.server, job, job)).fetchone() is not None
-        after = -1
+        def cancel_chunk(c: sqlite3.Connection, frames: list[int]) -> None:
+            c.execute(
+                "UPDATE frames SET state='cancelled', finished=?, lease_owner=NULL, lease_expires=NULL,"
+                " upload_sha256=NULL, upload_size=NULL WHERE job_id=? AND frame BETWEEN ? AND ?"
+                " AND state IN ('waiting','ready','running')", (now, job, frames[0], frames[-1]))
+            if others_wait:  # frames of other jobs that wait for this one fail
+                self._ripple_failure(c, [(job, f) for f in frames], skip_job=job)
+
+        yield from self._in_chunks(job, cancel_chunk)
+        return running
+
+    def _in_chunks(self, job: int, action: Callable[[sqlite3.Connection, list[int]], int | None]) -> Iterator[None]:
+        """Call `action(c, frames)` for the job's frames in id order, CHUNK of them per
+        transaction (`frames` is sorted: actions may work on the range frames[0]..frames[-1]).
+        Returns the sum of what the actions return."""
+        after, total = -1, 0
         while True:
             with self._tx() as c:
                 frames = [r[0] for r in c.execute(
                     "SELECT frame FROM frames WHERE job_id=? AND frame > ? ORDER BY frame LIMIT ?",
                     (job, after, CHUNK))]
                 if frames:
-                    c.execute(
-                        "UPDATE frames SET state='cancelled', finished=?, lease_owner=NULL, lease_expires=NULL,"
-                        " upload_sha256=NULL, upload_size=NULL WHERE job_id=? AND frame BETWEEN ? AND ?"
-                        " AND state IN ('waiting','ready','running')", (now, job, frames[0], frames[-1]))
-                    if others_wait:  # frames of other jobs that wait for this one fail
-                        self._ripple_failure(c, [(job, f) for f in frames], skip_job=job)
+                    total += action(c, frames) or 0
                     after = frames[-1]
             if len(frames) < CHUNK:
-                return running
+                return total
             yield
 
     def retry(self, job: int) -> int:
@@ -623,28 +633,18 @@ class Scheduler:
                 " AND d.dep_job=remote_deps.job AND d.dep_frame=remote_deps.frame)",
                 (job,),
             )
-        count = 0
-        after = -1
-        while True:
-            with self._tx() as c:
-                frames = [r[0] for r in c.execute(
-                    "SELECT frame FROM frames WHERE job_id=? AND frame > ? ORDER BY frame LIMIT ?",
-                    (job, after, CHUNK))]
-                if frames:
-                    # frames without dependencies are ready at once; the others are counted below
-                    cur = c.execute(
-                        "UPDATE frames SET failures=0, error=NULL, finished=NULL, avoid=NULL, avoid_until=NULL,"
-                        " deps_left=CASE WHEN EXISTS (SELECT 1 FROM deps d WHERE d.job_id=frames.job_id"
-                        " AND d.frame=frames.frame) THEN -1 ELSE 0 END,"
-                        " state=CASE WHEN EXISTS (SELECT 1 FROM deps d WHERE d.job_id=frames.job_id"
-                        " AND d.frame=frames.frame) THEN 'waiting' ELSE 'ready' END"
-                        " WHERE job_id=? AND frame BETWEEN ? AND ? AND state IN ('failed','cancelled')",
-                        (job, frames[0], frames[-1]))
-                    count += cur.rowcount
-                    after = frames[-1]
-            if len(frames) < CHUNK:
-                break
-            yield
+        def requeue_chunk(c: sqlite3.Connection, frames: list[int]) -> int:
+            # frames without dependencies are ready at once; the others are counted below
+            return c.execute(
+                "UPDATE frames SET failures=0, error=NULL, finished=NULL, avoid=NULL, avoid_until=NULL,"
+                " deps_left=CASE WHEN EXISTS (SELECT 1 FROM deps d WHERE d.job_id=frames.job_id"
+                " AND d.frame=frames.frame) THEN -1 ELSE 0 END,"
+                " state=CASE WHEN EXISTS (SELECT 1 FROM deps d WHERE d.job_id=frames.job_id"
+                " AND d.frame=frames.frame) THEN 'waiting' ELSE 'ready' END"
+                " WHERE job_id=? AND frame BETWEEN ? AND ? AND state IN ('failed','cancelled')",
+                (job, frames[0], frames[-1])).rowcount
+
+        count = yield from self._in_chunks(job, requeue_chunk)
         # deps_left = -1 marks the requeued frames whose counter is to be counted
         while True:
             with self._tx() as c:
@@ -698,17 +698,12 @@ class Scheduler:
                 "SELECT frame, attempts FROM frames WHERE job_id=? AND state='running'", (job,))]
             c.execute("UPDATE jobs SET status='deleting' WHERE id=?", (job,))
         yield
-        while True:
-            with self._tx() as c:
-                frames = [r[0] for r in c.execute(
-                    "SELECT frame FROM frames WHERE job_id=? ORDER BY frame LIMIT ?", (job, CHUNK))]
-                if frames:
-                    for table in ("attempts", "deps", "frames"):
-                        c.execute(f"DELETE FROM {table} WHERE job_id=? AND frame BETWEEN ? AND ?",
-                                  (job, frames[0], frames[-1]))
-            if len(frames) < CHUNK:
-                break
-            yield
+        def delete_chunk(c: sqlite3.Connection, frames: list[int]) -> None:
+            for table in ("attempts", "deps", "frames"):
+                c.execute(f"DELETE FROM {table} WHERE job_id=? AND frame BETWEEN ? AND ?",
+                          (job, frames[0], frames[-1]))
+
+        yield from self._in_chunks(job, delete_chunk)
         with self._tx() as c:
             self._purge(c, job, "deleting")
         return running

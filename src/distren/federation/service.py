@@ -250,7 +250,6 @@ class Federation:
     async def fetch_blob(self, server: str, sha256: str, size: int | None) -> Blob:
         """A blob of a peer into our store, once: streamed to a part file, resumed with HTTP
         Range after an interruption, retried with back-off, verified by hash."""
-        blobs = self.core.blobs
         entry = self._downloads.setdefault(sha256, [asyncio.Lock(), 0])
         entry[1] += 1
         try:
