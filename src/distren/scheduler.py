@@ -41,6 +41,10 @@ CHUNK = 2000
 # Frames a page of the frame list holds by default, and at most.
 PAGE = 1000
 MAX_PAGE = 10_000
+# A lease names the outputs of the frame's dependencies. Up to this many are read in the claim's
+# transaction; a frame with more (an encode frame of a long job) gets them from `depends_of`, in
+# a thread (100,000 of them take a second to read).
+INLINE_DEPENDS = 256
 # Hidden job statuses: a job under intake or being deleted is not shown or served.
 HIDDEN = ("intake", "deleting")
 
@@ -56,7 +60,8 @@ class Lease:
     settings: dict
     seed_sha256: str
     seed_size: int
-    depends: tuple[dict, ...]   # {"url", "sha256", "size"} of each dependency's output
+    depends: tuple[dict, ...] | None   # {"url", "sha256", "size"} of each dependency's output;
+    # None: more than INLINE_DEPENDS, to be read with Scheduler.depends_of
     expires: float | None
     owner: str = ""
     lease_seconds: float | None = None   # as granted by the home server
@@ -66,8 +71,19 @@ class Lease:
         return {
             "job": self.job, "frame": self.frame, "attempt": self.attempt, "backend": self.backend,
             "settings": self.settings, "seed": {"sha256": self.seed_sha256, "size": self.seed_size},
-            "depends": list(self.depends), "lease_seconds": lease_seconds, "timeout": self.timeout,
+            "depends": list(self.depends or ()), "lease_seconds": lease_seconds, "timeout": self.timeout,
         }
+
+
+async def with_depends(sched: "Scheduler", lease: Lease | None) -> Lease | None:
+    """The lease with its dependency outputs, read in a thread when the claim left them out."""
+    import asyncio
+    import dataclasses
+
+    if lease is None or lease.depends is not None:
+        return lease
+    depends = await asyncio.to_thread(sched.depends_of, lease.job, lease.frame)
+    return dataclasses.replace(lease, depends=depends)
 
 
 def _clip_log(log: str | None) -> str | None:
@@ -354,10 +370,9 @@ class Scheduler:
             jrow = c.execute(
                 "SELECT settings, seed_sha256, seed_size, timeout FROM jobs WHERE id=?", (job,)
             ).fetchone()
-            deps = tuple(
-                {"url": format_url(r[0], r[1], r[2]), "sha256": r["sha256"], "size": r["size"]}
-                for r in self._deps(c, job, frame)
-            )
+            many = len(c.execute("SELECT 1 FROM deps WHERE job_id=? AND frame=? LIMIT ?",
+                                 (job, frame, INLINE_DEPENDS + 1)).fetchall()) > INLINE_DEPENDS
+            deps = None if many else self._depends(c, job, frame)
         return Lease(
             job=job, frame=frame, attempt=attempt, backend=row["backend"],
             settings=json.loads(jrow["settings"])[row["backend"]], seed_sha256=jrow["seed_sha256"],
@@ -365,7 +380,23 @@ class Scheduler:
             lease_seconds=lease_seconds, timeout=jrow["timeout"],
         )
 
-    def _deps(self, c: sqlite3.Connection, job: int, frame: int) -> list[sqlite3.Row]:
+    def _depends(self, c: sqlite3.Connection, job: int, frame: int) -> tuple[dict, ...]:
+        return tuple({"url": format_url(r[0], r[1], r[2]), "sha256": r["sha256"], "size": r["size"]}
+                     for r in self._deps(c, job, frame))
+
+    def depends_of(self, job: int, frame: int) -> tuple[dict, ...]:
+        """The dependency outputs of a leased frame, read on a connection of its own: safe in a
+        thread, off the event loop. (A ready frame's dependencies are done, and done is final:
+        no transaction is needed to read them consistently.)"""
+        path = self.conn.execute("PRAGMA database_list").fetchone()[2]
+        conn = sqlite3.connect(path, timeout=30)
+        conn.row_factory = sqlite3.Row
+        try:
+            return self._depends(conn, job, frame)
+        finally:
+            conn.close()
+
+    def _deps(self, c: sqlite3.Connection, job: int, frame: int, limit: int = -1) -> list[sqlite3.Row]:
         """A frame's dependencies: url, state and output, for frames here and on peers."""
         return c.execute(
             "SELECT d.dep_server, d.dep_job, d.dep_frame,"
@@ -375,8 +406,8 @@ class Scheduler:
             " FROM deps d"
             " LEFT JOIN frames f ON d.dep_server=? AND f.job_id=d.dep_job AND f.frame=d.dep_frame"
             " LEFT JOIN remote_deps r ON r.server=d.dep_server AND r.job=d.dep_job AND r.frame=d.dep_frame"
-            " WHERE d.job_id=? AND d.frame=? ORDER BY d.dep_server, d.dep_job, d.dep_frame",
-            (self.server, self.server, self.server, self.server, job, frame),
+            " WHERE d.job_id=? AND d.frame=? ORDER BY d.dep_server, d.dep_job, d.dep_frame LIMIT ?",
+            (self.server, self.server, self.server, self.server, job, frame, limit),
         ).fetchall()
 
     def _running(self, c: sqlite3.Connection, job: int, frame: int, attempt: int, owner: str | None = None) -> sqlite3.Row:
@@ -803,9 +834,10 @@ class Scheduler:
     def frame(self, job: int, frame: int) -> dict:
         row = self._frame_row(job, frame)
         out = self._frame_json(row)
-        deps = self._deps(self.conn, job, frame)
-        out["depends"] = [{"url": format_url(r[0], r[1], r[2]), "state": r["state"] or "deleted"} for r in deps[:1000]]
-        out["depends_total"] = len(deps)
+        deps = self._deps(self.conn, job, frame, limit=1000)
+        out["depends"] = [{"url": format_url(r[0], r[1], r[2]), "state": r["state"] or "deleted"} for r in deps]
+        out["depends_total"] = self.conn.execute("SELECT COUNT(*) FROM deps WHERE job_id=? AND frame=?",
+                                                 (job, frame)).fetchone()[0]
         out["waiting_for"] = self._frame_waiting_for(job, frame, row["state"])
         out["history"] = [
             {k: r[k] for k in ("attempt", "renderer", "started", "finished", "outcome", "log")}

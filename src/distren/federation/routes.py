@@ -22,6 +22,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from starlette.requests import ClientDisconnect
 
 from ..errors import BadJob, Conflict, TooLarge, Unauthorized
+from ..scheduler import with_depends
 from ..url import MAX_ID
 from . import auth
 
@@ -94,12 +95,14 @@ def create_peer_router(get_core: Callable, get_fed: Callable) -> APIRouter:
             raise BadJob("claim needs {\"backends\": [names]}")
         core, fed = get_core(), get_fed()
         fed.peers.learn_backends(fed.peers.get(peer), backends)
-        lease = core.scheduler.claim(peer, backends, fed.settings.lease_seconds)
+        lease = await with_depends(core.scheduler, core.scheduler.claim(peer, backends, fed.settings.lease_seconds))
         if lease is None:
             wait = fed.no_work_answer(peer)
             return Response(status_code=204, headers={"Retry-After": f"{wait:.1f}"})
         fed.announcer.served(peer)
-        return lease.to_json(fed.settings.lease_seconds)
+        # an encode frame's lease names every frame's output: encoded in a thread
+        body = await asyncio.to_thread(json.dumps, lease.to_json(fed.settings.lease_seconds))
+        return Response(body, media_type="application/json")
 
     @router.post("/leases/{job}/{frame}/{attempt}/heartbeat")
     async def heartbeat(job: int, frame: int, attempt: int, request: Request) -> dict:

@@ -17,7 +17,7 @@ from .. import failpoints
 from ..backends.base import FrameTask, RenderResult
 from ..errors import Conflict, DistrenError
 from ..liveness import FarmView, Liveness, RendererView
-from ..scheduler import Lease
+from ..scheduler import Lease, with_depends
 from ..store.blobs import Blob
 from ..url import parse_url
 from .core import Core
@@ -122,7 +122,8 @@ class Runner:
         """A frame of this server's, else one claimed from a peer. While the peers are asked,
         work of this server's own that comes meanwhile (a wake) is taken at once; a peer's
         lease that arrives after that is handed back (interrupted: no failure of the frame)."""
-        lease = self.core.scheduler.claim(self.core.lease_owner, backends, self.lease_seconds())
+        lease = await with_depends(self.core.scheduler, self.core.scheduler.claim(
+            self.core.lease_owner, backends, self.lease_seconds()))
         if lease is not None:
             return None, lease
         if self.federation is None:
@@ -138,7 +139,8 @@ class Runner:
             woken.cancel()
         if asking.done():
             return asking.result()
-        lease = self.core.scheduler.claim(self.core.lease_owner, backends, self.lease_seconds())
+        lease = await with_depends(self.core.scheduler, self.core.scheduler.claim(
+            self.core.lease_owner, backends, self.lease_seconds()))
         if lease is None:
             return await asking
         asking.add_done_callback(self._hand_back)
