@@ -65,7 +65,14 @@ class Client:
     # -- plumbing --------------------------------------------------------------------------
     def _request(self, method: str, path: str, **kw) -> httpx.Response:
         try:
-            resp = self.http.request(method, "/api/v1" + path, **kw)
+            try:
+                resp = self.http.request(method, "/api/v1" + path, **kw)
+            except (httpx.ReadError, httpx.RemoteProtocolError):
+                if method != "GET":
+                    raise
+                # a kept-alive connection that the server closed as we reused it: a GET is
+                # safe to send again, once, on a new connection
+                resp = self.http.request(method, "/api/v1" + path, **kw)
         except httpx.HTTPError as exc:
             raise ServerError(f"cannot reach the server at {self.base}: {exc}") from None
         self._check(resp)
