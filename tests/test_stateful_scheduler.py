@@ -43,10 +43,10 @@ Defaults keep the test around 30 s. Longer runs:
     DISTREN_STATEFUL_EXAMPLES=500 .venv/bin/python -m pytest tests/test_stateful_scheduler.py
     (DISTREN_STATEFUL_STEPS sets the steps per example, default 40)
 
-The machine also runs against the scheduler before the rewrite (no liveness module, no
-retry_elsewhere, no deps_left / n_* columns, no steps generators; those parts are skipped by
-feature checks), e.g. `PYTHONPATH=/work/old/src .venv/bin/python -m pytest
-tests/test_stateful_scheduler.py`; it fails there.
+The machine also runs against the scheduler before the rewrite (commit 5df6e40: no liveness
+module, no retry_elsewhere, no deps_left / n_* columns, no steps generators; those parts are
+skipped by feature checks): put that commit's `src` first on PYTHONPATH. It fails there (blocklist
+starvation: a job whose only frame left is ready, its only renderer blocklisted, never ends).
 """
 
 from __future__ import annotations
