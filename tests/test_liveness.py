@@ -4,7 +4,7 @@ what for (docs/architecture.md, "Liveness"; src/distren/liveness.py).
 Each test reproduces a way the farm could get stuck before the scheduler rewrite. To check that
 a test catches its bug, run it against the old code with the flags the old servers lack left out:
 
-    DISTREN_OLD=1 PYTHONPATH=/work/old/src .venv/bin/python -m pytest tests/test_liveness.py
+    DISTREN_OLD=1 PYTHONPATH=<checkout of 5df6e40>/src .venv/bin/python -m pytest tests/test_liveness.py
 """
 
 from __future__ import annotations
