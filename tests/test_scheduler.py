@@ -323,3 +323,12 @@ def test_counters_follow_every_transition(sched):
     sched.retry(job)
     real = dict(sched.conn.execute("SELECT state, COUNT(*) FROM frames WHERE job_id=? GROUP BY state", (job,)).fetchall())
     assert {k: v for k, v in sched.job(job)["frames"].items() if v} == real
+
+
+def test_cancel_does_not_fail_frames_that_wait_for_its_done_frames(sched):
+    first = add_job(sched, {0: [], 1: []})
+    lease = sched.claim("local:me", ["povray"], 60)
+    sched.complete(first, lease.frame, lease.attempt, OUT, "me", "")
+    other = add_job(sched, {0: [DistrenURL("me", first, 0), DistrenURL("peer", 9, 9)]})
+    sched.cancel(first)
+    assert states(sched, other) == {0: "waiting"}

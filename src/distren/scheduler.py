@@ -615,16 +615,18 @@ class Scheduler:
                       " upload_sha256=NULL, upload_size=NULL WHERE job_id=? AND state='running'", (now, job))
             self._ripple_failure(c, [(job, f) for _, f, _ in running], skip_job=job)
         yield
-        others_wait = self.conn.execute(
-            "SELECT 1 FROM deps WHERE dep_server=? AND dep_job=? AND job_id != ? LIMIT 1",
-            (self.server, job, job)).fetchone() is not None
         def cancel_chunk(c: sqlite3.Connection, frames: list[int]) -> None:
-            c.execute(
+            # only the frames this cancels: a done frame's dependents must not fail
+            ending = [r[0] for r in c.execute(
+                "SELECT frame FROM frames WHERE job_id=? AND frame BETWEEN ? AND ?"
+                " AND state IN ('waiting','ready','running')", (job, frames[0], frames[-1]))]
+            c.executemany(
                 "UPDATE frames SET state='cancelled', finished=?, lease_owner=NULL, lease_expires=NULL,"
-                " upload_sha256=NULL, upload_size=NULL WHERE job_id=? AND frame BETWEEN ? AND ?"
-                " AND state IN ('waiting','ready','running')", (now, job, frames[0], frames[-1]))
-            if others_wait:  # frames of other jobs that wait for this one fail
-                self._ripple_failure(c, [(job, f) for f in frames], skip_job=job)
+                " upload_sha256=NULL, upload_size=NULL WHERE job_id=? AND frame=?",
+                ((now, job, f) for f in ending))
+            # frames of other jobs that wait for these fail (also jobs submitted since the
+            # cancel began: looked up per chunk)
+            self._ripple_failure(c, [(job, f) for f in ending], skip_job=job)
 
         yield from self._in_chunks(job, cancel_chunk)
         return running
