@@ -1,5 +1,6 @@
-"""A data folder made by the schema that landed before (version 3) opens, is upgraded in place,
-and its jobs go on. tests/fixtures/v3.sqlite3 was made by that code (tests/fixtures/make_v3.py)."""
+"""Data folders made by the schemas that landed before (versions 3 and 4) open, are upgraded in
+place, and their jobs go on. tests/fixtures/v3.sqlite3 and v4.sqlite3 were made by that code
+(tests/fixtures/make_v3.py, make_v4.py)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ from distren.scheduler import Scheduler
 from distren.store import db
 from distren.store.blobs import Blob
 
-FIXTURE = __import__("pathlib").Path(__file__).parent / "fixtures" / "v3.sqlite3"
+FIXTURES = __import__("pathlib").Path(__file__).parent / "fixtures"
+FIXTURE = FIXTURES / "v3.sqlite3"
 
 
 def test_a_version_3_database_is_upgraded_and_its_jobs_go_on(tmp_path):
@@ -53,3 +55,22 @@ def test_a_newer_database_is_refused_with_a_clear_error(tmp_path):
 
     r = run_cli("serve", "--name", "x", "--data", str(tmp_path), timeout=60)
     assert r.returncode != 0 and "newer than this distren" in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+def test_a_version_4_database_finishes_the_cancel_and_retry_a_stop_interrupted(tmp_path):
+    """Schema 4 did not record operations under way: the upgrade finds the cancelled job with
+    unfinished frames and the frames whose dependency counter was still to be counted."""
+    from distren.scheduler import drain
+
+    path = tmp_path / "distren.sqlite3"
+    shutil.copy(FIXTURES / "v4.sqlite3", path)
+    s = Scheduler(db.connect(path), "alpha", max_failures=1)
+    assert s.job(1)["frames"]["ready"] == 4
+    assert sorted(drain(s.resume_steps())) == [1, 2]
+    assert s.job(1)["state"] == "cancelled" and s.job(1)["frames"]["cancelled"] == 5
+    # job 2: frame 0 is ready again; frames 1-20 wait for it (each counted: 1 left)
+    assert s.job(2)["frames"] == {"waiting": 20, "ready": 1, "running": 0, "done": 0, "failed": 0, "cancelled": 0}
+    out = Blob("c" * 64, 5)
+    while (lease := s.claim("local:alpha", ["povray"], 60)) is not None:
+        s.complete(lease.job, lease.frame, lease.attempt, out, "alpha", "")
+    assert s.job(2)["state"] == "done"

@@ -332,3 +332,46 @@ def test_cancel_does_not_fail_frames_that_wait_for_its_done_frames(sched):
     other = add_job(sched, {0: [DistrenURL("me", first, 0), DistrenURL("peer", 9, 9)]})
     sched.cancel(first)
     assert states(sched, other) == {0: "waiting"}
+
+
+def test_a_cancel_or_retry_a_stop_interrupted_is_finished_at_start_up(tmp_path, monkeypatch):
+    """Cancel and retry run in transactions of CHUNK frames; a server killed between two of
+    them finishes the operation when it starts again (the job row records it as pending)."""
+    import distren.scheduler as scheduler_module
+
+    monkeypatch.setattr(scheduler_module, "CHUNK", 10)
+    path = tmp_path / "db.sqlite3"
+    s = Scheduler(db.connect(path), "me", max_failures=1, clock=Clock())
+    first = add_job(s, {0: []})
+    later = add_job(s, {0: [DistrenURL("me", first, 0)]})
+    cancelled = add_job(s, {f: [] for f in range(25)})
+    retried = add_job(s, {0: [], **{f: [0] for f in range(1, 25)}})
+    lease = s.claim("local:me", ["povray"])
+    assert (lease.job, lease.frame) == (first, 0)
+    lease = s.claim("local:me", ["povray"])
+    while lease.job != retried:
+        s.complete(lease.job, lease.frame, lease.attempt, OUT, "me", "")
+        lease = s.claim("local:me", ["povray"])
+    s.fail(retried, 0, lease.attempt, "", "boom")
+    assert s.job(retried)["frames"]["failed"] == 25
+    s.cancel_steps(first).__next__()       # the stop comes after the first transaction
+    assert s.job(cancelled)["state"] == "done"
+    steps = s.retry_steps(retried)
+    next(steps)
+    next(steps)                            # frames 0-9 requeued, then the stop
+    s.conn.close()
+
+    s = Scheduler(db.connect(path), "me", max_failures=1, clock=Clock())
+    s.discard_intake()
+    s.recover("local:me")
+    assert sorted(scheduler_module.drain(s.resume_steps())) == [first, retried]
+    assert s.job(first)["state"] == "cancelled" and states(s, first) == {0: "cancelled"}
+    assert s.job(later)["state"] == "failed"      # its dependency was cancelled
+    assert set(states(s, retried).values()) == {"ready", "waiting"}
+    lease = s.claim("local:me", ["povray"])
+    s.complete(retried, lease.frame, lease.attempt, OUT, "me", "")
+    while (lease := s.claim("local:me", ["povray"])) is not None:
+        s.complete(lease.job, lease.frame, lease.attempt, OUT, "me", "")
+    assert s.job(retried)["state"] == "done"
+    assert list(s.resume_steps()) == [] and s.conn.execute(
+        "SELECT COUNT(*) FROM jobs WHERE pending IS NOT NULL").fetchone()[0] == 0

@@ -606,7 +606,7 @@ class Scheduler:
         self._job_row(job)
         now = self.clock()
         with self._tx() as c:
-            c.execute("UPDATE jobs SET status='cancelled' WHERE id=?", (job,))
+            c.execute("UPDATE jobs SET status='cancelled', pending='cancel' WHERE id=?", (job,))
             running = [(job, r[0], r[1]) for r in c.execute(
                 "SELECT frame, attempts FROM frames WHERE job_id=? AND state='running'", (job,))]
             for _, frame, attempt in running:
@@ -629,7 +629,20 @@ class Scheduler:
             self._ripple_failure(c, [(job, f) for f in ending], skip_job=job)
 
         yield from self._in_chunks(job, cancel_chunk)
+        self._done_pending(job, "cancel")
         return running
+
+    def _done_pending(self, job: int, op: str) -> None:
+        self.conn.execute("UPDATE jobs SET pending=NULL WHERE id=? AND pending=?", (job, op))
+
+    def resume_steps(self) -> Iterator[None]:
+        """At start-up: finish the cancels and retries that a stop interrupted between their
+        transactions (each is safe to run again from the start). Returns the jobs resumed."""
+        jobs = self.conn.execute("SELECT id, pending FROM jobs WHERE pending IS NOT NULL"
+                                 " AND status NOT IN ('intake','deleting') ORDER BY id").fetchall()
+        for job, op in jobs:
+            yield from (self.cancel_steps(job) if op == "cancel" else self.retry_steps(job))
+        return [r[0] for r in jobs]
 
     def _in_chunks(self, job: int, action: Callable[[sqlite3.Connection, list[int]], int | None]) -> Iterator[None]:
         """Call `action(c, frames)` for the job's frames in id order, CHUNK of them per
@@ -657,7 +670,8 @@ class Scheduler:
         dependency counter is counted afresh from its dependencies' states."""
         self._job_row(job)
         with self._tx() as c:
-            c.execute("UPDATE jobs SET status='active', bundle_sha256=NULL, bundle_key=NULL WHERE id=?", (job,))
+            c.execute("UPDATE jobs SET status='active', pending='retry', bundle_sha256=NULL, bundle_key=NULL"
+                      " WHERE id=?", (job,))
             c.execute("DELETE FROM blocklist WHERE job_id=?", (job,))
             # frames on peers that failed may have been retried there: ask again
             c.execute(
@@ -666,6 +680,7 @@ class Scheduler:
                 " AND d.dep_job=remote_deps.job AND d.dep_frame=remote_deps.frame)",
                 (job,),
             )
+        yield
         def requeue_chunk(c: sqlite3.Connection, frames: list[int]) -> int:
             # frames without dependencies are ready at once; the others are counted below
             return c.execute(
@@ -704,6 +719,7 @@ class Scheduler:
             if len(frames) < CHUNK // 10:
                 break
             yield
+        self._done_pending(job, "retry")
         self.on_ready()
         return count
 

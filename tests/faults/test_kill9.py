@@ -126,3 +126,33 @@ def test_kill9_then_restart(point, package, reference, tmp_path):
         assert c.submit(package)["id"] > info["id"] >= (2 if point == "intake" else 1)
     finally:
         s.stop()
+
+
+def test_kill9_in_the_middle_of_a_cancel_and_of_a_retry(package, reference, tmp_path):
+    """Cancel and retry run in several transactions; a kill -9 between them leaves the job
+    half-done on disk. The restarted server finishes the operation: the cancelled job has no
+    frame left to start (it ends), the retried job renders."""
+    data = tmp_path / "data"
+    crash = {"DISTREN_FAILPOINT": "operation"}
+    s = ServerProcess(data, "alpha", 0, env=crash).start()   # no slots: the frames stay ready
+    url = s.client().submit(package)["url"]
+    with pytest.raises(DistrenError):
+        s.client().cancel(url)
+    killed(s)
+    s = ServerProcess(data, "alpha", 0, env=crash).start()
+    try:
+        job = s.client().job(url)
+        assert job["state"] == "cancelled" and job["frames"]["cancelled"] == job["total_frames"], job
+        with pytest.raises(DistrenError):
+            s.client().retry(url)
+        killed(s)
+    finally:
+        s.stop()
+    s = ServerProcess(data, "alpha", 2).start()
+    try:
+        c = s.client()
+        assert c.wait(url, interval=0.1, timeout=120)["state"] == "done"
+        c.download(url, tmp_path / "after.tar")
+        assert images(tmp_path / "after.tar") == reference
+    finally:
+        s.stop()

@@ -27,7 +27,7 @@ from ..federation.service import Federation, FederationSettings
 from ..url import MAX_ID, format_url
 from .config import ServerConfig
 from ..scheduler import MAX_PAGE, PAGE
-from .core import Core, run_steps
+from .core import Core
 from .runner import Runner
 
 log = logging.getLogger("distren.server")
@@ -236,7 +236,7 @@ def create_app(config: ServerConfig, core: Core | None = None) -> FastAPI:
     async def cancel(request: Request, job: int = JobId) -> dict:
         client_auth(request)
         c = core_()
-        for j, f, a in await run_steps(c.scheduler.cancel_steps(job)):
+        for j, f, a in await c.job_operations.run(job, c.scheduler.cancel_steps(job)):
             state["runner"].kill(j, f, a)
         return c.scheduler.job(job)
 
@@ -244,7 +244,7 @@ def create_app(config: ServerConfig, core: Core | None = None) -> FastAPI:
     async def retry(request: Request, job: int = JobId) -> dict:
         client_auth(request)
         c = core_()
-        n = await run_steps(c.scheduler.retry_steps(job))
+        n = await c.job_operations.run(job, c.scheduler.retry_steps(job))
         out = c.scheduler.job(job)
         out["requeued"] = n
         return out
@@ -253,7 +253,7 @@ def create_app(config: ServerConfig, core: Core | None = None) -> FastAPI:
     async def delete(request: Request, job: int = JobId) -> dict:
         client_auth(request)
         c = core_()
-        for j, f, a in await run_steps(c.scheduler.delete_steps(job)):
+        for j, f, a in await c.job_operations.run(job, c.scheduler.delete_steps(job)):
             state["runner"].kill(j, f, a)
         return {"deleted": format_url(c.name, job)}
 

@@ -55,6 +55,7 @@ class Core:
         self.scheduler = Scheduler(self.conn, self.name, max_failures=config.max_failures,
                                    retry_elsewhere=config.retry_elsewhere)
         self.scheduler.discard_intake()
+        self.job_operations = JobOperations()
         self.backends = find_backends() if backends is None else backends
         self.lease_owner = f"local:{self.name}"
         # Packages are unpacked and checked in worker processes: hostile input never shares
@@ -216,7 +217,29 @@ class Core:
         self.conn.close()
 
 
-async def run_steps(steps):
+class JobOperations:
+    """Cancel, retry and delete of one job run one after the other (each is a series of
+    transactions with the event loop running between them: two interleaved could leave a
+    cancelled job with ready frames). Jobs differ: their operations run side by side."""
+
+    def __init__(self) -> None:
+        self._locks: dict[int, tuple[asyncio.Lock, int]] = {}
+
+    async def run(self, job: int, steps):
+        lock, users = self._locks.get(job, (asyncio.Lock(), 0))
+        self._locks[job] = (lock, users + 1)
+        try:
+            async with lock:
+                return await run_steps(steps, failpoint="operation")
+        finally:
+            lock, users = self._locks[job]
+            if users == 1:
+                del self._locks[job]
+            else:
+                self._locks[job] = (lock, users - 1)
+
+
+async def run_steps(steps, failpoint: str | None = None):
     """Run a scheduler `*_steps` generator on the event loop, letting everything else run
     between its bounded transactions. Returns the generator's return value."""
     while True:
@@ -224,6 +247,8 @@ async def run_steps(steps):
             next(steps)
         except StopIteration as stop:
             return stop.value
+        if failpoint:
+            failpoints.hit(failpoint)
         await asyncio.sleep(0)
 
 

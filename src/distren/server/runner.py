@@ -20,7 +20,7 @@ from ..liveness import FarmView, Liveness, RendererView
 from ..scheduler import Lease, with_depends
 from ..store.blobs import Blob
 from ..url import parse_url
-from .core import Core
+from .core import Core, run_steps
 
 log = logging.getLogger("distren.runner")
 IDLE_POLL = 1.0
@@ -50,6 +50,8 @@ class Runner:
 
     async def start(self) -> None:
         self.core.scheduler.recover(self.core.lease_owner)
+        # cancels and retries a stop interrupted are finished before anything is claimed
+        await run_steps(self.core.scheduler.resume_steps())
         self._tasks = [asyncio.create_task(self._slot(i), name=f"slot-{i}") for i in range(self.slots)]
         self._tasks.append(asyncio.create_task(self._expire_loop(), name="lease-expiry"))
         self._tasks.append(asyncio.create_task(self._liveness_loop(), name="liveness"))

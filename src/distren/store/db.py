@@ -18,7 +18,7 @@ class DatabaseVersionError(DistrenError):
 
     code = "database_version"
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (
@@ -48,7 +48,10 @@ CREATE TABLE IF NOT EXISTS jobs (
     n_failed INTEGER NOT NULL DEFAULT 0,
     n_cancelled INTEGER NOT NULL DEFAULT 0,
     started REAL,
-    finished REAL
+    finished REAL,
+    -- an operation over the job's frames that is under way ('cancel', 'retry'): it runs in
+    -- bounded transactions, and a server that stops in the middle finishes it at start-up
+    pending TEXT
 );
 CREATE TABLE IF NOT EXISTS frames (
     job_id INTEGER NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,
@@ -205,8 +208,19 @@ def _to_4(conn: sqlite3.Connection) -> None:
         " WHERE state = 'waiting'")
 
 
+def _to_5(conn: sqlite3.Connection) -> None:
+    """The operation under way on a job (resumed at start-up)."""
+    conn.execute("ALTER TABLE jobs ADD COLUMN pending TEXT")
+    # a version-4 server stopped in the middle of a retry left frames to be counted
+    conn.execute("UPDATE jobs SET pending='retry' WHERE status='active' AND EXISTS"
+                 " (SELECT 1 FROM frames f WHERE f.job_id=jobs.id AND f.state='waiting' AND f.deps_left < 0)")
+    # ... or of a cancel: a cancelled job with unfinished frames
+    conn.execute("UPDATE jobs SET pending='cancel' WHERE status='cancelled'"
+                 " AND n_waiting + n_ready + n_running > 0")
+
+
 # Ordered upgrade steps: MIGRATIONS[v] turns schema v into v + 1.
-MIGRATIONS = {3: _to_4}
+MIGRATIONS = {3: _to_4, 4: _to_5}
 
 
 def _migrate(conn: sqlite3.Connection, path: Path, version: int) -> None:
