@@ -230,7 +230,7 @@ class Scheduler:
                 if st != "done":
                     left += 1
                     if st in ("failed", "cancelled", None) and broken is None:
-                        broken = f"dependency {d} {st or 'deleted'}"
+                        broken = f"dependency {d} {self._ended_as(c, d.server, d.job, d.frame)}"
             if broken:
                 rows.append((job, f.id, spec.frame_backend(f), spec.priority, "failed", left, now, broken))
                 broken_frames.append(f.id)
@@ -707,7 +707,7 @@ class Scheduler:
                         if st != "done":
                             left += 1
                             if st in ("failed", "cancelled", None) and why is None:
-                                why = f"dependency {format_url(r[0], r[1], r[2])} {st or 'deleted'}"
+                                why = f"dependency {format_url(r[0], r[1], r[2])} {self._ended_as(c, r[0], r[1], r[2])}"
                     if why:
                         c.execute("UPDATE frames SET state='failed', deps_left=?, finished=?, error=?"
                                   " WHERE job_id=? AND frame=?", (left, self.clock(), why, job, frame))

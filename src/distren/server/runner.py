@@ -240,12 +240,15 @@ class Runner:
         core = self.core
         work = core.work_dir / f"{home or core.name}-{lease.job}-{lease.frame}-{lease.attempt}"
         heart = asyncio.create_task(self._heartbeat(home, lease, asyncio.current_task()))
+        cleaned = False
         try:
             result = await self._prepare_and_render(home, lease, work)
             blob = None
             if result.ok:
                 try:
-                    blob = await asyncio.to_thread(core.put_output, result.outputs, work / "out")
+                    # one trip to a thread: the output into the blob store, the work folder gone
+                    blob = await asyncio.to_thread(_store_output, core, result.outputs, work)
+                    cleaned = True
                 except OSError as exc:  # a full disk fails the frame, not the server
                     result = RenderResult(False, result.log, f"cannot store the output: {exc.strerror or exc}", [])
             # the heartbeat goes on during the upload: a long upload must not lose the lease
@@ -253,16 +256,16 @@ class Runner:
         finally:
             if heart is not None:
                 heart.cancel()
-            await asyncio.to_thread(shutil.rmtree, work, True)
+            if not cleaned:
+                await asyncio.to_thread(shutil.rmtree, work, True)
 
     async def _prepare_and_render(self, home: str | None, lease: Lease, work: Path) -> RenderResult:
         core = self.core
         out, deps = work / "out", work / "deps"
         try:
-            await asyncio.to_thread(_make_dirs, out, deps)
             if home is not None:
                 await self.federation.fetch_blob(home, lease.seed_sha256, lease.seed_size)
-            scene = await asyncio.to_thread(core.scene, lease.seed_sha256)
+            scene = await asyncio.to_thread(_prepare, core, out, deps, lease.seed_sha256)
             for dep in lease.depends:
                 if home is not None:
                     await self.federation.fetch_blob(home, dep["sha256"], dep["size"])
@@ -331,6 +334,15 @@ class Runner:
                 log.warning("heartbeat failed; trying again", exc_info=True)
 
 
-def _make_dirs(out: Path, deps: Path) -> None:
+def _prepare(core: Core, out: Path, deps: Path, seed_sha256: str) -> Path:
+    """A frame's work folders, and its scene (extracted again if missing)."""
     out.mkdir(parents=True)
     deps.mkdir()
+    return core.scene(seed_sha256)
+
+
+def _store_output(core: Core, outputs: list[Path], work: Path) -> Blob:
+    """The frame's output into the blob store; then its work folder is removed."""
+    blob = core.put_output(outputs, work / "out")
+    shutil.rmtree(work, True)
+    return blob
