@@ -375,3 +375,63 @@ def test_a_cancel_or_retry_a_stop_interrupted_is_finished_at_start_up(tmp_path, 
     assert s.job(retried)["state"] == "done"
     assert list(s.resume_steps()) == [] and s.conn.execute(
         "SELECT COUNT(*) FROM jobs WHERE pending IS NOT NULL").fetchone()[0] == 0
+
+
+# -- dependency cycles across servers: the frontier of a frame --------------------------------
+
+def test_frontier_walks_unfinished_frames_here_to_other_servers(sched):
+    """The frames of other servers a frame waits for, through this server's unfinished frames:
+    not through done frames, not to dependencies known done; each URL once (a diamond)."""
+    other = add_job(sched, {0: [], 1: [DistrenURL("B", 7, 1)]})
+    job = add_job(sched, {
+        0: [1, 2],                                       # a diamond: 1 and 2 both reach 3
+        1: [3, DistrenURL("B", 7, 0)],
+        2: [3, DistrenURL("me", other, 0)],              # other/0 is ready: nothing behind it
+        3: [DistrenURL("C", 1, 0), DistrenURL("B", 7, 0), DistrenURL("me", other, 1)],
+        4: [DistrenURL("D", 1, 0)],                      # not reached from 0
+        5: [DistrenURL("E", 1, 0)],
+    })
+    urls, complete = sched.frontier(job, 0)
+    assert complete
+    assert sorted(map(str, urls)) == ["distren://B/7/0", "distren://B/7/1", "distren://C/1/0"]
+    # a dependency known done is not followed; a finished frame waits for nothing
+    sched.set_remote_dep("C", 1, 0, "done", OUT)
+    assert sorted(map(str, sched.frontier(job, 3)[0])) == ["distren://B/7/0", "distren://B/7/1"]
+    assert sched.frontier(other, 0) == ([], True)
+    sched.set_remote_dep("E", 1, 0, "failed", error="no")
+    assert states(sched, job)[5] == "failed"
+    assert sched.frontier(job, 5) == ([], True)
+    with pytest.raises(NotFound):
+        sched.frontier(job, 99)
+    with pytest.raises(NotFound):
+        sched.frontier(job + 1, 0)
+
+
+def test_frontier_truncates_and_says_so(sched):
+    """A chain of 10 frames here, each with a dependency on a peer: the walk visits at most
+    `limit` frames (the nearest first) and collects at most `limit` URLs, and says it stopped short."""
+    job = add_job(sched, {f: ([f + 1] if f < 9 else []) + [DistrenURL("B", 1, f)] for f in range(10)})
+    urls, complete = sched.frontier(job, 0)
+    assert complete and len(urls) == 10
+    urls, complete = sched.frontier(job, 0, limit=3)
+    assert not complete
+    assert [str(u) for u in urls] == ["distren://B/1/0", "distren://B/1/1", "distren://B/1/2"]
+    # exactly at the limit: complete
+    urls, complete = sched.frontier(job, 7, limit=3)
+    assert complete and sorted(str(u) for u in urls) == ["distren://B/1/7", "distren://B/1/8", "distren://B/1/9"]
+    # one frame with more dependencies on peers than the limit
+    wide = add_job(sched, {0: [DistrenURL("B", 2, f) for f in range(5)]})
+    urls, complete = sched.frontier(wide, 0, limit=4)
+    assert not complete and len(urls) == 4
+
+
+def test_frontier_reads_a_snapshot_beside_a_writer(sched):
+    """frontier reads on a connection of its own: it works while the scheduler's connection
+    holds a write transaction (WAL), so a thread may run it beside the event loop."""
+    job = add_job(sched, {0: [DistrenURL("B", 1, 0)]})
+    sched.conn.execute("BEGIN IMMEDIATE")
+    try:
+        sched.conn.execute("UPDATE frames SET state='failed' WHERE job_id=?", (job,))
+        assert sched.frontier(job, 0) == ([DistrenURL("B", 1, 0)], True)
+    finally:
+        sched.conn.execute("ROLLBACK")

@@ -949,3 +949,69 @@ class Scheduler:
     def set_cached_bundle(self, job: int, key: str, sha256: str) -> None:
         with self._tx() as c:
             c.execute("UPDATE jobs SET bundle_sha256=?, bundle_key=? WHERE id=?", (sha256, key, job))
+
+    # -- dependency cycles across servers ----------------------------------------------------
+    def frontier(self, job: int, frame: int, limit: int = 2000) -> tuple[list[DistrenURL], bool]:
+        """The frames of other servers that this frame waits for, through this server's own
+        unfinished frames: a walk over the dependencies not done, from the frame, through the
+        frames here that wait (a ready or running frame's dependencies are all done),
+        collecting the dependencies on other servers not known done. At most `limit` frames
+        here are visited, `limit` URLs collected and 100 x `limit` dependency rows read; the
+        bool is False when the walk stopped short (what was found is true; what is missing is
+        unknown). NotFound for a frame that does not exist (or whose job is hidden).
+
+        Read-only, on a connection of its own in one read transaction (a consistent snapshot
+        that blocks no writer): safe in a thread, off the event loop."""
+        path = self.conn.execute("PRAGMA database_list").fetchone()[2]
+        conn = sqlite3.connect(path, timeout=30, isolation_level=None)
+        try:
+            conn.execute("BEGIN")
+            row = conn.execute(
+                "SELECT f.state FROM frames f JOIN jobs j ON j.id=f.job_id WHERE f.job_id=? AND f.frame=?"
+                " AND j.status NOT IN ('intake','deleting')", (job, frame)).fetchone()
+            if row is None:
+                raise NotFound(f"no frame {format_url(self.server, job, frame)}")
+            if row[0] not in UNFINISHED:
+                return [], True
+            rows_left = 100 * limit
+            seen = {(job, frame)}
+            todo = [(job, frame)]   # breadth first: the nearest frames before a truncation
+            found: dict[tuple[str, int, int], None] = {}   # insertion-ordered set
+            complete = True
+            i = 0
+            while i < len(todo):
+                j, f = todo[i]
+                i += 1
+                deps = conn.execute(
+                    "SELECT d.dep_server, d.dep_job, d.dep_frame,"
+                    " CASE WHEN d.dep_server=? THEN fr.state ELSE r.state END"
+                    " FROM deps d"
+                    " LEFT JOIN frames fr ON d.dep_server=? AND fr.job_id=d.dep_job AND fr.frame=d.dep_frame"
+                    " LEFT JOIN remote_deps r ON d.dep_server!=? AND r.server=d.dep_server AND r.job=d.dep_job"
+                    " AND r.frame=d.dep_frame WHERE d.job_id=? AND d.frame=? LIMIT ?",
+                    (self.server, self.server, self.server, j, f, rows_left + 1)).fetchall()
+                if len(deps) > rows_left:
+                    complete = False
+                    deps = deps[:rows_left]
+                rows_left -= len(deps)
+                for server, dj, df, state in deps:
+                    if server == self.server:
+                        # a ready or running frame's dependencies are all done: only waiting
+                        # frames lead further
+                        if state == "waiting" and (dj, df) not in seen:
+                            if len(seen) >= limit:
+                                complete = False
+                                continue
+                            seen.add((dj, df))
+                            todo.append((dj, df))
+                    elif state != "done" and (server, dj, df) not in found:
+                        if len(found) >= limit:
+                            complete = False
+                            continue
+                        found[(server, dj, df)] = None
+                if rows_left <= 0 and i < len(todo):
+                    complete = False
+                    break
+            return [DistrenURL(*k) for k in found], complete
+        finally:
+            conn.close()

@@ -8,6 +8,7 @@
     POST /peer/leases/{job}/{frame}/{attempt}/complete {"sha256", "size", "log"}
     POST /peer/leases/{job}/{frame}/{attempt}/fail     {"log", "error"}
     GET  /peer/blobs/{sha256}                          a seed or output blob (HTTP Range)
+    GET  /peer/frontier/{job}/{frame}                  the frames of other servers it waits for
 """
 
 from __future__ import annotations
@@ -21,9 +22,9 @@ from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 from starlette.requests import ClientDisconnect
 
-from ..errors import BadJob, Conflict, TooLarge, Unauthorized
+from ..errors import BadJob, Conflict, NotFound, TooLarge, Unauthorized
 from ..scheduler import with_depends
-from ..url import MAX_ID
+from ..url import MAX_ID, format_url
 from . import auth
 
 MAX_JSON_BYTES = 4 * 1024 * 1024
@@ -162,6 +163,25 @@ def create_peer_router(get_core: Callable, get_fed: Callable) -> APIRouter:
         state = get_core().scheduler.fail(job, frame, attempt, log, f"{error} (on {peer})",
                                           counts=not interrupted, owner=peer)
         return {"state": state}
+
+    @router.get("/frontier/{job}/{frame}")
+    async def frontier(job: int, frame: int, request: Request):
+        """The frames of other servers that this frame waits for, through this server's
+        unfinished frames (Scheduler.frontier): what a peer chasing a dependency cycle asks."""
+        verify(request)
+        check_ids(job, frame, 0)
+        sched = get_core().scheduler
+        page = sched.frames(job, after=frame - 1, limit=1)   # NotFound for an unknown job
+        if not page or page[0]["frame"] != frame:
+            raise NotFound(f"no frame {format_url(sched.server, job, frame)}")
+
+        def answer() -> bytes:
+            # the walk and the encoding of up to 2,000 URLs run in a thread, off the event loop
+            waits_on, complete = sched.frontier(job, frame)
+            return json.dumps({"state": page[0]["state"], "waits_on": [str(u) for u in waits_on],
+                               "complete": complete}).encode()
+
+        return Response(await asyncio.to_thread(answer), media_type="application/json")
 
     @router.get("/blobs/{sha256}")
     async def blob(sha256: str, request: Request):

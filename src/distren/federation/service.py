@@ -1,19 +1,24 @@
 """Federation at work: this server's slots claim frames from peers when its own queue is empty,
 fetch seeds and dependency outputs by hash (resuming interrupted downloads), heartbeat, upload
-results; it watches frames on peers that its own frames depend on; and it expires the leases it
-granted that were not renewed."""
+results; it watches frames on peers that its own frames depend on, and chases the dependencies
+that keep waiting for a cycle across servers; and it expires the leases it granted that were not
+renewed."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..errors import DistrenError, NotFound
 from ..liveness import RendererView
 from ..scheduler import Lease
 from ..store.blobs import Blob
+from ..url import DistrenURL, parse_url
 from .pacing import Announcer, ClaimPacer, no_work_retry_after
 from .peers import PeerClient, PeerError
 
@@ -43,6 +48,19 @@ WATCH_CONCURRENCY = 8
 # A claim or a hello is a small request: a peer that does not answer it in this time is taken
 # as unreachable for now (a slow or black-holed peer must not hold a render slot).
 CLAIM_TIMEOUT = 3.0
+# Dependency cycles across servers (docs/federation.md, "Dependency cycles"). A dependency that
+# the peer has answered 'waiting' this many times (without another state between) is chased: a walk over the frontiers
+# (Scheduler.frontier) of the frames it waits for, on every server, looking for a way back to it.
+CHASE_AFTER_CHECKS = 3
+# ... and chased again no sooner than this many watch periods later (2 minutes by default).
+CHASE_EVERY_WATCHES = 60
+# Frontiers asked (of peers, or walked here) in one chase of one dependency; a chase of a
+# batch asks each frame's frontier once.
+CHASE_FRONTIERS = 50
+# Dependencies of one peer chased in one batch (the others are due at the next round).
+CHASE_BATCH = 100
+# URLs taken from one frontier answer.
+FRONTIER_LIMIT = 2000
 
 
 class Federation:
@@ -59,6 +77,9 @@ class Federation:
         self._announce_task: asyncio.Task | None = None
         self._probed: dict[str, float] = {}
         self._watching: dict[str, asyncio.Task] = {}
+        # dependency (server, job, frame) -> [checks answered 'waiting' in a row, last chase]
+        self._waits: dict[tuple[str, int, int], list] = {}
+        self._chasing: dict[str, asyncio.Task] = {}   # peer -> its chase batch
 
     # -- background loops ----------------------------------------------------------------
     def start(self) -> None:
@@ -67,7 +88,7 @@ class Federation:
     async def stop(self) -> None:
         if self._announce_task is not None:
             self._tasks.append(self._announce_task)
-        self._tasks += list(self._watching.values())
+        self._tasks += list(self._watching.values()) + list(self._chasing.values())
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -87,8 +108,12 @@ class Federation:
         black-holed) is skipped this round, and one that cannot be reached is asked again only
         after its claim back-off, so no peer delays the checks of another."""
         by_server: dict[str, list[tuple[int, int]]] = {}
-        for server, job, frame in self.core.scheduler.pending_remote_deps():
+        pending = self.core.scheduler.pending_remote_deps()
+        for server, job, frame in pending:
             by_server.setdefault(server, []).append((job, frame))
+        if len(self._waits) > len(pending):
+            keep = set(pending)
+            self._waits = {k: v for k, v in self._waits.items() if k in keep}
         now = time.monotonic()
         started = []
         for server, frames in by_server.items():
@@ -121,6 +146,7 @@ class Federation:
                     log.exception("checking distren://%s/%d/%d failed", server, job, frame)
 
         await asyncio.gather(*(one(j, f) for j, f in frames))
+        self._start_chase(server, frames)
 
     async def check_remote_dep(self, server: str, job: int, frame: int) -> None:
         """Ask the peer about one frame; fetch its output once done."""
@@ -137,12 +163,117 @@ class Federation:
             state = info["state"]
         except (ValueError, KeyError, TypeError):
             raise PeerError(f"peer {server} sent a malformed frame description") from None
+        key = (server, job, frame)
+        if state == "waiting":
+            self._waits.setdefault(key, [0, None])[0] += 1
+        else:
+            self._waits.pop(key, None)
         if state == "done":
             out = info["output"]
             blob = await self.fetch_blob(server, out["sha256"], out["size"])
             self.core.scheduler.set_remote_dep(server, job, frame, "done", blob)
         elif state in ("failed", "cancelled"):
             self.core.scheduler.set_remote_dep(server, job, frame, state, error=info.get("error"))
+
+    # -- dependency cycles ---------------------------------------------------------------
+    def _start_chase(self, server: str, frames: list[tuple[int, int]]) -> asyncio.Task | None:
+        """Chase the dependencies on `server` that are due (waiting at CHASE_AFTER_CHECKS checks,
+        not chased for CHASE_EVERY_WATCHES watch periods), in a task; one at a time per peer."""
+        running = self._chasing.get(server)
+        if running is not None and not running.done():
+            return None
+        now = time.monotonic()
+        every = CHASE_EVERY_WATCHES * self.settings.watch_seconds
+        due = []
+        for job, frame in frames:
+            w = self._waits.get((server, job, frame))
+            if w is not None and w[0] >= CHASE_AFTER_CHECKS and (w[1] is None or now - w[1] >= every):
+                w[1] = now
+                due.append((job, frame))
+                if len(due) >= CHASE_BATCH:
+                    break
+        if not due:
+            return None
+        task = asyncio.create_task(self._chase_batch(server, due), name=f"chase-{server}")
+        self._chasing[server] = task
+        return task
+
+    async def _chase_batch(self, server: str, frames: list[tuple[int, int]]) -> None:
+        memo: dict[DistrenURL, list[DistrenURL] | None] = {}
+        cycles = 0
+        for job, frame in frames:
+            try:
+                cycle = await self.chase(DistrenURL(server, job, frame), memo)
+            except Exception:
+                log.exception("chasing distren://%s/%d/%d failed", server, job, frame)
+                continue
+            if cycle is not None:
+                cycles += 1
+                error = "dependency cycle: " + " → ".join(str(u) for u in cycle)
+                log.warning("distren://%s/%d/%d: %s", server, job, frame, error)
+                self.core.scheduler.set_remote_dep(server, job, frame, "failed", error=error)
+                self._waits.pop((server, job, frame), None)
+        log.info("chased %d dependencies on %s: %d on a cycle (%d frontiers asked)",
+                 len(frames), server, cycles, len(memo))
+
+    async def chase(self, dep: DistrenURL, memo: dict | None = None) -> list[DistrenURL] | None:
+        """Look for a dependency cycle through `dep`, a frame of a peer that frames here wait
+        for: breadth first over frontiers (the frames of other servers a frame waits for), from
+        dep's, asking each frame's server (this server's frames are walked here; frames of
+        servers that are not peers or are down are not expanded), at most CHASE_FRONTIERS of
+        them. Returns the path dep -> ... -> dep when the walk comes back to dep, else None
+        (no cycle found: there may be none, or it lies beyond what was asked).
+
+        Every edge followed is a dependency that exists, so a path back to dep is a real
+        cycle: no frame on it can ever be done (each needs the one before it done first)."""
+        memo = {} if memo is None else memo
+        parent: dict[DistrenURL, DistrenURL | None] = {dep: None}
+        queue = deque([dep])
+        spent = 0
+        while queue and spent < CHASE_FRONTIERS:
+            node = queue.popleft()
+            if node not in memo:
+                spent += 1
+                memo[node] = await self._frontier_of(node)
+            for nxt in memo[node] or ():
+                if nxt == dep:
+                    path = [dep]
+                    at: DistrenURL | None = node
+                    while at is not None:
+                        path.append(at)
+                        at = parent[at]
+                    return path[::-1]
+                if nxt not in parent:
+                    parent[nxt] = node
+                    queue.append(nxt)
+        return None
+
+    async def _frontier_of(self, url: DistrenURL) -> list[DistrenURL] | None:
+        """The frontier of a frame (this server's or a peer's); None when it cannot be known."""
+        if url.server == self.core.name:
+            try:
+                waits_on, _ = await asyncio.to_thread(self.core.scheduler.frontier, url.job, url.frame)
+            except NotFound:
+                return None
+            return waits_on
+        peer = self.peers.peers.get(url.server)
+        if peer is None or peer.down_since is not None:
+            return None
+        try:
+            resp = await self.peers.request(url.server, "GET", f"/api/v1/peer/frontier/{url.job}/{url.frame}")
+        except PeerError as exc:
+            log.info("frontier of %s unknown: %s", url, exc.message)
+            return None
+
+        def parse() -> list[DistrenURL]:
+            # up to FRONTIER_LIMIT URLs: parsed in a thread, off the event loop
+            return [parse_url(u) for u in json.loads(resp.content)["waits_on"][:FRONTIER_LIMIT]]
+
+        try:
+            return await asyncio.to_thread(parse)
+        except (ValueError, KeyError, TypeError, DistrenError):
+            log.warning("peer %s sent a malformed frontier for %s", url.server, url)
+            return None
 
     # -- health --------------------------------------------------------------------------
     def renderer_views(self) -> list[RendererView]:
