@@ -205,3 +205,32 @@ def farm(tmp_path):
     f = Farm(tmp_path)
     yield f
     f.stop()
+
+
+def renders_of(data: Path) -> list[int]:
+    """The sandboxes and POV-Ray processes of the server whose data folder is `data`."""
+    pids = []
+    for p in Path("/proc").iterdir():
+        try:
+            if p.name.isdigit() and (p / "comm").read_text().strip() in ("bwrap", "povray") \
+                    and str(data).encode() in (p / "cmdline").read_bytes():
+                pids.append(int(p.name))
+        except OSError:
+            pass
+    return pids
+
+
+def bundle_images(bundle: Path) -> dict[str, tuple]:
+    """Every image in a bundle tarball: name -> (size, mode, pixels)."""
+    import io
+    import tarfile
+
+    from PIL import Image
+
+    out = {}
+    with tarfile.open(bundle) as t:
+        for m in t.getmembers():
+            if m.isfile():
+                with Image.open(io.BytesIO(t.extractfile(m).read())) as im:
+                    out[m.name] = (im.size, im.mode, im.tobytes())
+    return out

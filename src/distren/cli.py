@@ -27,6 +27,13 @@ def _positive_int(text: str) -> int:
     return int(text)
 
 
+def _chunk_arg(text: str) -> int:
+    value = _positive_int(text)
+    if value > 1000:
+        raise argparse.ArgumentTypeError(f"expected a chunk of 1 to 1000 frames, got {text}")
+    return value
+
+
 def _positive_float(text: str) -> float:
     try:
         value = float(text)
@@ -62,6 +69,9 @@ def _add_pack_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--priority", type=int, default=0, help="job priority, -1000..1000, higher first (default 0)")
     p.add_argument("--timeout", type=_positive_int,
                    help="seconds one frame may render (up to 604800; default: the server's --frame-timeout)")
+    p.add_argument("--chunk", type=_chunk_arg,
+                   help="frames one renderer process renders, 1-1000 (default: chosen by each server from the "
+                        "measured time per frame)")
     p.add_argument("--video", action="store_true", help="add a frame that encodes the frames into a video (ffmpeg)")
     p.add_argument("--fps", help="video frames per second (default 24)")
     p.add_argument("--codec", choices=("h264", "h265", "vp9"), help="video codec (default h264, in MP4)")
@@ -215,7 +225,7 @@ def _pack(args, out: Path | None):
     elif args.fps or args.codec or args.crf:
         raise DistrenError("--fps, --codec and --crf go with --video")
     common = dict(frames=args.frames, width=args.width, height=args.height, name=args.name,
-                  priority=args.priority, video=video, timeout=args.timeout)
+                  priority=args.priority, video=video, timeout=args.timeout, chunk=args.chunk)
     if args.source.suffix.lower() == ".blend":
         if args.antialias is not None or args.radiosity_prepass:
             raise DistrenError("--antialias and --radiosity-prepass are POV-Ray options")

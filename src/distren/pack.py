@@ -324,6 +324,7 @@ def pack_povray(
     video: dict[str, str] | None = None,
     radiosity_prepass: bool = False,
     timeout: int | None = None,
+    chunk: int | None = None,
 ) -> PackResult:
     """Write a job package for a POV-Ray scene and return what was written.
 
@@ -404,7 +405,8 @@ def pack_povray(
 
     job_name = name if name is not None else PurePosixPath(final.scene).stem
     spec = JobSpec(name=job_name, backend="povray", settings=settings,
-                   frames=[FrameSpec(i) for i in frame_ids], priority=priority, timeout=timeout)
+                   frames=[FrameSpec(i) for i in frame_ids], priority=priority, timeout=timeout,
+                   chunk=chunk)
     try:
         if radiosity_prepass:
             add_radiosity_prepass(spec)

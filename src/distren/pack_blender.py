@@ -306,6 +306,7 @@ def pack_blender(
     priority: int = 0,
     video: dict[str, str] | None = None,
     timeout: int | None = None,
+    chunk: int | None = None,
 ) -> PackResult:
     """Write a job package for a .blend and return what was written. `video` (ffmpeg
     settings, {} for the defaults) adds an encode frame after the last frame.
@@ -381,7 +382,8 @@ def pack_blender(
 
     job_name = name if name is not None else PurePosixPath(blend).stem
     spec = JobSpec(name=job_name, backend="blender", settings=settings,
-                   frames=[FrameSpec(i) for i in frame_ids], priority=priority, timeout=timeout)
+                   frames=[FrameSpec(i) for i in frame_ids], priority=priority, timeout=timeout,
+                   chunk=chunk)
     warnings += [w for w in _check_as_the_server_will(settings, frame_ids, files, root) if w not in warnings]
     target = write_job(spec, root, files, out, PurePosixPath(blend).stem, video)
     return PackResult(path=target, spec=spec, files=files, warnings=warnings)

@@ -170,9 +170,9 @@ class Scheduler:
         with self._tx() as c:
             c.execute(
                 "UPDATE jobs SET name=?, backend=?, priority=?, settings=?, seed_sha256=?,"
-                " seed_size=?, timeout=? WHERE id=? AND status='intake'",
+                " seed_size=?, timeout=?, chunk=? WHERE id=? AND status='intake'",
                 (spec.name, spec.backend, spec.priority, json.dumps(spec.backends()), seed.sha256, seed.size,
-                 spec.timeout, job),
+                 spec.timeout, spec.chunk, job),
             )
         batch: list = []
         rows = 0
@@ -355,30 +355,67 @@ class Scheduler:
                     break
             if row is None:
                 return None
-            job, frame, attempt = row[0], row[1], row[2] + 1
-            expires = now + lease_seconds if lease_seconds else None
-            c.execute(
-                "UPDATE frames SET state='running', attempts=?, lease_owner=?, lease_expires=?,"
-                " started=COALESCE(started, ?), error=NULL, upload_sha256=NULL, upload_size=NULL"
-                " WHERE job_id=? AND frame=?",
-                (attempt, owner, expires, now, job, frame),
-            )
-            c.execute(
-                "INSERT INTO attempts(job_id, frame, attempt, renderer, started) VALUES (?,?,?,?,?)",
-                (job, frame, attempt, owner, now),
-            )
-            jrow = c.execute(
-                "SELECT settings, seed_sha256, seed_size, timeout FROM jobs WHERE id=?", (job,)
-            ).fetchone()
-            many = len(c.execute("SELECT 1 FROM deps WHERE job_id=? AND frame=? LIMIT ?",
-                                 (job, frame, INLINE_DEPENDS + 1)).fetchall()) > INLINE_DEPENDS
-            deps = None if many else self._depends(c, job, frame)
+            return self._lease(c, row[0], row[1], row[2] + 1, row["backend"], owner, lease_seconds, now)
+
+    def _lease(self, c: sqlite3.Connection, job: int, frame: int, attempt: int, backend: str, owner: str,
+               lease_seconds: float | None, now: float) -> Lease:
+        """Lease a ready frame (inside the caller's transaction)."""
+        expires = now + lease_seconds if lease_seconds else None
+        c.execute(
+            "UPDATE frames SET state='running', attempts=?, lease_owner=?, lease_expires=?,"
+            " started=COALESCE(started, ?), error=NULL, upload_sha256=NULL, upload_size=NULL"
+            " WHERE job_id=? AND frame=?",
+            (attempt, owner, expires, now, job, frame),
+        )
+        c.execute(
+            "INSERT INTO attempts(job_id, frame, attempt, renderer, started) VALUES (?,?,?,?,?)",
+            (job, frame, attempt, owner, now),
+        )
+        jrow = c.execute(
+            "SELECT settings, seed_sha256, seed_size, timeout FROM jobs WHERE id=?", (job,)
+        ).fetchone()
+        many = len(c.execute("SELECT 1 FROM deps WHERE job_id=? AND frame=? LIMIT ?",
+                             (job, frame, INLINE_DEPENDS + 1)).fetchall()) > INLINE_DEPENDS
+        deps = None if many else self._depends(c, job, frame)
         return Lease(
-            job=job, frame=frame, attempt=attempt, backend=row["backend"],
-            settings=json.loads(jrow["settings"])[row["backend"]], seed_sha256=jrow["seed_sha256"],
+            job=job, frame=frame, attempt=attempt, backend=backend,
+            settings=json.loads(jrow["settings"])[backend], seed_sha256=jrow["seed_sha256"],
             seed_size=jrow["seed_size"], depends=deps, expires=expires, owner=owner,
             lease_seconds=lease_seconds, timeout=jrow["timeout"],
         )
+
+    def chunk_request(self, job: int) -> tuple[int | None, int]:
+        """The job's own chunk size (<chunk>, or None) and its count of ready frames."""
+        row = self.conn.execute("SELECT chunk, n_ready FROM jobs WHERE id=?", (job,)).fetchone()
+        return (None, 0) if row is None else (row[0], row[1])
+
+    def claim_more(self, first: Lease, limit: int) -> list[Lease]:
+        """Up to `limit` more frames for the renderer that holds `first`, to render with it as
+        one chunk (one renderer process): the frame ids right after it, consecutive, of the same
+        job and backend, ready, never failed, and not kept from this renderer (retry elsewhere).
+        Each gets its own attempt number and lease: fencing, heartbeats and results stay per
+        frame. A frame that has failed before (the first one too) renders alone. One index
+        range of at most `limit` rows: the cost does not grow with the job."""
+        if limit <= 0:
+            return []
+        now = self.clock()
+        out: list[Lease] = []
+        with self._tx() as c:
+            row = c.execute("SELECT failures, state, attempts, lease_owner FROM frames WHERE job_id=? AND frame=?",
+                            (first.job, first.frame)).fetchone()
+            if row is None or row[0] or (row[1], row[2], row[3]) != ("running", first.attempt, first.owner):
+                return []
+            rows = c.execute(
+                "SELECT frame, attempts FROM frames WHERE job_id=? AND state='ready' AND backend=?"
+                " AND frame > ? AND frame <= ? AND failures=0"
+                " AND (avoid IS NULL OR avoid != ? OR avoid_until <= ?) ORDER BY frame",
+                (first.job, first.backend, first.frame, first.frame + limit, first.owner, now)).fetchall()
+            for n, r in enumerate(rows):
+                if r[0] != first.frame + 1 + n:
+                    break  # consecutive frames only (one renderer run renders a range)
+                out.append(self._lease(c, first.job, r[0], r[1] + 1, first.backend, first.owner,
+                                       first.lease_seconds, now))
+        return out
 
     def _depends(self, c: sqlite3.Connection, job: int, frame: int) -> tuple[dict, ...]:
         return tuple({"url": format_url(r[0], r[1], r[2]), "sha256": r["sha256"], "size": r["size"]}
@@ -801,6 +838,7 @@ class Scheduler:
             "backends": list(json.loads(row["settings"])),
             "priority": row["priority"],
             "timeout": row["timeout"],
+            "chunk": row["chunk"],
             "state": state,
             "frames": counts,
             "total_frames": sum(counts.values()),

@@ -5,29 +5,15 @@ renderer outlives the server."""
 
 from __future__ import annotations
 
-import io
 import os
 import signal
-import tarfile
 import time
 from pathlib import Path
 
 import pytest
 
-from conftest import ServerProcess, make_scene, run_cli
+from conftest import ServerProcess, bundle_images as images, make_scene, renders_of, run_cli
 from distren.errors import DistrenError
-
-
-def images(bundle: Path) -> dict[str, tuple]:
-    from PIL import Image
-
-    out = {}
-    with tarfile.open(bundle) as t:
-        for m in t.getmembers():
-            if m.isfile():
-                with Image.open(io.BytesIO(t.extractfile(m).read())) as im:
-                    out[m.name] = (im.size, im.mode, im.tobytes())
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -57,18 +43,6 @@ def killed(s: ServerProcess, timeout: float = 60) -> None:
     """Wait for the server to die by its failpoint (SIGKILL)."""
     assert s.proc.wait(timeout=timeout) == -signal.SIGKILL
     s._logf.close()
-
-
-def renders_of(data: Path) -> list[int]:
-    pids = []
-    for p in Path("/proc").iterdir():
-        try:
-            if p.name.isdigit() and (p / "comm").read_text().strip() in ("bwrap", "povray") \
-                    and str(data).encode() in (p / "cmdline").read_bytes():
-                pids.append(int(p.name))
-        except OSError:
-            pass
-    return pids
 
 
 def restart_and_finish(tmp_path: Path, data: Path, url: str | None, package: Path) -> tuple[ServerProcess, dict]:

@@ -4,6 +4,11 @@ A backend knows one renderer. `Backend.render` (the template method) owns the sa
 timeout, the log and the collection of outputs; a backend supplies only `check` (are this
 job's settings acceptable), `command` (the renderer's argv for one frame) and, when it wants,
 `outputs` (which produced files are the frame's output).
+
+Chunks: a backend whose renderer can render a range of frames in one process says so with
+`chunkable`, makes `command` render `task.chunk` (consecutive frame ids) when it holds more than
+one, and tells with `frame_outputs` which of the outputs are one frame's; `render_chunk` (a
+template method too) gives each frame its own verdict.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import re
 import shutil
 import signal
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterable
 
@@ -40,6 +45,11 @@ class FrameTask:
     home: str = ""                    # the job's server
     job: int = 0
     depends: tuple[str, ...] = ()     # dependency frame URLs, in order
+    frames: tuple[int, ...] = ()      # a chunk: consecutive frame ids, `frame` first; () = (frame,)
+
+    @property
+    def chunk(self) -> tuple[int, ...]:
+        return self.frames or (self.frame,)
 
     def dep_dir(self, url: str) -> Path:
         """Where a dependency's output files are on the host (see sandbox_path)."""
@@ -65,6 +75,8 @@ class RenderResult:
     log: str
     error: str | None
     outputs: list[Path]
+    counts: bool = True   # a failure that counts against the frame (False: it never really ran)
+    alone: bool = False   # render this job's frames one by one from now on
 
 
 class Backend:
@@ -102,6 +114,14 @@ class Backend:
         """A reason to refuse outputs that the renderer made without complaint, or None."""
         return None
 
+    def chunkable(self, settings: dict[str, str]) -> bool:
+        """Whether frames of a job with these settings may render several in one process."""
+        return False
+
+    def frame_outputs(self, task: FrameTask, frame: int, outputs: list[Path]) -> list[Path]:
+        """Which of a chunk's outputs are `frame`'s (only called when `chunkable`)."""
+        raise NotImplementedError
+
     def _argv(self, task: FrameTask) -> list[str]:
         """prepare() and command(): file checks and scene parsing, so off the event loop."""
         self.prepare(task)
@@ -125,6 +145,71 @@ class Backend:
         outputs = self.outputs(task.out)
         if not outputs:
             return RenderResult(False, log, f"{self.name} wrote no output file", [])
+        return await self._judge(task, log, outputs)
+
+
+    async def render_chunk(self, task: FrameTask) -> dict[int, RenderResult]:
+        """Render the frames `task.chunk` in one renderer process (timeout: `task.timeout` for
+        the whole chunk), then judge each frame on its own outputs. When the process ended
+        well, a frame with outputs is done and one without fails. When it failed or timed out,
+        the frames before the last one that has outputs are done; that one may be half-written
+        and renders again (not a failure of it); the next frame is where the renderer stopped:
+        it fails with the process's error (a counted failure); the frames after it never ran
+        (their failure does not count). Outputs that
+        cannot be told apart by frame fail every frame uncounted, and the job's frames render
+        alone from then on. Never raises for renderer faults."""
+        frames = task.chunk
+        try:
+            argv = await asyncio.to_thread(self._argv, task)
+        except DistrenError as exc:
+            return self._all_failed(frames, "", exc.message)
+        except Exception as exc:
+            return self._all_failed(frames, "", f"cannot start the renderer: {exc}")
+        rc, log, timed_out = await run_process(argv, task.timeout, task.limits)
+        outputs = self.outputs(task.out)
+        try:
+            split = {f: self.frame_outputs(task, f, outputs) for f in frames}
+        except Exception as exc:
+            split, why = None, str(exc)
+        else:
+            owned = [p for files in split.values() for p in files]
+            why = None if len(owned) == len(set(owned)) and set(owned) == set(outputs) else \
+                f"{len(set(outputs) - set(owned))} file(s) belong to no frame, or to several"
+        if split is None:
+            return {f: RenderResult(False, log, f"the chunk's outputs cannot be told apart by frame ({why}); "
+                                    "its frames render one by one", [], counts=False, alone=True) for f in frames}
+        error = None
+        trusted = len(frames)
+        if timed_out or rc != 0:
+            error = f"timed out after {task.timeout:g} s" if timed_out else f"{self.name} failed ({exit_reason(rc)})"
+            with_output = [i for i, f in enumerate(frames) if split[f]]
+            trusted = with_output[-1] if with_output else 0
+        results: dict[int, RenderResult] = {}
+        stopped_at = None
+        for i, f in enumerate(frames):
+            files = split[f]
+            if error is None or i < trusted:
+                results[f] = await self._judge(replace(task, frame=f, frames=()), log, files) if files else \
+                    RenderResult(False, log, f"{self.name} wrote no output for frame {f}", [])
+            elif i == trusted and files and i < len(frames) - 1:
+                results[f] = RenderResult(False, log, f"{error} after this frame, whose output may be incomplete;"
+                                          " it renders again", [], counts=False)
+            elif stopped_at is None:
+                stopped_at = f
+                results[f] = RenderResult(False, log, f"{error} (in a chunk of frames {frames[0]}-{frames[-1]})", [])
+            else:
+                results[f] = RenderResult(False, log, f"not rendered: its chunk stopped at frame {stopped_at}",
+                                          [], counts=False)
+        return results
+
+    @staticmethod
+    def _all_failed(frames: tuple[int, ...], log: str, error: str) -> dict[int, RenderResult]:
+        """A chunk that never started: the first frame counts the failure, the others do not
+        (they render again, alone or in another chunk, and get their own verdict)."""
+        return {f: RenderResult(False, log, error, [], counts=i == 0) for i, f in enumerate(frames)}
+
+    async def _judge(self, task: FrameTask, log: str, outputs: list[Path]) -> RenderResult:
+        """One frame's outputs: the output limit, then the backend's own check."""
         total = sum(p.stat().st_size for p in outputs)
         if task.limits is not None and task.limits.output_bytes is not None and total > task.limits.output_bytes:
             return RenderResult(False, log, f"the outputs total {total} bytes; the limit is {task.limits.output_bytes}", [])

@@ -204,10 +204,17 @@ def render_code(p: BlenderPlan, threads: int = 1) -> str:
     return "\n".join(lines) + "\n"
 
 
-def frame_argv(p: BlenderPlan, frame: int, threads: int, executable: str = "blender") -> list[str]:
-    """Blender's argv (paths inside the sandbox) rendering `frame` of plan `p`."""
-    if not isinstance(frame, int) or not 0 <= frame <= MAX_FRAME:
-        raise ValueError(f"frame {frame!r} is outside Blender's frame range 0-{MAX_FRAME}")
+def frame_argv(p: BlenderPlan, frame: int, threads: int, executable: str = "blender",
+               last: int | None = None) -> list[str]:
+    """Blender's argv (paths inside the sandbox) rendering `frame` of plan `p` (through frame
+    `last` when given: a chunk, `-s A -e B -j 1 -a`, every frame of the range whatever the
+    .blend's frame step)."""
+    last = frame if last is None else last
+    for value in (frame, last):
+        if not isinstance(value, int) or not 0 <= value <= MAX_FRAME:
+            raise ValueError(f"frame {value!r} is outside Blender's frame range 0-{MAX_FRAME}")
+    if last < frame:
+        raise ValueError(f"frames {frame}-{last} are not a range")
     argv = [executable, "-b", "-noaudio", "--factory-startup", f"{JOB_DIR}/{p.blend}", "--disable-autoexec"]
     if p.engine is not None:
         argv += ["-E", p.engine]
@@ -218,8 +225,11 @@ def frame_argv(p: BlenderPlan, frame: int, threads: int, executable: str = "blen
         "--python-expr", render_code(p, threads),
         "-o", f"{OUT_DIR}/{p.output_stem}_######",
         "-F", p.format,
-        "-f", str(frame),
     ]
+    if last == frame:
+        argv += ["-f", str(frame)]
+    else:
+        argv += ["-s", str(frame), "-e", str(last), "-j", "1", "-a"]
     return argv
 
 
@@ -246,7 +256,28 @@ class BlenderBackend(Backend):
         return warnings
 
     def command(self, task: FrameTask) -> list[str]:
-        return frame_argv(plan(task.settings, task.scene), task.frame, task.threads, self.executable)
+        return frame_argv(plan(task.settings, task.scene), task.frame, task.threads, self.executable,
+                          last=task.chunk[-1])
+
+    def chunkable(self, settings: dict[str, str]) -> bool:
+        return True
+
+    def frame_outputs(self, task: FrameTask, frame: int, outputs: list[Path]) -> list[Path]:
+        """The frame's image(s) `<stem>_<frame:06d>[_<view>].<ext>` in the output folder, and
+        the compositor File Output images in its subfolders whose last number is the frame."""
+        p = plan(task.settings, task.scene)
+        prefix = f"{p.output_stem}_{frame:06d}"
+        mine = []
+        for path in outputs:
+            if path.parent == task.out:
+                rest = path.name[len(prefix):]
+                if path.name.startswith(prefix) and rest[:1] in (".", "_"):
+                    mine.append(path)
+            else:
+                numbers = re.findall(r"\d+", path.name)
+                if numbers and int(numbers[-1]) == frame:
+                    mine.append(path)
+        return mine
 
     def verify(self, task: FrameTask, outputs: list[Path]) -> str | None:
         """The frame's own image must be among the outputs (`<stem>_<frame>.<ext>`, or one file

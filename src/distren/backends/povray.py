@@ -74,13 +74,27 @@ class PovrayBackend(Backend):
         rest, prepass = _split(task.settings)
         plan = povray_ini.plan(rest, task.scene)
         stem = PurePosixPath(plan.scene).stem
-        args = [self.executable, *povray_ini.frame_args(plan, task.frame, f"{OUT_DIR}/{stem}", threads=task.threads)]
+        args = [self.executable, *povray_ini.frame_args(plan, task.frame, f"{OUT_DIR}/{stem}", threads=task.threads,
+                                                        last=task.chunk[-1])]
         if prepass == task.frame:
             args += [f"Radiosity_File_Name={OUT_DIR}/{RAD_FILE}", "Radiosity_To_File=on"]
         elif prepass is not None:
             rad = task.sandbox_path(self._prepass_dir(task, prepass) / RAD_FILE)
             args += [f"Radiosity_File_Name={rad}", "Radiosity_From_File=on"]
         return args
+
+    def chunkable(self, settings: dict[str, str]) -> bool:
+        """An animation renders a range of frames in one run (`+SFa +EFb`), computing each
+        frame's clock exactly as for one frame; not with a radiosity pre-pass (its frames
+        differ in their arguments)."""
+        return _split(settings)[1] is None
+
+    def frame_outputs(self, task: FrameTask, frame: int, outputs: list[Path]) -> list[Path]:
+        rest, _ = _split(task.settings)
+        plan = povray_ini.plan(rest, task.scene)
+        stem = PurePosixPath(plan.scene).stem
+        name = PurePosixPath(povray_ini.output_file(plan, frame, stem)).name
+        return [p for p in outputs if p.parent == task.out and p.name == name]
 
     def verify(self, task: FrameTask, outputs: list[Path]) -> str | None:
         _, prepass = _split(task.settings)

@@ -1000,14 +1000,20 @@ def _checked_option(key: str, value: str) -> str:
     return f"{key}={value}"
 
 
-def frame_args(plan: PovrayPlan, frame: int, output_prefix: str, threads: int | None = None) -> list[str]:
+def frame_args(plan: PovrayPlan, frame: int, output_prefix: str, threads: int | None = None,
+               last: int | None = None) -> list[str]:
     """The argv after `povray` that renders `frame` as `povray scene.ini +SF<frame> +EF<frame>`
-    would, writing `<output_prefix><frame>.<ext>` (see output_file). POV-Ray must run with the
-    job folder as its working directory. Every option is re-checked here."""
-    if isinstance(frame, bool) or not isinstance(frame, int):
-        raise BadSettings(f"frame must be an int, not {type(frame).__name__}")
+    would (through frame `last` when given: a chunk), writing `<output_prefix><frame>.<ext>` (see
+    output_file) for each. POV-Ray must run with the job folder as its working directory. Every
+    option is re-checked here."""
+    last = frame if last is None else last
+    for value in (frame, last):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise BadSettings(f"frame must be an int, not {type(value).__name__}")
+    if last < frame or (last != frame and not plan.animated):
+        raise BadSettings(f"frames {frame}-{last} are not a range of the animation")
     if plan.animated:
-        check_frames(plan, [frame])
+        check_frames(plan, [frame, last])
     args = [_checked_option(key, value) for key, value in plan.options.items()]
     for declare in plan.declares:
         try:
@@ -1026,7 +1032,7 @@ def frame_args(plan: PovrayPlan, frame: int, output_prefix: str, threads: int | 
         "Pause_When_Done=off",
     ]
     if plan.animated:
-        args += [f"Subset_Start_Frame={frame}", f"Subset_End_Frame={frame}"]
+        args += [f"Subset_Start_Frame={frame}", f"Subset_End_Frame={last}"]
     if threads is not None:
         if isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= 512:
             raise BadSettings(f"threads must be an int from 1 to 512, not {threads!r}")

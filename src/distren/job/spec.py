@@ -63,6 +63,7 @@ class JobSpec:
     priority: int = 0
     extra_backends: dict[str, dict[str, str]] = field(default_factory=dict)
     timeout: int | None = None   # seconds per render; None: the server's default
+    chunk: int | None = None     # frames per renderer process; None: chosen by the renderer server
 
     def __reduce__(self):
         """A compact pickle (the intake worker sends the checked spec to the server): frame ids
@@ -81,7 +82,7 @@ class JobSpec:
                     groups.setdefault((d.server, d.job), array("q")).append(d.frame)
                 deps.append((i, [(srv, job, arr.tobytes()) for (srv, job), arr in groups.items()]))
         return (_unpack_spec, (self.name, self.backend, self.settings, self.priority, self.extra_backends,
-                               self.timeout, ids.tobytes(), backends, which, deps))
+                               self.timeout, ids.tobytes(), backends, which, deps, self.chunk))
 
     def frame_ids(self) -> list[int]:
         return [f.id for f in self.frames]
@@ -104,6 +105,8 @@ class JobSpec:
             etree.SubElement(root, "priority").text = str(self.priority)
         if self.timeout:
             etree.SubElement(root, "timeout").text = str(self.timeout)
+        if self.chunk:
+            etree.SubElement(root, "chunk").text = str(self.chunk)
         for name, settings in self.backends().items():
             backend = etree.SubElement(root, "backend", name=name)
             for key, value in settings.items():
@@ -162,7 +165,8 @@ class JobSpec:
         return etree.tostring(root, xml_declaration=True, encoding="UTF-8", pretty_print=True)
 
 
-def _unpack_spec(name, backend, settings, priority, extra_backends, timeout, ids, backends, which, deps) -> JobSpec:
+def _unpack_spec(name, backend, settings, priority, extra_backends, timeout, ids, backends, which, deps,
+                 chunk=None) -> JobSpec:
     frame_ids = array("q")
     frame_ids.frombytes(ids)
     frames = [FrameSpec(i, [], backends[which[n] - 1] if which and which[n] else None)
@@ -173,7 +177,7 @@ def _unpack_spec(name, backend, settings, priority, extra_backends, timeout, ids
             numbers = array("q")
             numbers.frombytes(packed)
             out.extend(DistrenURL(server, job, f) for f in numbers)
-    return JobSpec(name, backend, settings, frames, priority, extra_backends, timeout)
+    return JobSpec(name, backend, settings, frames, priority, extra_backends, timeout, chunk)
 
 
 @lru_cache(maxsize=1)
@@ -238,6 +242,7 @@ def parse_job_xml(
     name = root.findtext("name") or ""
     priority = int(root.findtext("priority") or 0)
     timeout = int(root.findtext("timeout")) if root.find("timeout") is not None else None
+    chunk = int(root.findtext("chunk")) if root.find("chunk") is not None else None
     backends: dict[str, dict[str, str]] = {}
     for backend_el in root.findall("backend"):
         name_ = backend_el.get("name")
@@ -305,7 +310,7 @@ def parse_job_xml(
         seen.add(frame.id)
     extra = {k: v for k, v in backends.items() if k != backend}
     spec = JobSpec(name=name, backend=backend, settings=settings, frames=frames, priority=priority,
-                   extra_backends=extra, timeout=timeout)
+                   extra_backends=extra, timeout=timeout, chunk=chunk)
     check_same_job_deps(spec, server, job)
     return spec
 

@@ -14,7 +14,8 @@ import time
 from pathlib import Path
 
 from .. import failpoints
-from ..backends.base import FrameTask, RenderResult
+from ..backends.base import Backend, FrameTask, RenderResult
+from ..chunks import FrameTimes, chunk_size
 from ..errors import Conflict, DistrenError
 from ..liveness import FarmView, Liveness, RendererView
 from ..scheduler import Lease, with_depends
@@ -38,6 +39,7 @@ class Runner:
         self.federation = federation
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
+        self.frame_times = FrameTimes()
         self._renders: dict[tuple[str, int, int, int], asyncio.Task] = {}
         self.liveness = Liveness(core.scheduler, core.config.remote_dep_timeout)
         self.loop_lag_ms = {"last": 0.0, "max": 0.0}
@@ -187,23 +189,48 @@ class Runner:
         home, lease = got
         if home is not None:
             self._wake.set()  # a peer has work: the other idle slots ask it too, now
-        key = (home or self.core.name, lease.job, lease.frame, lease.attempt)
-        render = asyncio.create_task(self._render(home, lease))
-        self._renders[key] = render
+        leases = [lease]
+        if home is None:
+            try:
+                leases += await self._chunk(lease)
+            except Exception:  # a chunk is an optimisation: the first frame renders anyway
+                log.exception("could not lease a chunk; rendering one frame")
+        keys = [(home or self.core.name, one.job, one.frame, one.attempt) for one in leases]
+        render = asyncio.create_task(self._render(home, leases))
+        for key in keys:
+            self._renders[key] = render
         try:
             await asyncio.wait({render})
         except asyncio.CancelledError:
             render.cancel()
             await asyncio.gather(render, return_exceptions=True)
-            await self._interrupted(home, lease)
+            for one in leases:
+                await self._interrupted(home, one)
             raise
         finally:
-            self._renders.pop(key, None)
+            for key in keys:
+                self._renders.pop(key, None)
         if not render.cancelled() and render.exception() is not None:
             exc = render.exception()
-            log.error("render of %s failed unexpectedly: %r", key, exc)
+            log.error("render of %s failed unexpectedly: %r", keys, exc)
             if home is None:
-                await self._local_failure(lease, "", f"internal error: {exc}")
+                for one in leases:
+                    await self._local_failure(one, "", f"internal error: {exc}")
+
+    async def _chunk(self, lease: Lease) -> list[Lease]:
+        """More frames to render with `lease` in the same renderer process (chunks.py says how
+        many): this server's own frames only."""
+        core = self.core
+        backend = core.backends.get(lease.backend)
+        key = (core.name, lease.job)
+        if backend is None or key in self.frame_times.alone or not backend.chunkable(lease.settings):
+            return []
+        requested, ready = core.scheduler.chunk_request(lease.job)
+        size = chunk_size(requested=requested, chunkable=True, seconds_per_frame=self.frame_times.get(key),
+                          ready=ready + 1, slots=self.slots)
+        if size <= 1:
+            return []
+        return [await with_depends(core.scheduler, more) for more in core.scheduler.claim_more(lease, size - 1)]
 
     async def _interrupted(self, home: str | None, lease: Lease) -> None:
         """This server is stopping: give the frame back at once (not a failure of the frame)."""
@@ -236,53 +263,76 @@ class Runner:
                 await asyncio.sleep(delay)
                 delay *= 2
 
-    async def _render(self, home: str | None, lease: Lease) -> None:
+    async def _render(self, home: str | None, leases: list[Lease]) -> None:
+        """Render one frame, or a chunk of consecutive frames of one job in one renderer
+        process; store each done frame's output and report each frame on its own."""
         core = self.core
-        work = core.work_dir / f"{home or core.name}-{lease.job}-{lease.frame}-{lease.attempt}"
-        heart = asyncio.create_task(self._heartbeat(home, lease, asyncio.current_task()))
+        first = leases[0]
+        job_key = (home or core.name, first.job)
+        work = core.work_dir / f"{home or core.name}-{first.job}-{first.frame}-{first.attempt}"
+        heart = asyncio.create_task(self._heartbeat(home, leases, asyncio.current_task()))
         cleaned = False
         try:
-            result = await self._prepare_and_render(home, lease, work)
-            blob = None
-            if result.ok:
+            started = time.monotonic()
+            results = await self._prepare_and_render(home, leases, work)
+            if all(r.ok for r in results.values()):
+                self.frame_times.add(job_key, time.monotonic() - started, len(leases))
+            if any(r.alone for r in results.values()):
+                self.frame_times.render_alone(job_key)
+            good = [one.frame for one in leases if results[one.frame].ok]
+            blobs: dict[int, Blob] = {}
+            if good:
                 try:
-                    # one trip to a thread: the output into the blob store, the work folder gone
-                    blob = await asyncio.to_thread(_store_output, core, result.outputs, work)
-                    cleaned = True
-                except OSError as exc:  # a full disk fails the frame, not the server
-                    result = RenderResult(False, result.log, f"cannot store the output: {exc.strerror or exc}", [])
-            # the heartbeat goes on during the upload: a long upload must not lose the lease
-            await self._report(home, lease, result, blob)
+                    # one trip to a thread: the outputs into the blob store, the work folder gone
+                    stored = await asyncio.to_thread(_store_outputs, core, [results[f].outputs for f in good], work)
+                    blobs, cleaned = dict(zip(good, stored)), True
+                except OSError as exc:  # a full disk fails the frames, not the server
+                    for f in good:
+                        results[f] = RenderResult(False, results[f].log,
+                                                  f"cannot store the output: {exc.strerror or exc}", [])
+            # the heartbeat goes on during the uploads: a long upload must not lose the lease
+            for one in leases:
+                await self._report(home, one, results[one.frame], blobs.get(one.frame))
         finally:
             if heart is not None:
                 heart.cancel()
             if not cleaned:
                 await asyncio.to_thread(shutil.rmtree, work, True)
 
-    async def _prepare_and_render(self, home: str | None, lease: Lease, work: Path) -> RenderResult:
+    async def _prepare_and_render(self, home: str | None, leases: list[Lease], work: Path) -> dict[int, RenderResult]:
         core = self.core
+        first = leases[0]
+        frames = tuple(one.frame for one in leases)
         out, deps = work / "out", work / "deps"
+        depends: dict[str, dict] = {}
+        for one in leases:
+            for dep in one.depends:
+                depends.setdefault(dep["url"], dep)
         try:
             if home is not None:
-                await self.federation.fetch_blob(home, lease.seed_sha256, lease.seed_size)
-            scene = await asyncio.to_thread(_prepare, core, out, deps, lease.seed_sha256)
-            for dep in lease.depends:
+                await self.federation.fetch_blob(home, first.seed_sha256, first.seed_size)
+            scene = await asyncio.to_thread(_prepare, core, out, deps, first.seed_sha256)
+            for dep in depends.values():
                 if home is not None:
                     await self.federation.fetch_blob(home, dep["sha256"], dep["size"])
                 url = parse_url(dep["url"])
                 dest = deps / url.server / str(url.job) / str(url.frame)
                 await asyncio.to_thread(core.extract_output, Blob(dep["sha256"], dep["size"]), dest)
-        except DistrenError as exc:
-            return RenderResult(False, "", f"cannot prepare the frame: {exc.message}", [])
-        except OSError as exc:
-            return RenderResult(False, "", f"cannot prepare the frame: {exc}", [])
+        except (DistrenError, OSError) as exc:
+            why = exc.message if isinstance(exc, DistrenError) else str(exc)
+            return Backend._all_failed(frames, "", f"cannot prepare the frame: {why}")
+        timeout = first.timeout or core.config.frame_timeout
         task = FrameTask(
-            settings=lease.settings, scene=scene, frame=lease.frame,
-            out=out, deps=deps, timeout=lease.timeout or core.config.frame_timeout, threads=core.config.threads(),
-            limits=core.config.render_limits(lease.timeout),
-            home=home or core.name, job=lease.job, depends=tuple(d["url"] for d in lease.depends),
+            settings=first.settings, scene=scene, frame=first.frame,
+            out=out, deps=deps, timeout=timeout * len(frames), threads=core.config.threads(),
+            limits=core.config.render_limits(first.timeout),
+            home=home or core.name, job=first.job, depends=tuple(depends),
+            frames=frames if len(frames) > 1 else (),
         )
-        return await core.backends[lease.backend].render(task)
+        backend = core.backends[first.backend]
+        if len(frames) == 1:
+            return {first.frame: await backend.render(task)}
+        return await backend.render_chunk(task)
 
     async def _report(self, home: str | None, lease: Lease, result: RenderResult, blob: Blob | None) -> None:
         core = self.core
@@ -294,7 +344,7 @@ class Runner:
                 if failpoints.armed("done") and core.scheduler.job(lease.job)["state"] == "done":
                     failpoints.hit("done")
             else:
-                await self._local_failure(lease, result.log, result.error or "render failed")
+                await self._local_failure(lease, result.log, result.error or "render failed", counts=result.counts)
             return
         try:
             if blob is not None:
@@ -306,32 +356,33 @@ class Runner:
             log.warning("result of distren://%s/%d/%d attempt %d not taken: %s",
                         home, lease.job, lease.frame, lease.attempt, exc.message)
 
-    async def _heartbeat(self, home: str | None, lease: Lease, render: asyncio.Task) -> None:
-        """Renew the lease every third of its length (a local slot's lease in the database, a
-        peer's lease at its home server); stop the render when the lease is gone (cancelled,
-        expired, superseded)."""
+    async def _heartbeat(self, home: str | None, leases: list[Lease], render: asyncio.Task) -> None:
+        """Renew the leases every third of their length (a local slot's in the database, a
+        peer's at its home server); stop the render when a lease is gone (cancelled, expired,
+        superseded): the chunk's other frames are then interrupted, not failed."""
         if home is None:
             period = self.lease_seconds() / 3
         else:
-            period = self.federation.settings.heartbeat(lease.lease_seconds)
+            period = self.federation.settings.heartbeat(leases[0].lease_seconds)
         while True:
             await asyncio.sleep(period)
-            try:
-                if home is None:
-                    self.core.scheduler.heartbeat(lease.job, lease.frame, lease.attempt, self.core.lease_owner,
-                                                  self.lease_seconds())
-                else:
-                    await self.federation.heartbeat(home, lease)
-            except DistrenError as exc:
-                status = getattr(exc, "http_status", None) or exc.status
-                if status in (404, 409):
-                    log.warning("lease of distren://%s/%d/%d lost: %s", home or self.core.name, lease.job,
-                                lease.frame, exc.message)
-                    render.cancel()
-                    return
-                # unreachable: keep rendering, try again next period
-            except Exception:
-                log.warning("heartbeat failed; trying again", exc_info=True)
+            for lease in leases:
+                try:
+                    if home is None:
+                        self.core.scheduler.heartbeat(lease.job, lease.frame, lease.attempt, self.core.lease_owner,
+                                                      self.lease_seconds())
+                    else:
+                        await self.federation.heartbeat(home, lease)
+                except DistrenError as exc:
+                    status = getattr(exc, "http_status", None) or exc.status
+                    if status in (404, 409):
+                        log.warning("lease of distren://%s/%d/%d lost: %s", home or self.core.name, lease.job,
+                                    lease.frame, exc.message)
+                        render.cancel()
+                        return
+                    # unreachable: keep rendering, try again next period
+                except Exception:
+                    log.warning("heartbeat failed; trying again", exc_info=True)
 
 
 def _prepare(core: Core, out: Path, deps: Path, seed_sha256: str) -> Path:
@@ -341,8 +392,9 @@ def _prepare(core: Core, out: Path, deps: Path, seed_sha256: str) -> Path:
     return core.scene(seed_sha256)
 
 
-def _store_output(core: Core, outputs: list[Path], work: Path) -> Blob:
-    """The frame's output into the blob store; then its work folder is removed."""
-    blob = core.put_output(outputs, work / "out")
+def _store_outputs(core: Core, outputs: list[list[Path]], work: Path) -> list[Blob]:
+    """Each frame's output into the blob store (one tarball a frame); then the work folder is
+    removed."""
+    blobs = [core.put_output(files, work / "out") for files in outputs]
     shutil.rmtree(work, True)
-    return blob
+    return blobs

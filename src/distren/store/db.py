@@ -51,7 +51,9 @@ CREATE TABLE IF NOT EXISTS jobs (
     finished REAL,
     -- an operation over the job's frames that is under way ('cancel', 'retry'): it runs in
     -- bounded transactions, and a server that stops in the middle finishes it at start-up
-    pending TEXT
+    pending TEXT,
+    -- frames per renderer process that the job asks for (<chunk>); NULL: chosen per server
+    chunk INTEGER
 );
 CREATE TABLE IF NOT EXISTS frames (
     job_id INTEGER NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,
@@ -209,8 +211,9 @@ def _to_4(conn: sqlite3.Connection) -> None:
 
 
 def _to_5(conn: sqlite3.Connection) -> None:
-    """The operation under way on a job (resumed at start-up)."""
+    """The operation under way on a job (resumed at start-up); the job's chunk size."""
     conn.execute("ALTER TABLE jobs ADD COLUMN pending TEXT")
+    conn.execute("ALTER TABLE jobs ADD COLUMN chunk INTEGER")
     # a version-4 server stopped in the middle of a retry left frames to be counted
     conn.execute("UPDATE jobs SET pending='retry' WHERE status='active' AND EXISTS"
                  " (SELECT 1 FROM frames f WHERE f.job_id=jobs.id AND f.state='waiting' AND f.deps_left < 0)")
