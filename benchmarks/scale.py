@@ -95,6 +95,17 @@ class NullBackend(Backend):
         path = task.out / "frame.txt"
         path.write_bytes(b"%d\\n" % task.frame)
         return RenderResult(True, "", None, [path])
+
+    def chunkable(self, settings):
+        return True
+
+    async def render_chunk(self, task):
+        out = {}
+        for frame in task.chunk:
+            path = task.out / ("%d.txt" % frame)
+            path.write_bytes(b"%d\\n" % frame)
+            out[frame] = RenderResult(True, "", None, [path])
+        return out
 '''
 PLUGIN_METADATA = "Metadata-Version: 2.1\nName: distren-nullbackend\nVersion: 1.0\n"
 PLUGIN_ENTRY_POINTS = "[distren.backends]\nnull = distren_nullbackend:NullBackend\n"

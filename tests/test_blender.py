@@ -382,3 +382,18 @@ def test_blender_job_rendered_across_two_servers(farm, blends, tmp_path):
     assert {f["rendered_by"] for f in frames.values()} == {"A", "B"}
     assert_matches_direct(folder, {n: f"ref_cycles_{n:06d}.png" for n in range(1, 5)},
                           blends / "scene" / "ref_cycles.blend", tmp_path)
+
+
+def test_chunked_frames_match_blenders_own(server, blends, tmp_path):
+    """Frames 1-3 in one Blender process (`-s 1 -e 3 -j 1 -a`, --chunk 3): each frame is its own
+    output and equals Blender's own render of that frame."""
+    pkg = pack_blender(blends / "scene" / "ref_cycles.blend", tmp_path / "ch.tar.gz", frames="1-3", chunk=3).path
+    info, frames, folder = render_job(server, pkg, tmp_path)
+    assert info["state"] == "done", frames
+    # one process rendered them all: each frame's log shows the three frames
+    for f in frames.values():
+        assert all(f"Fra:{n} " in f["log"] for n in (1, 2, 3)), f["log"][-2000:]
+    names = {n: f"ref_cycles_{n:06d}.png" for n in (1, 2, 3)}
+    assert sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*.png")) == \
+        [f"{n}/{name}" for n, name in names.items()]
+    assert_matches_direct(folder, names, blends / "scene" / "ref_cycles.blend", tmp_path)

@@ -7,6 +7,7 @@ peer that granted the lease (heartbeating while it renders)."""
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import logging
 import shutil
@@ -30,6 +31,9 @@ LIVENESS_PERIOD = 2.0
 # A slot that cannot record a result (a database error) tries again this often, this many
 # times; after that the lease runs out and the frame is rendered again.
 REPORT_RETRIES = 5
+# A frame with this many dependencies or more unpacks them with EXTRACT_THREADS threads.
+EXTRACT_PARALLEL_FROM = 64
+EXTRACT_THREADS = 4
 
 
 class Runner:
@@ -311,13 +315,12 @@ class Runner:
         try:
             if home is not None:
                 await self.federation.fetch_blob(home, first.seed_sha256, first.seed_size)
-            scene = await asyncio.to_thread(_prepare, core, out, deps, first.seed_sha256)
-            for dep in depends.values():
-                if home is not None:
+            if home is not None:
+                for dep in depends.values():
                     await self.federation.fetch_blob(home, dep["sha256"], dep["size"])
-                url = parse_url(dep["url"])
-                dest = deps / url.server / str(url.job) / str(url.frame)
-                await asyncio.to_thread(core.extract_output, Blob(dep["sha256"], dep["size"]), dest)
+            # the folders, the scene and every dependency's output: one trip to a thread (a
+            # video frame has one dependency per frame of the job)
+            scene = await asyncio.to_thread(_prepare, core, out, deps, first.seed_sha256, list(depends.values()))
         except (DistrenError, OSError) as exc:
             why = exc.message if isinstance(exc, DistrenError) else str(exc)
             return Backend._all_failed(frames, "", f"cannot prepare the frame: {why}")
@@ -385,10 +388,24 @@ class Runner:
                     log.warning("heartbeat failed; trying again", exc_info=True)
 
 
-def _prepare(core: Core, out: Path, deps: Path, seed_sha256: str) -> Path:
-    """A frame's work folders, and its scene (extracted again if missing)."""
+def _prepare(core: Core, out: Path, deps: Path, seed_sha256: str, depends: list[dict]) -> Path:
+    """A frame's work folders, its dependencies' outputs unpacked, and its scene (extracted
+    again if missing)."""
     out.mkdir(parents=True)
     deps.mkdir()
+
+    def extract(dep: dict) -> None:
+        url = parse_url(dep["url"])
+        core.extract_output(Blob(dep["sha256"], dep["size"]), deps / url.server / str(url.job) / str(url.frame))
+
+    if len(depends) < EXTRACT_PARALLEL_FROM:
+        for dep in depends:
+            extract(dep)
+    else:
+        # mostly file-system work (a folder and files per dependency), which runs side by side
+        with concurrent.futures.ThreadPoolExecutor(EXTRACT_THREADS, thread_name_prefix="distren-deps") as pool:
+            for _ in pool.map(extract, depends):
+                pass
     return core.scene(seed_sha256)
 
 
