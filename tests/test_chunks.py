@@ -159,3 +159,26 @@ def test_frame_times_average_per_frame_and_stay_bounded():
     for job in range(2000):
         t.add(("b", job), 1.0, 1)
     assert t.get(("a", 1)) is None and t.get(("b", 1999)) == 1.0
+
+
+@pytest.mark.parametrize("value, ok", [("1", True), ("1000", True), ("0", False), ("1001", False),
+                                       ("-3", False), ("two", False), ("", False)])
+def test_chunk_element_is_checked(value, ok):
+    from distren.errors import BadJobXML
+    from distren.job.spec import parse_job_xml
+
+    xml = (f'<distrenjob><name>j</name><chunk>{value}</chunk><backend name="povray"><scene>s.pov</scene>'
+           '</backend><frames><range first="0" last="3"/></frames></distrenjob>').encode()
+    if ok:
+        spec = parse_job_xml(xml, "alpha", 1)
+        assert spec.chunk == int(value)
+        assert parse_job_xml(spec.to_xml(), "alpha", 2).chunk == int(value)     # written back the same
+    else:
+        with pytest.raises(BadJobXML):
+            parse_job_xml(xml, "alpha", 1)
+
+
+def test_pack_refuses_a_bad_chunk(tmp_path):
+    ini = make_scene(tmp_path / "scene", final=3)
+    r = run_cli("pack", str(ini), "-o", str(tmp_path / "j.tar.gz"), "--chunk", "0")
+    assert r.returncode != 0 and "--chunk" in r.stderr and "Traceback" not in r.stderr, r.stderr
