@@ -61,11 +61,13 @@ class ServerConfig:
     render_cpu_seconds: int | None = None   # default: frame_timeout x threads
     render_processes: int | None = 4096
 
-    def render_limits(self, timeout: float | None = None) -> "RenderLimits":
-        """The limits of one render; `timeout` is the job's own render timeout, if it has one."""
+    def render_limits(self, timeout: float | None = None, frames: int = 1) -> "RenderLimits":
+        """The limits of one render; `timeout` is the job's own render timeout, if it has one;
+        a chunk of `frames` frames gets that many times the CPU time of one."""
         from ..backends.base import RenderLimits
 
-        cpu = self.render_cpu_seconds or int((timeout or self.frame_timeout) * max(1, self.threads())) + 1
+        per_frame = self.render_cpu_seconds or int((timeout or self.frame_timeout) * max(1, self.threads())) + 1
+        cpu = per_frame * max(1, frames)
         return RenderLimits(self.render_memory, self.render_file_size, cpu, self.render_processes,
                             output_bytes=self.render_file_size)
 

@@ -328,7 +328,7 @@ class Runner:
         task = FrameTask(
             settings=first.settings, scene=scene, frame=first.frame,
             out=out, deps=deps, timeout=timeout * len(frames), threads=core.config.threads(),
-            limits=core.config.render_limits(first.timeout),
+            limits=core.config.render_limits(first.timeout, len(frames)),
             home=home or core.name, job=first.job, depends=tuple(depends),
             frames=frames if len(frames) > 1 else (),
         )
