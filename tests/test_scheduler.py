@@ -435,3 +435,36 @@ def test_frontier_reads_a_snapshot_beside_a_writer(sched):
         assert sched.frontier(job, 0) == ([DistrenURL("B", 1, 0)], True)
     finally:
         sched.conn.execute("ROLLBACK")
+
+
+def test_claim_more_leases_the_consecutive_ready_frames_after_the_first(sched):
+    """A chunk: the frames right after the first, consecutive, ready, of its backend, never
+    failed; each with its own attempt and lease. It stops at a gap, a frame that waits, a frame
+    that failed before, another backend."""
+    job = sched.begin_job()
+    frames = [FrameSpec(f) for f in (0, 1, 2, 3, 5, 6, 7, 8, 9)] + [FrameSpec(4, backend="ffmpeg")]
+    frames += [FrameSpec(10), FrameSpec(11, [DistrenURL("me", job, 0)]), FrameSpec(12)]
+    sched.activate_job(job, JobSpec("j", "povray", {}, frames, extra_backends={"ffmpeg": {}}), SEED)
+    first = sched.claim("local:me", ["povray"], 60)
+    assert first.frame == 0
+    more = sched.claim_more(first, 10)
+    assert [m.frame for m in more] == [1, 2, 3]            # 4 is another backend's
+    assert all(m.attempt == 1 and m.owner == "local:me" and m.expires == first.expires for m in more)
+    assert {f["frame"]: f["state"] for f in sched.frames(job)}[3] == "running"
+    # frame 6 fails once (back to ready): a chunk from 5 stops before it, and 6 renders alone
+    five = sched.claim("local:me", ["povray"], 60)
+    six = sched.claim("local:me", ["povray"], 60)
+    assert (five.frame, six.frame) == (5, 6)
+    sched.fail(job, 6, six.attempt, "", "boom")
+    sched.fail(job, 5, five.attempt, "", "interrupted", counts=False)
+    five = sched.claim("local:me", ["povray"], 60)
+    assert five.frame == 5 and sched.claim_more(five, 5) == []
+    six = sched.claim("local:me", ["povray"], 60)
+    assert six.frame == 6 and sched.claim_more(six, 5) == []          # it failed before: alone
+    seven = sched.claim("local:me", ["povray"], 60)
+    assert [m.frame for m in sched.claim_more(seven, 2)] == [8, 9]    # the limit
+    ten = sched.claim("local:me", ["povray"], 60)
+    assert ten.frame == 10 and sched.claim_more(ten, 5) == []         # 11 waits for frame 0
+    # a lease that is no longer current gets nothing
+    sched.fail(job, 10, ten.attempt, "", "interrupted", counts=False)
+    assert sched.claim_more(ten, 5) == []

@@ -213,7 +213,11 @@ def job_specs(draw, local_cands: tuple, remote_cands: tuple, backends: list[str]
     job (acyclic), maybe one on another job of the server, maybe one on a frame of another
     server, a backend, and whether it is bad."""
     n = draw(st.sampled_from([1, 2, 2, 3, 3, 4, 5, 11, 13]))
-    ids = draw(st.lists(st.integers(0, 40), min_size=n, max_size=n, unique=True))
+    if draw(st.booleans()):   # an animation's range (chunks need consecutive ids)
+        start = draw(st.integers(0, 27))
+        ids = list(range(start, start + n))
+    else:
+        ids = draw(st.lists(st.integers(0, 40), min_size=n, max_size=n, unique=True))
     main = draw(st.sampled_from(backends))
     priority = draw(st.integers(0, 2))
     frames = []
@@ -593,6 +597,46 @@ class FarmMachine(RuleBasedStateMachine):
         h, r = self._up(home), self._up(holder)
         if h is not None and r is not None:
             self._claim(h, r)
+
+    @rule(name=st.sampled_from(NAMES), n=st.integers(2, 5))
+    def claim_chunk(self, name, n):
+        """A local slot leases a chunk: the best frame, then (claim_more) the frames right after
+        it of the same job and backend that are ready, never failed and not kept from it, as
+        long as they are consecutive, up to n in all; each with its own lease."""
+        srv = self._up(name)
+        if srv is None or not hasattr(srv.sched, "claim_more"):
+            return
+        owner = f"local:{srv.name}"
+        failures = {}
+        expected = self._expected_claim(srv, owner, sorted(srv.backends))
+        if expected is not None:
+            failures = {r[0]: tuple(r[1:]) for r in srv.conn.execute(
+                "SELECT frame, state, failures, backend, avoid, avoid_until, attempts FROM frames"
+                " WHERE job_id=? AND frame BETWEEN ? AND ?", (expected[0], expected[1], expected[1] + n - 1))}
+        h = self._claim(srv, srv)
+        if h is None:
+            return
+        from distren.scheduler import Lease
+
+        first = Lease(job=h.job, frame=h.frame, attempt=h.attempt, backend=failures[h.frame][2], settings={},
+                      seed_sha256="", seed_size=0, depends=(), expires=None, owner=owner, lease_seconds=LEASE)
+        want = []
+        if failures[h.frame][1] == 0:
+            for f in range(h.frame + 1, h.frame + n):
+                state, fails, backend, avoid, until, _ = failures.get(f, (None,) * 6)
+                if state != "ready" or fails or backend != first.backend or \
+                        (avoid == owner and until is not None and until > self.clock.now):
+                    break
+                want.append(f)
+        more = srv.sched.claim_more(first, n - 1)
+        event(f"chunk of {len(more) + 1}" + (" after a failure" if failures[h.frame][1] else ""))
+        assert [m.frame for m in more] == want, f"chunk after {h}: got {[m.frame for m in more]}, expected {want}"
+        for m in more:
+            assert (m.job, m.backend, m.owner) == (h.job, first.backend, owner)
+            assert m.attempt == failures[m.frame][5] + 1
+            held = Held(srv.name, srv.name, m.job, m.frame, m.attempt)
+            assert self._current(srv, held)
+            self.held.append(held)
 
     @rule(home=st.sampled_from(NAMES), holder=st.sampled_from(NAMES), n=st.integers(1, 4))
     def work(self, home, holder, n):
