@@ -11,6 +11,7 @@ import concurrent.futures
 import contextlib
 import logging
 import shutil
+import threading
 import time
 from pathlib import Path
 
@@ -297,6 +298,7 @@ class Runner:
             # the heartbeat goes on during the uploads: a long upload must not lose the lease
             for one in leases:
                 await self._report(home, one, results[one.frame], blobs.get(one.frame))
+                await asyncio.sleep(0)   # a chunk's results: one transaction each, others run between
         finally:
             if heart is not None:
                 heart.cancel()
@@ -308,19 +310,16 @@ class Runner:
         first = leases[0]
         frames = tuple(one.frame for one in leases)
         out, deps = work / "out", work / "deps"
-        depends: dict[str, dict] = {}
-        for one in leases:
-            for dep in one.depends:
-                depends.setdefault(dep["url"], dep)
         try:
-            if home is not None:
+            if home is not None:   # a peer's lease: one frame
                 await self.federation.fetch_blob(home, first.seed_sha256, first.seed_size)
-            if home is not None:
-                for dep in depends.values():
+                for dep in first.depends:
                     await self.federation.fetch_blob(home, dep["sha256"], dep["size"])
             # the folders, the scene and every dependency's output: one trip to a thread (a
-            # video frame has one dependency per frame of the job)
-            scene = await asyncio.to_thread(_prepare, core, out, deps, first.seed_sha256, list(depends.values()))
+            # video frame has one dependency per frame of the job: nothing per dependency runs
+            # on the event loop)
+            scene, urls = await asyncio.to_thread(_prepare, core, out, deps, first.seed_sha256,
+                                                  [one.depends for one in leases])
         except (DistrenError, OSError) as exc:
             why = exc.message if isinstance(exc, DistrenError) else str(exc)
             return Backend._all_failed(frames, "", f"cannot prepare the frame: {why}")
@@ -329,7 +328,7 @@ class Runner:
             settings=first.settings, scene=scene, frame=first.frame,
             out=out, deps=deps, timeout=timeout * len(frames), threads=core.config.threads(),
             limits=core.config.render_limits(first.timeout, len(frames)),
-            home=home or core.name, job=first.job, depends=tuple(depends),
+            home=home or core.name, job=first.job, depends=urls,
             frames=frames if len(frames) > 1 else (),
         )
         backend = core.backends[first.backend]
@@ -388,11 +387,17 @@ class Runner:
                     log.warning("heartbeat failed; trying again", exc_info=True)
 
 
-def _prepare(core: Core, out: Path, deps: Path, seed_sha256: str, depends: list[dict]) -> Path:
-    """A frame's work folders, its dependencies' outputs unpacked, and its scene (extracted
-    again if missing)."""
+def _prepare(core: Core, out: Path, deps: Path, seed_sha256: str,
+             of_frames: list[tuple[dict, ...]]) -> tuple[Path, tuple[str, ...]]:
+    """A render's work folders, the outputs of its frames' dependencies unpacked (each once),
+    and its scene (extracted again if missing). Returns the scene and the dependency URLs."""
     out.mkdir(parents=True)
     deps.mkdir()
+    unique: dict[str, dict] = {}
+    for depends in of_frames:
+        for dep in depends:
+            unique.setdefault(dep["url"], dep)
+    depends = list(unique.values())
 
     def extract(dep: dict) -> None:
         url = parse_url(dep["url"])
@@ -402,11 +407,22 @@ def _prepare(core: Core, out: Path, deps: Path, seed_sha256: str, depends: list[
         for dep in depends:
             extract(dep)
     else:
-        # mostly file-system work (a folder and files per dependency), which runs side by side
+        # mostly file-system work (a folder and files per dependency), which runs side by
+        # side: a few threads take the dependencies one by one (no future per dependency)
+        todo, lock = iter(depends), threading.Lock()
+
+        def worker() -> None:
+            while True:
+                with lock:
+                    dep = next(todo, None)
+                if dep is None:
+                    return
+                extract(dep)
+
         with concurrent.futures.ThreadPoolExecutor(EXTRACT_THREADS, thread_name_prefix="distren-deps") as pool:
-            for _ in pool.map(extract, depends):
-                pass
-    return core.scene(seed_sha256)
+            for done in [pool.submit(worker) for _ in range(EXTRACT_THREADS)]:
+                done.result()
+    return core.scene(seed_sha256), tuple(unique)
 
 
 def _store_outputs(core: Core, outputs: list[list[Path]], work: Path) -> list[Blob]:
