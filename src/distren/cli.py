@@ -34,6 +34,10 @@ def _chunk_arg(text: str) -> int:
     return value
 
 
+def _slots_arg(text: str) -> int | str:
+    return "auto" if text == "auto" else _non_negative_int(text)
+
+
 def _positive_float(text: str) -> float:
     try:
         value = float(text)
@@ -120,7 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", help="this server's name, [A-Za-z0-9]+ (required here or in --config)")
     p.add_argument("--listen", help="HOST:PORT (default 127.0.0.1:7780)")
     p.add_argument("--data", type=Path, help="data folder: database, blobs, scenes (required here or in --config)")
-    p.add_argument("--slots", type=_non_negative_int, help="concurrent renders; 0 renders nothing (default: cores)")
+    p.add_argument("--slots", type=_slots_arg,
+                   help="concurrent renders; 0 renders nothing; 'auto': as many as keep the CPU busy, up to 8 per "
+                        "core (default: cores)")
     p.add_argument("--max-failures", type=_positive_int, help="failed attempts before a frame fails (3)")
     p.add_argument("--frame-timeout", type=float, help="seconds one render may take (3600)")
     p.add_argument("--max-job-bytes", type=_positive_int, help="largest package accepted (2 GiB)")
@@ -363,12 +369,24 @@ def cmd_serve(args) -> int:
     return EXIT_OK
 
 
+def _slots(value) -> int:
+    """`slots` from a flag or the config file: a number, or "auto" (up to 8 renders per core)."""
+    from .render import SLOTS_PER_CORE
+
+    if value == "auto":
+        return SLOTS_PER_CORE * usable_cores()
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise DistrenError(f"slots must be a whole number >= 0 or \"auto\", not {value!r}")
+    return value
+
+
 def _server_config(s: dict, path):
     from .server.config import ServerConfig
     from .tarballs import TarLimits
 
     return ServerConfig(
-        name=s["name"], data=Path(s["data"]), slots=int(s["slots"]), max_failures=int(s["max_failures"]),
+        name=s["name"], data=Path(s["data"]), slots=_slots(s["slots"]), slots_auto=s["slots"] == "auto",
+        max_failures=int(s["max_failures"]),
         frame_timeout=float(s["frame_timeout"]), max_job_bytes=int(s["max_job_bytes"]),
         max_frames=int(s["max_frames"]),
         tar_limits=TarLimits(max_members=int(s["max_members"]), max_total_size=int(s["max_unpacked_bytes"]),

@@ -21,10 +21,13 @@ def render(args, pack) -> dict:
     from .server.main import EmbeddedServer
 
     out = Path(args.output)
+    # --slots N: exactly N renders at once; by default as many as keep the CPU busy, up to
+    # SLOTS_PER_CORE per core (concurrency.py)
     slots = args.slots or SLOTS_PER_CORE * usable_cores()
+    auto = not args.slots
     with tempfile.TemporaryDirectory(prefix="distren-pack-") as tmp:
         package = pack(args, Path(tmp) / "job.tar.gz").path
-        with EmbeddedServer(slots=slots) as server:
+        with EmbeddedServer(slots=slots, slots_auto=auto) as server:
             client = server.client
             job = client.submit(package)
             progress = Progress()

@@ -27,6 +27,8 @@ class ServerConfig:
     name: str
     data: Path
     slots: int = field(default_factory=usable_cores)
+    # `--slots auto`: up to `slots` renders, as many as keep the CPU busy (concurrency.py)
+    slots_auto: bool = False
     # A frame fails for good after this many failed attempts.
     max_failures: int = 3
     # Wall-clock limit of one render, seconds.

@@ -18,11 +18,13 @@ from pathlib import Path
 from .. import failpoints
 from ..backends.base import Backend, FrameTask, RenderResult
 from ..chunks import FrameTimes, chunk_size
+from ..concurrency import Concurrency
 from ..errors import Conflict, DistrenError
 from ..liveness import FarmView, Liveness, RendererView
 from ..scheduler import Lease, with_depends
 from ..store.blobs import Blob
 from ..url import parse_url
+from .config import usable_cores
 from .core import Core, run_steps
 
 log = logging.getLogger("distren.runner")
@@ -45,6 +47,8 @@ class Runner:
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
         self.frame_times = FrameTimes()
+        auto = core.config.slots_auto and slots > 0
+        self.concurrency = Concurrency(min(usable_cores(), slots) if auto else slots, slots)
         self._renders: dict[tuple[str, int, int, int], asyncio.Task] = {}
         self.liveness = Liveness(core.scheduler, core.config.remote_dep_timeout)
         self.loop_lag_ms = {"last": 0.0, "max": 0.0}
@@ -59,6 +63,7 @@ class Runner:
         self.core.scheduler.recover(self.core.lease_owner)
         # cancels and retries a stop interrupted are finished before anything is claimed
         await run_steps(self.core.scheduler.resume_steps())
+        self.concurrency.start()
         self._tasks = [asyncio.create_task(self._slot(i), name=f"slot-{i}") for i in range(self.slots)]
         self._tasks.append(asyncio.create_task(self._expire_loop(), name="lease-expiry"))
         self._tasks.append(asyncio.create_task(self._liveness_loop(), name="liveness"))
@@ -114,6 +119,7 @@ class Runner:
                 log.exception("liveness check failed")
 
     async def stop(self) -> None:
+        await self.concurrency.stop()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -177,21 +183,32 @@ class Runner:
                 await asyncio.sleep(IDLE_POLL)
 
     async def _slot_turn(self, backends: list[str]) -> None:
+        """Take a frame (or a chunk) and render it, within the concurrency limit: a slot beyond
+        it does not claim; a slot that found nothing waits without holding a place."""
+        await self.concurrency.acquire()
+        try:
+            got = await self._take(backends)
+            if got is not None:
+                await self._run(*got)
+                return
+        finally:
+            await self.concurrency.release()
+        idle = IDLE_POLL
+        if self.federation is not None:
+            idle = min(IDLE_POLL, max(0.05, self.federation.next_claim_in()))
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), idle)
+
+    async def _take(self, backends: list[str]) -> tuple[str | None, Lease] | None:
         self._wake.clear()
         try:
-            got = await self._next(backends)
+            return await self._next(backends)
         except Exception:  # a bad peer answer or a database hiccup must not end the slot
             log.exception("could not take work; trying again")
             await asyncio.sleep(IDLE_POLL)
-            return
-        if got is None:
-            idle = IDLE_POLL
-            if self.federation is not None:
-                idle = min(IDLE_POLL, max(0.05, self.federation.next_claim_in()))
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), idle)
-            return
-        home, lease = got
+            return None
+
+    async def _run(self, home: str | None, lease: Lease) -> None:
         if home is not None:
             self._wake.set()  # a peer has work: the other idle slots ask it too, now
         leases = [lease]
@@ -232,7 +249,7 @@ class Runner:
             return []
         requested, ready = core.scheduler.chunk_request(lease.job)
         size = chunk_size(requested=requested, chunkable=True, seconds_per_frame=self.frame_times.get(key),
-                          ready=ready + 1, slots=self.slots)
+                          ready=ready + 1, slots=self.concurrency.limit)
         if size <= 1:
             return []
         return [await with_depends(core.scheduler, more) for more in core.scheduler.claim_more(lease, size - 1)]

@@ -1,0 +1,67 @@
+"""Adaptive concurrency (`--slots auto`): the policy as pure logic, the limit as an asyncio
+gate, and a real server started with it."""
+
+from __future__ import annotations
+
+import asyncio
+
+from conftest import ServerProcess, make_scene, run_cli
+from distren.concurrency import BUSY_BELOW, IDLE_ABOVE, Concurrency, cpu_times, next_limit
+
+
+def test_next_limit_doubles_while_the_cpu_idles_and_steps_down_when_it_is_saturated():
+    idle, busy, between = IDLE_ABOVE + 0.2, BUSY_BELOW / 2, (IDLE_ABOVE + BUSY_BELOW) / 2
+    assert next_limit(2, 2, idle, 2, 16) == 4
+    assert next_limit(8, 8, idle, 2, 16) == 16
+    assert next_limit(16, 16, idle, 2, 16) == 16       # never above high
+    assert next_limit(4, 1, idle, 2, 16) == 4          # idle because there is little work: keep
+    assert next_limit(6, 6, busy, 2, 16) == 5
+    assert next_limit(2, 2, busy, 2, 16) == 2          # never below low
+    assert next_limit(6, 6, between, 2, 16) == 6
+
+
+def test_cpu_times_grow():
+    idle, total = cpu_times()
+    assert 0 <= idle <= total and total > 0
+
+
+def test_the_limit_gates_renders():
+    async def main():
+        c = Concurrency(2, 8)
+        peak, now = 0, 0
+
+        async def render():
+            nonlocal peak, now
+            await c.acquire()
+            now += 1
+            peak = max(peak, now)
+            await asyncio.sleep(0.01)
+            now -= 1
+            await c.release()
+
+        await asyncio.gather(*(render() for _ in range(10)))
+        assert peak == 2
+        c.limit = 5            # what the watcher does
+        async with c._changed:
+            c._changed.notify_all()
+        await asyncio.gather(*(render() for _ in range(10)))
+        assert peak == 5 and c.running == 0
+
+    asyncio.run(main())
+
+
+def test_a_server_with_slots_auto_renders_and_says_so(tmp_path):
+    s = ServerProcess(tmp_path / "data", "alpha", "auto").start()
+    try:
+        info = s.client().server_info()
+        assert info["renders"]["auto"] is True and 1 <= info["renders"]["limit"] <= info["slots"]
+        ini = make_scene(tmp_path / "scene", final=5)
+        r = run_cli("pack", str(ini), "-o", str(tmp_path / "job.tar.gz"))
+        assert r.returncode == 0, r.stderr
+        c = s.client()
+        job = c.submit(tmp_path / "job.tar.gz")
+        assert c.wait(job["url"], interval=0.1, timeout=120)["state"] == "done"
+    finally:
+        s.stop()
+    r = run_cli("serve", "--name", "x", "--data", str(tmp_path / "d2"), "--slots", "many", timeout=60)
+    assert r.returncode != 0 and "--slots" in r.stderr and "Traceback" not in r.stderr
