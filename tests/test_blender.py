@@ -397,3 +397,25 @@ def test_chunked_frames_match_blenders_own(server, blends, tmp_path):
     assert sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*.png")) == \
         [f"{n}/{name}" for n, name in names.items()]
     assert_matches_direct(folder, names, blends / "scene" / "ref_cycles.blend", tmp_path)
+
+
+def test_chunk_outputs_are_told_apart_by_frame(blends, tmp_path):
+    """A chunk's outputs: the frame's own images by their 6-digit number (and view suffix),
+    compositor images in subfolders by a trailing number of at least 4 digits; anything else
+    belongs to no frame (the chunk then renders frame by frame)."""
+    from distren.backends.base import FrameTask
+
+    scene = blends / "scene"
+    out = tmp_path / "out"
+    names = ["scene_000002.png", "scene_000003.png", "scene_000003_L.png", "Passes/Image0002.png",
+             "Passes/Image0003.jp2", "Passes/beauty_0002_v2.exr", "scene_0000020.png"]
+    for name in names:
+        (out / name).parent.mkdir(parents=True, exist_ok=True)
+        (out / name).write_bytes(b"x")
+    task = FrameTask(settings={"blend": "scene.blend", "format": "PNG"}, scene=scene, frame=2, out=out,
+                     deps=tmp_path / "deps", timeout=10, frames=(2, 3))
+    split = BlenderBackend().split_outputs(task, sorted(p for p in out.rglob("*") if p.is_file()))
+    rel = {f: sorted(p.relative_to(out).as_posix() for p in files) for f, files in split.items()}
+    assert rel == {2: ["Passes/Image0002.png", "scene_000002.png"],
+                   3: ["Passes/Image0003.jp2", "scene_000003.png", "scene_000003_L.png"]}
+    # beauty_0002_v2.exr and frame 20's image are nobody's: render_chunk refuses to guess

@@ -7,7 +7,7 @@ job's settings acceptable), `command` (the renderer's argv for one frame) and, w
 
 Chunks: a backend whose renderer can render a range of frames in one process says so with
 `chunkable`, makes `command` render `task.chunk` (consecutive frame ids) when it holds more than
-one, and tells with `frame_outputs` which of the outputs are one frame's; `render_chunk` (a
+one, and tells with `split_outputs` which of the outputs are each frame's; `render_chunk` (a
 template method too) gives each frame its own verdict.
 """
 
@@ -118,8 +118,10 @@ class Backend:
         """Whether frames of a job with these settings may render several in one process."""
         return False
 
-    def frame_outputs(self, task: FrameTask, frame: int, outputs: list[Path]) -> list[Path]:
-        """Which of a chunk's outputs are `frame`'s (only called when `chunkable`)."""
+    def split_outputs(self, task: FrameTask, outputs: list[Path]) -> dict[int, list[Path]]:
+        """Which of a chunk's outputs are each frame's (only called when `chunkable`; runs in a
+        thread). A file that belongs to no frame, or to several, makes the whole chunk's outputs
+        untrustworthy: its frames then render one by one."""
         raise NotImplementedError
 
     def _argv(self, task: FrameTask) -> list[str]:
@@ -145,7 +147,7 @@ class Backend:
         outputs = self.outputs(task.out)
         if not outputs:
             return RenderResult(False, log, f"{self.name} wrote no output file", [])
-        return await self._judge(task, log, outputs)
+        return await asyncio.to_thread(self._judge_now, task, log, outputs)
 
 
     async def render_chunk(self, task: FrameTask) -> dict[int, RenderResult]:
@@ -166,30 +168,34 @@ class Backend:
         except Exception as exc:
             return self._all_failed(frames, "", f"cannot start the renderer: {exc}")
         rc, log, timed_out = await run_process(argv, task.timeout, task.limits)
+        # finding and checking the outputs is file-system work and scene parsing: in a thread
+        return await asyncio.to_thread(self._chunk_verdicts, task, log, rc, timed_out)
+
+    def _chunk_verdicts(self, task: FrameTask, log: str, rc: int, timed_out: bool) -> dict[int, RenderResult]:
+        frames = task.chunk
         outputs = self.outputs(task.out)
         try:
-            split = {f: self.frame_outputs(task, f, outputs) for f in frames}
-        except Exception as exc:
-            split, why = None, str(exc)
-        else:
-            owned = [p for files in split.values() for p in files]
+            split = self.split_outputs(task, outputs)
+            owned = [p for f in frames for p in split.get(f, [])]
             why = None if len(owned) == len(set(owned)) and set(owned) == set(outputs) else \
-                f"{len(set(outputs) - set(owned))} file(s) belong to no frame, or to several"
-        if split is None:
+                f"{len(set(outputs) - set(owned))} file(s) belong to no frame, or some to several"
+        except Exception as exc:
+            split, why = {}, str(exc) or type(exc).__name__
+        if why is not None:
             return {f: RenderResult(False, log, f"the chunk's outputs cannot be told apart by frame ({why}); "
                                     "its frames render one by one", [], counts=False, alone=True) for f in frames}
         error = None
         trusted = len(frames)
         if timed_out or rc != 0:
             error = f"timed out after {task.timeout:g} s" if timed_out else f"{self.name} failed ({exit_reason(rc)})"
-            with_output = [i for i, f in enumerate(frames) if split[f]]
+            with_output = [i for i, f in enumerate(frames) if split.get(f)]
             trusted = with_output[-1] if with_output else 0
         results: dict[int, RenderResult] = {}
         stopped_at = None
         for i, f in enumerate(frames):
-            files = split[f]
+            files = split.get(f, [])
             if error is None or i < trusted:
-                results[f] = await self._judge(replace(task, frame=f, frames=()), log, files) if files else \
+                results[f] = self._judge_now(replace(task, frame=f, frames=()), log, files) if files else \
                     RenderResult(False, log, f"{self.name} wrote no output for frame {f}", [])
             elif i == trusted and files and i < len(frames) - 1:
                 results[f] = RenderResult(False, log, f"{error} after this frame, whose output may be incomplete;"
@@ -208,12 +214,12 @@ class Backend:
         (they render again, alone or in another chunk, and get their own verdict)."""
         return {f: RenderResult(False, log, error, [], counts=i == 0) for i, f in enumerate(frames)}
 
-    async def _judge(self, task: FrameTask, log: str, outputs: list[Path]) -> RenderResult:
-        """One frame's outputs: the output limit, then the backend's own check."""
+    def _judge_now(self, task: FrameTask, log: str, outputs: list[Path]) -> RenderResult:
+        """One frame's outputs: the output limit, then the backend's own check (in a thread)."""
         total = sum(p.stat().st_size for p in outputs)
         if task.limits is not None and task.limits.output_bytes is not None and total > task.limits.output_bytes:
             return RenderResult(False, log, f"the outputs total {total} bytes; the limit is {task.limits.output_bytes}", [])
-        problem = await asyncio.to_thread(self.verify, task, outputs)
+        problem = self.verify(task, outputs)
         if problem:
             return RenderResult(False, log, problem, [])
         return RenderResult(True, log, None, outputs)

@@ -262,32 +262,24 @@ class BlenderBackend(Backend):
     def chunkable(self, settings: dict[str, str]) -> bool:
         return True
 
-    def frame_outputs(self, task: FrameTask, frame: int, outputs: list[Path]) -> list[Path]:
-        """The frame's image(s) `<stem>_<frame:06d>[_<view>].<ext>` in the output folder, and
-        the compositor File Output images in its subfolders whose last number is the frame."""
+    def split_outputs(self, task: FrameTask, outputs: list[Path]) -> dict[int, list[Path]]:
+        """Each frame's image(s) `<stem>_<frame:06d>[_<view>].<ext>` in the output folder, and
+        the compositor File Output images in its subfolders whose file name (without its
+        extension) ends in the frame number, zero-padded to at least 4 digits as Blender writes
+        it (`Image0003.png`). Anything else belongs to no frame (the chunk then renders frame
+        by frame)."""
         p = plan(task.settings, task.scene)
-        prefix = f"{p.output_stem}_{frame:06d}"
-        mine = []
+        frames = set(task.chunk)
+        split: dict[int, list[Path]] = {f: [] for f in task.chunk}
+        top = re.compile(re.escape(p.output_stem) + r"_(\d{6,7})(?:_[^.]*)?\..+")
         for path in outputs:
             if path.parent == task.out:
-                rest = path.name[len(prefix):]
-                if path.name.startswith(prefix) and rest[:1] in (".", "_"):
-                    mine.append(path)
+                m = top.fullmatch(path.name)
             else:
-                numbers = re.findall(r"\d+", path.name)
-                if numbers and int(numbers[-1]) == frame:
-                    mine.append(path)
-        return mine
-
-    def verify(self, task: FrameTask, outputs: list[Path]) -> str | None:
-        """The frame's own image must be among the outputs (`<stem>_<frame>.<ext>`, or one file
-        per view such as `<stem>_<frame>_L.<ext>` for stereo), not only File Output images."""
-        p = plan(task.settings, task.scene)
-        prefix, ext = f"{p.output_stem}_{task.frame:06d}", FORMATS[p.format]
-        for path in outputs:
-            if path.parent == task.out and path.name.startswith(prefix) and path.suffix == ext:
-                return None
-        return f"blender wrote no image {prefix}{ext} for frame {task.frame}"
+                m = re.fullmatch(r".*?(\d{4,7})", path.name.split(".", 1)[0])
+            if m and int(m.group(1)) in frames:
+                split[int(m.group(1))].append(path)
+        return split
 
 
 def blender_version() -> str | None:

@@ -89,12 +89,17 @@ class PovrayBackend(Backend):
         differ in their arguments)."""
         return _split(settings)[1] is None
 
-    def frame_outputs(self, task: FrameTask, frame: int, outputs: list[Path]) -> list[Path]:
+    def split_outputs(self, task: FrameTask, outputs: list[Path]) -> dict[int, list[Path]]:
+        """Each frame's image, by the name POV-Ray gives it (`output_file`)."""
         rest, _ = _split(task.settings)
         plan = povray_ini.plan(rest, task.scene)
         stem = PurePosixPath(plan.scene).stem
-        name = PurePosixPath(povray_ini.output_file(plan, frame, stem)).name
-        return [p for p in outputs if p.parent == task.out and p.name == name]
+        by_name = {p.name: p for p in outputs if p.parent == task.out}
+        split = {}
+        for frame in task.chunk:
+            name = PurePosixPath(povray_ini.output_file(plan, frame, stem)).name
+            split[frame] = [by_name[name]] if name in by_name else []
+        return split
 
     def verify(self, task: FrameTask, outputs: list[Path]) -> str | None:
         _, prepass = _split(task.settings)

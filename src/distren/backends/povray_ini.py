@@ -1033,6 +1033,8 @@ def frame_args(plan: PovrayPlan, frame: int, output_prefix: str, threads: int | 
     ]
     if plan.animated:
         args += [f"Subset_Start_Frame={frame}", f"Subset_End_Frame={last}"]
+        if last != frame:
+            args.append("Frame_Step=1")   # a chunk renders every frame of its range, whatever the INI's step
     if threads is not None:
         if isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= 512:
             raise BadSettings(f"threads must be an int from 1 to 512, not {threads!r}")

@@ -232,8 +232,8 @@ class Federation:
         spent = 0
         while queue and spent < CHASE_FRONTIERS:
             node = queue.popleft()
+            spent += 1   # every frontier walked counts, also one asked before (a bounded walk)
             if node not in memo:
-                spent += 1
                 memo[node] = await self._frontier_of(node)
             for nxt in memo[node] or ():
                 if nxt == dep:

@@ -16,10 +16,10 @@ import time
 from pathlib import Path
 
 from .. import failpoints
-from ..backends.base import Backend, FrameTask, RenderResult
+from ..backends.base import FrameTask, RenderResult
 from ..chunks import FrameTimes, chunk_size
 from ..concurrency import Concurrency
-from ..errors import Conflict, DistrenError
+from ..errors import Conflict, DistrenError, NotFound
 from ..liveness import FarmView, Liveness, RendererView
 from ..scheduler import Lease, with_depends
 from ..store.blobs import Blob
@@ -232,7 +232,12 @@ class Runner:
         finally:
             for key in keys:
                 self._renders.pop(key, None)
-        if not render.cancelled() and render.exception() is not None:
+        if render.cancelled():
+            # a lease was lost (cancel, expiry) or the job was cancelled: the chunk's other
+            # frames go back at once, not a failure of theirs (those that moved on refuse)
+            for one in leases:
+                await self._interrupted(home, one, "its render was stopped (a lease of its chunk was lost)")
+        elif render.exception() is not None:
             exc = render.exception()
             log.error("render of %s failed unexpectedly: %r", keys, exc)
             if home is None:
@@ -252,16 +257,23 @@ class Runner:
                           ready=ready + 1, slots=self.concurrency.limit)
         if size <= 1:
             return []
-        return [await with_depends(core.scheduler, more) for more in core.scheduler.claim_more(lease, size - 1)]
+        more = core.scheduler.claim_more(lease, size - 1)
+        try:
+            return [await with_depends(core.scheduler, one) for one in more]
+        except BaseException:
+            for one in more:   # leased, never to be rendered: back at once
+                await self._local_failure(one, "", "interrupted: its chunk could not start", counts=False)
+            raise
 
-    async def _interrupted(self, home: str | None, lease: Lease) -> None:
-        """This server is stopping: give the frame back at once (not a failure of the frame)."""
+    async def _interrupted(self, home: str | None, lease: Lease, why: str = "server stopping") -> None:
+        """Give the frame back at once (not a failure of the frame): this server is stopping,
+        or the render stopped for another frame's sake."""
         if home is None:
-            await self._local_failure(lease, "", "interrupted: server stopping", counts=False)
+            await self._local_failure(lease, "", f"interrupted: {why}", counts=False)
             return
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.federation.report_failure(
-                home, lease, "", f"interrupted: {self.core.name} stopping", interrupted=True), 5)
+                home, lease, "", f"interrupted: {self.core.name}: {why}", interrupted=True), 5)
 
     async def _local_failure(self, lease: Lease, log_text: str, error: str, counts: bool = True) -> None:
         await self._settle(lambda: self.core.scheduler.fail(
@@ -275,7 +287,7 @@ class Runner:
             try:
                 record()
                 return
-            except Conflict:
+            except (Conflict, NotFound):   # the frame moved on, or its job was deleted
                 return
             except Exception:
                 if attempt == REPORT_RETRIES - 1:
@@ -292,11 +304,16 @@ class Runner:
         first = leases[0]
         job_key = (home or core.name, first.job)
         work = core.work_dir / f"{home or core.name}-{first.job}-{first.frame}-{first.attempt}"
-        heart = asyncio.create_task(self._heartbeat(home, leases, asyncio.current_task()))
+        # the leases not reported yet: the heartbeat renews these only; once the renderer has
+        # ended, a lost lease no longer stops anything (the others are still to be reported)
+        unsettled = {one.frame: one for one in leases}
+        rendering = [True]
+        heart = asyncio.create_task(self._heartbeat(home, unsettled, asyncio.current_task(), rendering))
         cleaned = False
         try:
             started = time.monotonic()
             results = await self._prepare_and_render(home, leases, work)
+            rendering[0] = False
             if all(r.ok for r in results.values()):
                 self.frame_times.add(job_key, time.monotonic() - started, len(leases))
             if any(r.alone for r in results.values()):
@@ -315,6 +332,7 @@ class Runner:
             # the heartbeat goes on during the uploads: a long upload must not lose the lease
             for one in leases:
                 await self._report(home, one, results[one.frame], blobs.get(one.frame))
+                unsettled.pop(one.frame, None)
                 await asyncio.sleep(0)   # a chunk's results: one transaction each, others run between
         finally:
             if heart is not None:
@@ -339,11 +357,25 @@ class Runner:
                                                   [one.depends for one in leases])
         except (DistrenError, OSError) as exc:
             why = exc.message if isinstance(exc, DistrenError) else str(exc)
-            return Backend._all_failed(frames, "", f"cannot prepare the frame: {why}")
+            if len(frames) == 1:
+                return {first.frame: RenderResult(False, "", f"cannot prepare the frame: {why}", [])}
+            # which frame's dependency was at fault is not known: every frame goes back, and
+            # the job's frames render one by one (the guilty one then fails by itself)
+            return {f: RenderResult(False, "", f"cannot prepare its chunk: {why}", [], counts=False, alone=True)
+                    for f in frames}
         timeout = first.timeout or core.config.frame_timeout
+        if len(frames) > 1:
+            # a chunk's time: the first frame's timeout, then for each further frame that timeout
+            # or, when the job's frames were measured, at most ten times their time (at least
+            # 60 s): a frame that hangs early in a long chunk is stopped long before N timeouts
+            seconds = self.frame_times.get((home or core.name, first.job))
+            extra = timeout if seconds is None else min(timeout, max(60.0, 10 * seconds))
+            timeout = timeout + extra * (len(frames) - 1)
+        else:
+            timeout = timeout * len(frames)
         task = FrameTask(
             settings=first.settings, scene=scene, frame=first.frame,
-            out=out, deps=deps, timeout=timeout * len(frames), threads=core.config.threads(),
+            out=out, deps=deps, timeout=timeout, threads=core.config.threads(),
             limits=core.config.render_limits(first.timeout, len(frames)),
             home=home or core.name, job=first.job, depends=urls,
             frames=frames if len(frames) > 1 else (),
@@ -375,17 +407,19 @@ class Runner:
             log.warning("result of distren://%s/%d/%d attempt %d not taken: %s",
                         home, lease.job, lease.frame, lease.attempt, exc.message)
 
-    async def _heartbeat(self, home: str | None, leases: list[Lease], render: asyncio.Task) -> None:
-        """Renew the leases every third of their length (a local slot's in the database, a
-        peer's at its home server); stop the render when a lease is gone (cancelled, expired,
-        superseded): the chunk's other frames are then interrupted, not failed."""
+    async def _heartbeat(self, home: str | None, unsettled: dict[int, Lease], render: asyncio.Task,
+                         rendering: list[bool]) -> None:
+        """Renew the leases not reported yet every third of their length (a local slot's in the
+        database, a peer's at its home server). A lease gone while the renderer runs
+        (cancelled, expired, superseded) stops the render: the chunk's other frames are then
+        interrupted, not failed; after the renderer ended it is only dropped."""
         if home is None:
             period = self.lease_seconds() / 3
         else:
-            period = self.federation.settings.heartbeat(leases[0].lease_seconds)
-        while True:
+            period = self.federation.settings.heartbeat(next(iter(unsettled.values())).lease_seconds)
+        while unsettled:
             await asyncio.sleep(period)
-            for lease in leases:
+            for lease in list(unsettled.values()):
                 try:
                     if home is None:
                         self.core.scheduler.heartbeat(lease.job, lease.frame, lease.attempt, self.core.lease_owner,
@@ -397,8 +431,10 @@ class Runner:
                     if status in (404, 409):
                         log.warning("lease of distren://%s/%d/%d lost: %s", home or self.core.name, lease.job,
                                     lease.frame, exc.message)
-                        render.cancel()
-                        return
+                        unsettled.pop(lease.frame, None)
+                        if rendering[0]:
+                            render.cancel()
+                            return
                     # unreachable: keep rendering, try again next period
                 except Exception:
                     log.warning("heartbeat failed; trying again", exc_info=True)
