@@ -182,3 +182,27 @@ def test_pack_refuses_a_bad_chunk(tmp_path):
     ini = make_scene(tmp_path / "scene", final=3)
     r = run_cli("pack", str(ini), "-o", str(tmp_path / "j.tar.gz"), "--chunk", "0")
     assert r.returncode != 0 and "--chunk" in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+def test_outputs_that_belong_to_no_frame_make_the_frames_render_one_by_one(server, tmp_path):
+    """The scene writes a file of its own into the output folder (the same name every frame):
+    in a chunk it belongs to no frame, so nothing is guessed: the chunk's frames go back
+    (uncounted) and the job's frames render one by one, each with its file."""
+    ini = make_scene(tmp_path / "scene", final=3)
+    pov = tmp_path / "scene" / "scene.pov"
+    pov.write_text(pov.read_text() + '#fopen Note "_distren/out/note.txt" write\n#write (Note, frame_number, "\\n")\n'
+                   "#fclose Note\n")
+    c = server.client()
+    job = c.submit(pack(ini, tmp_path / "job.tar.gz", "--chunk", "4"))
+    assert c.wait(job["url"], interval=0.1, timeout=120)["state"] == "done"
+    frames = {f["frame"]: c.frame(f"{job['url']}/{f['frame']}") for f in c.frames(job["url"])}
+    assert all(i["attempts"] == 2 for i in frames.values()), {f: i["attempts"] for f, i in frames.items()}
+    assert chunk_runs(c, job["url"]) == [1] * 4
+    c.download(job["url"], tmp_path / "b.tar")
+    import tarfile
+
+    with tarfile.open(tmp_path / "b.tar") as t:
+        names = sorted(m.name for m in t.getmembers() if m.isfile())
+        notes = {n: t.extractfile(n).read().strip() for n in names if n.endswith("note.txt")}
+    assert names == sorted([f"{f}/scene{f}.png" for f in range(4)] + [f"{f}/note.txt" for f in range(4)])
+    assert notes == {f"{f}/note.txt": str(f).encode() for f in range(4)}
