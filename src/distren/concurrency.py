@@ -50,7 +50,8 @@ class Concurrency:
     def __init__(self, low: int, high: int):
         self.low, self.high = max(1, min(low, high)), max(1, high)
         self.limit = self.low
-        self.running = 0
+        self.running = 0      # slots holding a place: claiming or rendering
+        self.rendering = 0    # of those, the ones whose renderer runs (what the CPU is judged by)
         self._changed = asyncio.Condition()
         self._task: asyncio.Task | None = None
 
@@ -85,7 +86,7 @@ class Concurrency:
             total = now[1] - before[1]
             if total > 0:
                 share = (now[0] - before[0]) / total
-                limit = next_limit(self.limit, self.running, share, self.low, self.high)
+                limit = next_limit(self.limit, self.rendering, share, self.low, self.high)
                 if limit != self.limit:
                     async with self._changed:
                         self.limit = limit

@@ -127,7 +127,8 @@ def create_app(config: ServerConfig, core: Core | None = None) -> FastAPI:
         info["peers"] = peers_json()
         info["loop_lag_ms"] = dict(state["runner"].loop_lag_ms)
         conc = state["runner"].concurrency
-        info["renders"] = {"limit": conc.limit, "running": conc.running, "auto": conc.adaptive}
+        info["renders"] = {"limit": conc.limit, "running": conc.running, "rendering": conc.rendering,
+                           "auto": conc.adaptive}
         return info
 
     @api.get("/peers", summary="This server's peers and their health")

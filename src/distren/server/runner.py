@@ -221,6 +221,7 @@ class Runner:
         render = asyncio.create_task(self._render(home, leases))
         for key in keys:
             self._renders[key] = render
+        self.concurrency.rendering += 1
         try:
             await asyncio.wait({render})
         except asyncio.CancelledError:
@@ -230,6 +231,7 @@ class Runner:
                 await self._interrupted(home, one)
             raise
         finally:
+            self.concurrency.rendering -= 1
             for key in keys:
                 self._renders.pop(key, None)
         if render.cancelled():
