@@ -677,3 +677,22 @@ def test_iter_tar_files_leaves_file_open(tmp_path: Path) -> None:
     buffer.seek(0)
     assert [name for name, _, _ in iter_tar_files(buffer)] == ["f"]
     assert not buffer.closed
+
+
+def test_extract_into_a_named_folder(tmp_path: Path, scratch: Path) -> None:
+    """`into`: the folder is made and filled; one that exists is never used; a refused
+    archive leaves no folder behind, and the same members are refused as without it."""
+    good = build(tmp_path / "good.tar", [reg("a/b.txt", b"hello")])
+    dest = tmp_path / "deps" / "alpha-1-0"
+    dest.parent.mkdir()
+    assert safe_extract(good, scratch, into=dest) == dest
+    assert (dest / "a" / "b.txt").read_bytes() == b"hello" and list(scratch.iterdir()) == []
+    with pytest.raises(FileExistsError):
+        safe_extract(good, scratch, into=dest)
+    assert (dest / "a" / "b.txt").read_bytes() == b"hello"
+    for case, (members, expected) in HOSTILE.items():
+        archive = build(tmp_path / f"hostile-{len(case)}.tar", members)
+        target = tmp_path / "deps" / "hostile"
+        with pytest.raises(BadPackage) as info:
+            safe_extract(archive, scratch, into=target)
+        assert expected in info.value.message and not target.exists(), case

@@ -434,6 +434,7 @@ def safe_extract(
     parent: Path,
     limits: TarLimits = TarLimits(),
     reserved: tuple[str, ...] = (),
+    into: Path | None = None,
 ) -> Path:
     """Extract a tarball into a fresh directory under parent and return its path.
 
@@ -441,8 +442,16 @@ def safe_extract(
     (written 0o644) and directories (0o755) are admitted; top-level names in
     `reserved` are refused. On any failure the new directory is removed again
     and BadPackage is raised, naming the offending member and the reason.
+
+    With `into`, that directory is made (it must not exist yet; its parent must)
+    and used instead of a fresh one under parent: a dependency's output goes
+    straight where the render reads it, without a rename.
     """
-    dest = Path(tempfile.mkdtemp(dir=parent))
+    if into is not None:
+        os.mkdir(into, 0o700)   # FileExistsError: never into a directory that exists
+        dest = Path(into)
+    else:
+        dest = Path(tempfile.mkdtemp(dir=parent))
     try:
         with _open_checked(archive) as tar:
             _Extractor(dest, limits, reserved).extract(tar)

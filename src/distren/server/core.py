@@ -167,10 +167,10 @@ class Core:
             return w.commit()
 
     def extract_output(self, blob: Blob, dest: Path) -> None:
-        """Unpack a dependency's output tarball into dest (strictly)."""
-        scratch = safe_extract(self.blobs.path(blob.sha256), self.tmp_dir, self.config.tar_limits)
+        """Unpack a dependency's output tarball into dest, a new folder (strictly: removed
+        again on any refusal)."""
         dest.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(scratch, dest)
+        safe_extract(self.blobs.path(blob.sha256), self.tmp_dir, self.config.tar_limits, into=dest)
 
     async def bundle(self, job: int) -> tuple[Path, bool]:
         """The job's bundle: every finished frame's files as `<frame>/<file>`, in frame order.
