@@ -119,6 +119,8 @@ class Scheduler:
     ):
         self.conn = conn
         self.server = server
+        # the database file, for the read-only connections of threads (`_reader`)
+        self._path = conn.execute("PRAGMA database_list").fetchone()[2]
         self.max_failures = max_failures
         self.block_after = block_after
         self.retry_elsewhere = retry_elsewhere
@@ -421,13 +423,18 @@ class Scheduler:
         return tuple({"url": format_url(r[0], r[1], r[2]), "sha256": r["sha256"], "size": r["size"]}
                      for r in self._deps(c, job, frame))
 
+    def _reader(self) -> sqlite3.Connection:
+        """A connection of its own to the database, for reads in a thread (off the event loop,
+        never touching the server's connection)."""
+        conn = sqlite3.connect(self._path, timeout=30, isolation_level=None)
+        conn.row_factory = sqlite3.Row
+        return conn
+
     def depends_of(self, job: int, frame: int) -> tuple[dict, ...]:
         """The dependency outputs of a leased frame, read on a connection of its own: safe in a
         thread, off the event loop. (A ready frame's dependencies are done, and done is final:
         no transaction is needed to read them consistently.)"""
-        path = self.conn.execute("PRAGMA database_list").fetchone()[2]
-        conn = sqlite3.connect(path, timeout=30)
-        conn.row_factory = sqlite3.Row
+        conn = self._reader()
         try:
             return self._depends(conn, job, frame)
         finally:
@@ -1000,8 +1007,7 @@ class Scheduler:
 
         Read-only, on a connection of its own in one read transaction (a consistent snapshot
         that blocks no writer): safe in a thread, off the event loop."""
-        path = self.conn.execute("PRAGMA database_list").fetchone()[2]
-        conn = sqlite3.connect(path, timeout=30, isolation_level=None)
+        conn = self._reader()
         try:
             conn.execute("BEGIN")
             row = conn.execute(

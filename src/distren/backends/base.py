@@ -157,9 +157,9 @@ class Backend:
         the frames before the last one that has outputs are done; that one may be half-written
         and renders again (not a failure of it); the next frame is where the renderer stopped:
         it fails with the process's error (a counted failure); the frames after it never ran
-        (their failure does not count). Outputs that
-        cannot be told apart by frame fail every frame uncounted, and the job's frames render
-        alone from then on. Never raises for renderer faults."""
+        (their failure does not count). Outputs that cannot be told apart by frame fail every
+        frame uncounted, and the job's frames render alone from then on. Never raises for
+        renderer faults."""
         frames = task.chunk
         try:
             argv = await asyncio.to_thread(self._argv, task)

@@ -373,8 +373,6 @@ class Runner:
             seconds = self.frame_times.get((home or core.name, first.job))
             extra = timeout if seconds is None else min(timeout, max(60.0, 10 * seconds))
             timeout = timeout + extra * (len(frames) - 1)
-        else:
-            timeout = timeout * len(frames)
         task = FrameTask(
             settings=first.settings, scene=scene, frame=first.frame,
             out=out, deps=deps, timeout=timeout, threads=core.config.threads(),
