@@ -75,6 +75,8 @@ TARGET_DELETE_S = 10.0
 
 PLUGIN = '''"""A backend whose render costs nothing: written by distren's benchmarks/scale.py."""
 
+import asyncio
+
 from distren.backends.base import Backend, RenderResult
 
 
@@ -92,20 +94,24 @@ class NullBackend(Backend):
         return []
 
     async def render(self, task):
+        # in a thread, as a real renderer runs in its own process: the file writes are the
+        # plug-in's cost, not the server's event loop's
         path = task.out / "frame.txt"
-        path.write_bytes(b"%d\\n" % task.frame)
+        await asyncio.to_thread(path.write_bytes, b"%d\\n" % task.frame)
         return RenderResult(True, "", None, [path])
 
     def chunkable(self, settings):
         return True
 
     async def render_chunk(self, task):
-        out = {}
-        for frame in task.chunk:
-            path = task.out / ("%d.txt" % frame)
-            path.write_bytes(b"%d\\n" % frame)
-            out[frame] = RenderResult(True, "", None, [path])
-        return out
+        def write():
+            out = {}
+            for frame in task.chunk:
+                path = task.out / ("%d.txt" % frame)
+                path.write_bytes(b"%d\\n" % frame)
+                out[frame] = RenderResult(True, "", None, [path])
+            return out
+        return await asyncio.to_thread(write)
 '''
 PLUGIN_METADATA = "Metadata-Version: 2.1\nName: distren-nullbackend\nVersion: 1.0\n"
 PLUGIN_ENTRY_POINTS = "[distren.backends]\nnull = distren_nullbackend:NullBackend\n"

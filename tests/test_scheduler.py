@@ -468,3 +468,26 @@ def test_claim_more_leases_the_consecutive_ready_frames_after_the_first(sched):
     # a lease that is no longer current gets nothing
     sched.fail(job, 10, ten.attempt, "", "interrupted", counts=False)
     assert sched.claim_more(ten, 5) == []
+
+
+def test_complete_many_records_a_chunk_in_one_go_and_skips_a_frame_that_moved_on(sched):
+    """A chunk's outputs in one transaction: the frames still current are done (their
+    dependents counted down), a frame whose attempt was superseded is left as it is and its
+    Conflict returned in its place, a frame of a deleted job gives NotFound; nothing raises."""
+    job = add_job(sched, {0: [], 1: [], 2: [], 3: [0, 1, 2]})
+    first = sched.claim("local:me", ["povray"], 60)
+    chunk = [first] + sched.claim_more(first, 5)
+    assert [l.frame for l in chunk] == [0, 1, 2]
+    # frame 1 is given back and leased again: the chunk's attempt 1 is no longer current
+    sched.fail(job, 1, 1, "", "interrupted", counts=False)
+    again = sched.claim("peer", ["povray"], 60)
+    assert (again.frame, again.attempt) == (1, 2)
+    outcome = sched.complete_many([(l.job, l.frame, l.attempt, OUT, "log") for l in chunk]
+                                  + [(job + 99, 0, 1, OUT, "")], "me", owner="local:me")
+    assert outcome[0] is None and outcome[2] is None
+    assert isinstance(outcome[1], Conflict) and isinstance(outcome[3], NotFound)
+    assert states(sched, job) == {0: "done", 1: "running", 2: "done", 3: "waiting"}
+    sched.complete(job, 1, 2, OUT, "peer", "", owner="peer")
+    assert states(sched, job)[3] == "ready"
+    with pytest.raises(Conflict):   # the one-frame form still raises
+        sched.complete(job, 1, 2, OUT, "peer", "", owner="peer")

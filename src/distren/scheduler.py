@@ -27,7 +27,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator
 
-from .errors import Conflict, NotFound
+from .errors import Conflict, DistrenError, NotFound
 from .job.spec import JobSpec
 from .store.blobs import Blob
 from .url import DistrenURL, format_url
@@ -484,20 +484,40 @@ class Scheduler:
         self, job: int, frame: int, attempt: int, output: Blob, rendered_by: str, log: str, owner: str | None = None
     ) -> None:
         """Record a frame's output. Raises Conflict for a superseded or expired attempt."""
+        (refused,) = self.complete_many([(job, frame, attempt, output, log)], rendered_by, owner)
+        if refused is not None:
+            raise refused
+
+    def complete_many(
+        self, results: list[tuple[int, int, int, Blob, str]], rendered_by: str, owner: str | None = None
+    ) -> list[DistrenError | None]:
+        """Record the outputs of several frames (a chunk's: `(job, frame, attempt, output, log)`
+        each) in one transaction. A frame whose attempt is no longer current (Conflict) or whose
+        job is gone (NotFound) is left as it is and does not hold the others back: its error is
+        returned in its place, None for each frame recorded."""
         now = self.clock()
+        outcome: list[DistrenError | None] = []
         with self._tx() as c:
-            row = self._running(c, job, frame, attempt, owner)
-            c.execute(
-                "UPDATE frames SET state='done', finished=?, output_sha256=?, output_size=?, rendered_by=?,"
-                " lease_owner=NULL, lease_expires=NULL, upload_sha256=NULL, upload_size=NULL, avoid=NULL,"
-                " avoid_until=NULL WHERE job_id=? AND frame=?",
-                (now, output.sha256, output.size, rendered_by, job, frame),
-            )
-            self._end_attempt(c, job, frame, attempt, "done", log)
-            if row["failures"]:
-                self._strike(c, job, frame, rendered_by)
-            self._dependency_done(c, self.server, job, frame)
-        self.on_ready()
+            for job, frame, attempt, output, log in results:
+                try:
+                    row = self._running(c, job, frame, attempt, owner)
+                except (Conflict, NotFound) as exc:   # nothing written for this frame yet
+                    outcome.append(exc)
+                    continue
+                c.execute(
+                    "UPDATE frames SET state='done', finished=?, output_sha256=?, output_size=?, rendered_by=?,"
+                    " lease_owner=NULL, lease_expires=NULL, upload_sha256=NULL, upload_size=NULL, avoid=NULL,"
+                    " avoid_until=NULL WHERE job_id=? AND frame=?",
+                    (now, output.sha256, output.size, rendered_by, job, frame),
+                )
+                self._end_attempt(c, job, frame, attempt, "done", log)
+                if row["failures"]:
+                    self._strike(c, job, frame, rendered_by)
+                self._dependency_done(c, self.server, job, frame)
+                outcome.append(None)
+        if any(one is None for one in outcome):
+            self.on_ready()
+        return outcome
 
     def _strike(self, c: sqlite3.Connection, job: int, frame: int, rendered_by: str) -> None:
         """The frame rendered here after failing on other peers: that was those peers' fault.

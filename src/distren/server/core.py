@@ -157,14 +157,15 @@ class Core:
         return final
 
     # -- outputs -------------------------------------------------------------------------
-    def put_output(self, files: list[Path], root: Path) -> Blob:
-        """A frame's output tarball (deterministic) into the blob store."""
+    def put_outputs(self, outputs: list[list[Path]], root: Path) -> list[Blob]:
+        """Frames' output tarballs (deterministic; one a frame, files named relative to `root`)
+        into the blob store, committed as one group."""
         from ..tarballs import write_tar
 
-        entries = [(p.relative_to(root).as_posix(), p) for p in files]
-        with self.blobs.writer() as w:
-            write_tar(w, entries)
-            return w.commit()
+        def tarball(files: list[Path]):
+            return lambda out: write_tar(out, [(p.relative_to(root).as_posix(), p) for p in files])
+
+        return self.blobs.put_many([tarball(files) for files in outputs])
 
     def extract_output(self, blob: Blob, dest: Path) -> None:
         """Unpack a dependency's output tarball into dest, a new folder (strictly: removed
