@@ -15,10 +15,10 @@ import pytest
 from PIL import Image
 
 from conftest import pixels
-from distren.backends.blender import DENOISE_MESSAGE, MAX_FRAME, BlenderBackend, frame_argv, plan
+from distren.backends.blender.backend import DENOISE_MESSAGE, MAX_FRAME, BlenderBackend, frame_argv, plan
 from distren.client import ClientError
 from distren.errors import BadSettings, PackError
-from distren.pack_blender import inspect_blend, pack_blender
+from distren.backends.blender.pack import inspect_blend, pack_blender
 from distren.tarballs import write_tar
 
 pytestmark = pytest.mark.skipif(shutil.which("blender") is None or shutil.which("bwrap") is None,

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from distren.backends import povray_ini
+from distren.backends.povray import ini as povray_ini
 from distren.errors import PackError
 from distren.job.spec import JOB_XML_NAME, parse_job_xml
-from distren.pack import pack_povray, scan_scene
+from distren.backends.povray.pack import pack_povray, scan_scene
 from distren.tarballs import safe_extract
 
 SAMPLE = Path(str(resources.files("distren").joinpath("samples/orbit")))

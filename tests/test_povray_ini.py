@@ -1,4 +1,4 @@
-"""The POV-Ray INI reader, plans and command lines (src/distren/backends/povray_ini.py)."""
+"""The POV-Ray INI reader, plans and command lines (src/distren/backends/povray/ini.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from distren.backends import povray_ini as pi
+from distren.backends.povray import ini as pi
 from distren.errors import BadSettings
 
 EXAMPLES = Path("/usr/share/doc/povray/examples/animations")
@@ -705,7 +705,7 @@ def test_povray_sample_animations_plan(path):
 
 def test_include_fan_out_is_capped(tmp_path):
     """No cycle, but each INI includes the next many times: the reads are capped."""
-    from distren.backends import povray_ini
+    from distren.backends.povray import ini as povray_ini
 
     (tmp_path / "scene.pov").write_text("sphere { 0, 1 }\n")
     for level in range(6):

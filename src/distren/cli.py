@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from . import __version__
+from .backends.base import find_backends, positive_int
 from .client import Client, ClientError
 from .errors import DistrenError, ServerError
 from .frames import parse_frames
@@ -21,10 +22,7 @@ from .server.config import usable_cores
 EXIT_OK, EXIT_JOB_FAILED, EXIT_USAGE, EXIT_REFUSED, EXIT_SERVER = 0, 1, 2, 3, 4
 
 
-def _positive_int(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
-    return int(text)
+_positive_int = positive_int
 
 
 def _chunk_arg(text: str) -> int:
@@ -63,12 +61,10 @@ def _frames_arg(text: str) -> str:
 
 
 def _add_pack_options(p: argparse.ArgumentParser) -> None:
+    """The options every backend takes, then each installed backend's own (`pack_options`)."""
     p.add_argument("--frames", type=_frames_arg, help="frame ids and ranges, e.g. 1-40 or 0,5,1000")
-    p.add_argument("--width", type=_positive_int, help="image width (overrides the INI)")
-    p.add_argument("--height", type=_positive_int, help="image height (overrides the INI)")
-    p.add_argument("--antialias", help="POV-Ray: 'off' or an antialiasing threshold such as 0.3 (overrides the INI)")
-    p.add_argument("--engine", help="Blender: CYCLES, BLENDER_EEVEE or BLENDER_WORKBENCH (default: the file's)")
-    p.add_argument("--samples", type=_positive_int, help="Blender: render samples (default: the file's)")
+    p.add_argument("--width", type=_positive_int, help="image width (overrides the scene's)")
+    p.add_argument("--height", type=_positive_int, help="image height (overrides the scene's)")
     p.add_argument("--name", help="job name (default: the scene's name)")
     p.add_argument("--priority", type=int, default=0, help="job priority, -1000..1000, higher first (default 0)")
     p.add_argument("--timeout", type=_positive_int,
@@ -80,8 +76,19 @@ def _add_pack_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fps", help="video frames per second (default 24)")
     p.add_argument("--codec", choices=("h264", "h265", "vp9"), help="video codec (default h264, in MP4)")
     p.add_argument("--crf", help="video quality, 0-63, lower is better (default 20)")
-    p.add_argument("--radiosity-prepass", action="store_true",
-                   help="POV-Ray: the first frame saves radiosity data, the others load it")
+    taken = {action.dest for action in p._actions}
+    for option in _backend_pack_options():
+        if option.dest in taken:   # a second backend with the same option shares it
+            continue
+        taken.add(option.dest)
+        if option.type is None:
+            p.add_argument(option.flag, action="store_true", default=None, help=option.help)
+        else:
+            p.add_argument(option.flag, type=option.type, metavar=option.metavar, help=option.help)
+
+
+def _backend_pack_options():
+    return [option for backend in find_backends().values() for option in backend.pack_options]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -93,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--server", help="server address, e.g. http://127.0.0.1:7780 (default: $DISTREN_SERVER)")
         p.add_argument("--json", action="store_true", help="print JSON")
 
-    p = sub.add_parser("pack", help="make a job package from scene.ini or scene.pov")
+    p = sub.add_parser("pack", help="make a job package from a scene (scene.ini, scene.pov, scene.blend, or what a plug-in backend packs)")
     p.add_argument("source", type=Path, help="scene.ini (with its .pov), a bare scene.pov, or scene.blend")
     p.add_argument("-o", "--output", type=Path, help="package path (default: <scene>.distren.tar.gz)")
     _add_pack_options(p)
@@ -221,26 +228,28 @@ class Progress:
 
 
 def _pack(args, out: Path | None):
-    """Pack a POV-Ray scene or a .blend, by the source's suffix."""
-    from .pack import pack_povray
-    from .pack_blender import pack_blender
+    """Pack the source with the backend found for its suffix; another backend's options are
+    refused."""
+    from .pack import PackRequest, backend_for
 
     video = None
     if args.video:
         video = {k: v for k, v in (("fps", args.fps), ("codec", args.codec), ("crf", args.crf)) if v is not None}
     elif args.fps or args.codec or args.crf:
         raise DistrenError("--fps, --codec and --crf go with --video")
-    common = dict(frames=args.frames, width=args.width, height=args.height, name=args.name,
-                  priority=args.priority, video=video, timeout=args.timeout, chunk=args.chunk)
-    if args.source.suffix.lower() == ".blend":
-        if args.antialias is not None or args.radiosity_prepass:
-            raise DistrenError("--antialias and --radiosity-prepass are POV-Ray options")
-        result = pack_blender(args.source, out, engine=args.engine, samples=args.samples, **common)
-    else:
-        if args.engine is not None or args.samples is not None:
-            raise DistrenError("--engine and --samples are Blender options")
-        result = pack_povray(args.source, out, antialias=args.antialias,
-                             radiosity_prepass=args.radiosity_prepass, **common)
+    if not args.source.is_file():
+        raise DistrenError(f"{args.source}: no such file")
+    backend = backend_for(args.source)
+    own = {option.dest for option in backend.pack_options}
+    foreign = sorted({option.flag for option in _backend_pack_options()
+                      if option.dest not in own and getattr(args, option.dest, None) is not None})
+    if foreign:
+        raise DistrenError(f"{', '.join(foreign)}: not an option of the {backend.name} backend, "
+                           f"which packs {args.source.name}")
+    request = PackRequest(frames=args.frames, width=args.width, height=args.height, name=args.name,
+                          priority=args.priority, timeout=args.timeout, chunk=args.chunk, video=video,
+                          options={dest: getattr(args, dest, None) for dest in own})
+    result = backend.pack(args.source, out, request)
     for w in result.warnings:
         print(f"distren: warning: {w}", file=sys.stderr)
     return result

@@ -13,6 +13,7 @@ template method too) gives each frame its own verdict.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import functools
 import os
@@ -22,10 +23,13 @@ import signal
 import subprocess
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Iterable
+from typing import TYPE_CHECKING, Callable, Iterable
 
-from ..errors import DistrenError
+from ..errors import DistrenError, PackError
 from .sandbox import DEPS_DIR, OUT_DIR, Sandbox
+
+if TYPE_CHECKING:
+    from ..pack import PackRequest, PackResult
 
 LOG_TAIL = 256 * 1024
 
@@ -79,13 +83,52 @@ class RenderResult:
     alone: bool = False   # render this job's frames one by one from now on
 
 
+def positive_int(text: str) -> int:
+    """A command-line value: a whole number >= 1."""
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return int(text)
+
+
+@dataclass(frozen=True)
+class PackOption:
+    """An option of `distren pack` and `distren render` that belongs to one backend (such as
+    POV-Ray's `--antialias`). `type` turns the text into the value (raising
+    argparse.ArgumentTypeError or ValueError for a bad one); None makes a switch. The value
+    reaches `Backend.pack` as `request.options[dest]`; given with another backend's scene, the
+    option is refused."""
+
+    flag: str
+    help: str
+    type: Callable[[str], object] | None = str
+    metavar: str | None = None
+
+    @property
+    def dest(self) -> str:
+        return self.flag.lstrip("-").replace("-", "_")
+
+
 class Backend:
-    """Base class of every backend. Subclasses set `name` and `executable`."""
+    """Base class of every backend. Subclasses set `name` and `executable`.
+
+    A backend owns its renderer: settings checks (`check`), command lines for one frame
+    (`command`) and for a chunk (`chunkable`, `split_outputs`, `render_chunk`), output rules
+    (`outputs`, `verify`), and, on the client side, packing: the scene files it packs
+    (`source_suffixes`), its own pack options (`pack_options`) and `pack`."""
 
     name: str = ""
     executable: str = ""
     ro_paths: tuple[str, ...] = ()
     env: dict[str, str] = {}
+    # the suffixes (lower case, with the dot) of the scene files `distren pack` gives this backend
+    source_suffixes: tuple[str, ...] = ()
+    pack_options: tuple[PackOption, ...] = ()
+
+    def pack(self, source: Path, out: Path | None, request: "PackRequest") -> "PackResult":
+        """Write a job package for `source` (one of `source_suffixes`) to `out` (None: <stem>
+        .distren.tar.gz in the current folder) and return it; `distren.pack.write_job` writes
+        it. Raise PackError naming what is missing or would be refused."""
+        raise PackError(f"the {self.name} backend does not pack scenes")
 
     def version(self) -> str | None:
         """The renderer's version, or None when it is not installed."""
@@ -298,6 +341,50 @@ async def run_process(argv: list[str], timeout: float, limits: RenderLimits | No
             await proc.wait()
     log = b"".join(chunks)[-LOG_TAIL:].decode("utf-8", "replace")
     return proc.returncode, log, timed_out
+
+
+# A path inside a job folder: at most this long; the `_distren` folder is distren's own
+# (dependencies' outputs appear there at render time).
+MAX_PATH_CHARS = 1024
+RESERVED_FOLDER = "_distren"
+
+
+def relative_file(text: str, root: Path) -> str:
+    """Check that `text` names a regular file inside the job folder `root`, and return it as a
+    canonical relative POSIX path. Raises ValueError(reason) for an empty, absolute or too long
+    path, a '..' component, a backslash, a double quote or control character, the reserved
+    `_distren` folder, a missing file, a non-file, or a symbolic link leading out of root."""
+    if not text:
+        raise ValueError("the path is empty")
+    if len(text) > MAX_PATH_CHARS:
+        raise ValueError(f"the path is longer than {MAX_PATH_CHARS} characters")
+    if any(ord(c) < 32 or ord(c) == 127 for c in text):
+        raise ValueError("the path contains a control character")
+    if "\\" in text:
+        raise ValueError("the path contains a backslash; use /")
+    if '"' in text:
+        raise ValueError("the path contains a double quote")
+    if text.startswith("/") or re.match(r"[A-Za-z]:", text):
+        raise ValueError("absolute paths are not allowed; give a path inside the job folder")
+    raw_parts = text.split("/")
+    if ".." in raw_parts:
+        raise ValueError("'..' is not allowed in paths")
+    parts = [p for p in raw_parts if p not in ("", ".")]
+    if not parts:
+        raise ValueError("the path names no file")
+    if parts[0] == RESERVED_FOLDER:
+        raise ValueError(f"the {RESERVED_FOLDER} folder is reserved for distren")
+    rel = "/".join(parts)
+    full = Path(root, *parts)
+    try:
+        resolved = full.resolve(strict=True)
+    except (OSError, RuntimeError):
+        raise ValueError("no such file in the job folder") from None
+    if not resolved.is_relative_to(Path(root).resolve()):
+        raise ValueError("the path leads out of the job folder")
+    if not resolved.is_file():
+        raise ValueError("not a regular file")
+    return rel
 
 
 @functools.lru_cache(maxsize=None)

@@ -30,7 +30,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import BadSettings
+from ...errors import BadSettings
+from ..base import MAX_PATH_CHARS, RESERVED_FOLDER, relative_file  # noqa: F401 (relative_file: used and re-exported)
 
 POVRAY_SETTINGS = (
     "scene",
@@ -50,9 +51,7 @@ MAX_INCLUDE_DEPTH = 8
 # product of the counts): cap the INI reads of one plan, and the lines read in all.
 MAX_INI_READS = 64
 MAX_INI_LINES = 100_000
-MAX_PATH_CHARS = 1024
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
-RESERVED_FOLDER = "_distren"
 
 # Pinned when the job does not set them, so that every worker renders the same image whatever
 # its own povray.ini says. They are the values of the povray.ini POV-Ray ships (800x600, PNG).
@@ -411,44 +410,6 @@ _SWITCHES = (
 
 # ---------------------------------------------------------------------------------------------
 # Paths
-
-
-def relative_file(text: str, root: Path) -> str:
-    """Check that `text` names a regular file inside the job folder `root`, and return it as a
-    canonical relative POSIX path. Raises ValueError(reason) for an empty, absolute or too long
-    path, a '..' component, a backslash, a double quote or control character, the reserved
-    `_distren` folder, a missing file, a non-file, or a symbolic link leading out of root."""
-    if not text:
-        raise ValueError("the path is empty")
-    if len(text) > MAX_PATH_CHARS:
-        raise ValueError(f"the path is longer than {MAX_PATH_CHARS} characters")
-    if any(ord(c) < 32 or ord(c) == 127 for c in text):
-        raise ValueError("the path contains a control character")
-    if "\\" in text:
-        raise ValueError("the path contains a backslash; use /")
-    if '"' in text:
-        raise ValueError("the path contains a double quote")
-    if text.startswith("/") or re.match(r"[A-Za-z]:", text):
-        raise ValueError("absolute paths are not allowed; give a path inside the job folder")
-    raw_parts = text.split("/")
-    if ".." in raw_parts:
-        raise ValueError("'..' is not allowed in paths")
-    parts = [p for p in raw_parts if p not in ("", ".")]
-    if not parts:
-        raise ValueError("the path names no file")
-    if parts[0] == RESERVED_FOLDER:
-        raise ValueError(f"the {RESERVED_FOLDER} folder is reserved for distren")
-    rel = "/".join(parts)
-    full = Path(root, *parts)
-    try:
-        resolved = full.resolve(strict=True)
-    except (OSError, RuntimeError):
-        raise ValueError("no such file in the job folder") from None
-    if not resolved.is_relative_to(Path(root).resolve()):
-        raise ValueError("the path leads out of the job folder")
-    if not resolved.is_file():
-        raise ValueError("not a regular file")
-    return rel
 
 
 def _find_file(text: str, root: Path, extension: str) -> str:

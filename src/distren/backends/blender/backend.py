@@ -24,11 +24,15 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING
 
-from ..errors import BadSettings
-from .base import Backend, FrameTask, probe_version
-from .povray_ini import relative_file
-from .sandbox import JOB_DIR, OUT_DIR
+from ...errors import BadSettings
+from ..base import Backend, FrameTask, PackOption, positive_int, probe_version
+from ..base import relative_file
+from ..sandbox import JOB_DIR, OUT_DIR
+
+if TYPE_CHECKING:
+    from ...pack import PackRequest, PackResult
 
 BLENDER_SETTINGS = ("blend", "engine", "samples", "width", "height", "format")
 
@@ -243,9 +247,22 @@ class BlenderBackend(Backend):
     # through surfaceless EGL, so no /dev/dri.
     ro_paths: tuple[str, ...] = ()
     env: dict[str, str] = {}
+    source_suffixes = (".blend",)
+    pack_options = (
+        PackOption("--engine", "Blender: CYCLES, BLENDER_EEVEE or BLENDER_WORKBENCH (default: the file's)"),
+        PackOption("--samples", "Blender: render samples (default: the file's)", type=positive_int),
+    )
 
     def version(self) -> str | None:
         return blender_version()
+
+    def pack(self, source: Path, out: Path | None, request: "PackRequest") -> "PackResult":
+        from .pack import pack_blender
+
+        return pack_blender(source, out, frames=request.frames, width=request.width, height=request.height,
+                            engine=request.options.get("engine"), samples=request.options.get("samples"),
+                            name=request.name, priority=request.priority, video=request.video,
+                            timeout=request.timeout, chunk=request.chunk)
 
     def check(self, settings: dict[str, str], scene: Path, frame_ids: list[int]) -> list[str]:
         p = plan(settings, scene)

@@ -14,9 +14,9 @@ import re
 import subprocess
 from pathlib import Path
 
-from ..errors import BadSettings, DistrenError
-from .base import Backend, FrameTask, probe_version
-from .sandbox import OUT_DIR
+from ...errors import BadSettings, DistrenError
+from ..base import Backend, FrameTask, probe_version
+from ..sandbox import OUT_DIR
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".tga", ".exr", ".ppm")
 CODECS = {
@@ -126,7 +126,7 @@ class FfmpegBackend(Backend):
 def add_video(spec, settings: dict[str, str] | None = None) -> int:
     """Add an encode frame to a JobSpec: id one past the highest frame, depending on every
     frame of the job in order. Returns its id."""
-    from ..job.spec import FrameSpec, draft_dep
+    from ...job.spec import FrameSpec, draft_dep
 
     settings = dict(settings or {})
     video_settings(settings)

@@ -21,8 +21,8 @@ import subprocess
 import tempfile
 from pathlib import Path, PurePosixPath
 
-from .backends.base import kill_group
-from .backends.blender import (
+from ..base import kill_group, relative_file
+from .backend import (
     DEFAULT_FORMAT,
     ENGINES,
     FORMATS,
@@ -34,12 +34,11 @@ from .backends.blender import (
     choice_setting,
     integer_setting,
 )
-from .backends.povray_ini import relative_file
-from .backends.sandbox import OUT_DIR, Sandbox, prepare_scene
-from .errors import BadFrameSpec, DistrenError, PackError
-from .frames import parse_frames
-from .job.spec import DEFAULT_MAX_FRAMES, JOB_XML_NAME, FrameSpec, JobSpec
-from .pack import PackResult, _as_pack_error, write_job
+from ..sandbox import OUT_DIR, Sandbox, prepare_scene
+from ...errors import BadFrameSpec, DistrenError, PackError
+from ...frames import parse_frames
+from ...job.spec import DEFAULT_MAX_FRAMES, JOB_XML_NAME, FrameSpec, JobSpec
+from ...pack import PackResult, _as_pack_error, write_job
 
 INSPECT_TIMEOUT = 120.0
 INSPECT_JSON = "inspect.json"

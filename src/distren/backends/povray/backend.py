@@ -15,11 +15,15 @@ from __future__ import annotations
 
 import re
 from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING
 
-from ..errors import BadSettings, DistrenError
-from . import povray_ini
-from .base import Backend, FrameTask, probe_version
-from .sandbox import OUT_DIR
+from ...errors import BadSettings, DistrenError
+from . import ini as povray_ini
+from ..base import Backend, FrameTask, PackOption, probe_version
+from ..sandbox import OUT_DIR
+
+if TYPE_CHECKING:
+    from ...pack import PackRequest, PackResult
 
 PREPASS = "radiosity-prepass"
 RAD_FILE = "radiosity.rad"  # a fixed name: POV-Ray splits option values at blanks
@@ -44,8 +48,24 @@ class PovrayBackend(Backend):
     # refuses a job folder holding povray.ini).
     env = {"POVINI": "/etc/povray/3.7/povray.ini"}
 
+    source_suffixes = (".ini", ".pov")
+    pack_options = (
+        PackOption("--antialias", "POV-Ray: 'off' or an antialiasing threshold such as 0.3 (overrides the INI)"),
+        PackOption("--radiosity-prepass", "POV-Ray: the first frame saves radiosity data, the others load it",
+                   type=None),
+    )
+
     def version(self) -> str | None:
         return probe_version("povray", "--version", r"POV-Ray\s+(\S+)")
+
+    def pack(self, source: Path, out: Path | None, request: "PackRequest") -> "PackResult":
+        from .pack import pack_povray
+
+        return pack_povray(source, out, frames=request.frames, width=request.width, height=request.height,
+                           antialias=request.options.get("antialias"), name=request.name,
+                           priority=request.priority, video=request.video,
+                           radiosity_prepass=bool(request.options.get("radiosity_prepass")),
+                           timeout=request.timeout, chunk=request.chunk)
 
     def check(self, settings: dict[str, str], scene: Path, frame_ids: list[int]) -> list[str]:
         rest, prepass = _split(settings)
