@@ -17,6 +17,12 @@ from distren.client import Client
 
 ROOT = Path(__file__).resolve().parent.parent
 DISTREN = [sys.executable, "-m", "distren.cli"]
+# A third-party backend as a plug-in ships it (tests/plugins/toy: the `toyrender` program and
+# its backend, registered through the `distren.backends` entry point): found in this process
+# (the backend contract runs over it), and by subprocesses given TOY_ENV.
+TOY_PLUGIN = ROOT / "tests" / "plugins" / "toy"
+sys.path.insert(0, str(TOY_PLUGIN))
+TOY_ENV = {"PYTHONPATH": os.pathsep.join(filter(None, [str(TOY_PLUGIN), os.environ.get("PYTHONPATH")]))}
 
 # A small animated scene: the clock moves a sphere and changes its colour.
 SCENE_POV = """#version 3.7;
@@ -132,8 +138,9 @@ class ServerProcess:
 def server_factory(tmp_path):
     started: list[ServerProcess] = []
 
-    def factory(name: str = "alpha", slots: int = 2, data: Path | None = None, extra=None) -> ServerProcess:
-        s = ServerProcess(data or tmp_path / f"data-{name}", name, slots, extra).start()
+    def factory(name: str = "alpha", slots: int = 2, data: Path | None = None, extra=None,
+                env: dict[str, str] | None = None) -> ServerProcess:
+        s = ServerProcess(data or tmp_path / f"data-{name}", name, slots, extra, env).start()
         started.append(s)
         return s
 

@@ -43,7 +43,14 @@ def blender_example(root: Path) -> tuple[dict, tuple[str, ...]]:
     return {"blend": "cube.blend", "width": "24", "height": "18"}, ()
 
 
-EXAMPLES = {"povray": povray_example, "ffmpeg": ffmpeg_example, "blender": blender_example}
+def toy_example(root: Path) -> tuple[dict, tuple[str, ...]]:
+    """The example plug-in backend (tests/plugins/toy), as a third party would install it."""
+    (root / "scene.toy").write_text('size 32 24\nbackground 0 0 80\ninclude "more.toy"\n')
+    (root / "more.toy").write_text("disc 4 12 5 255 200 0 3 0\n")
+    return {"scene": "scene.toy", "width": "24", "height": "18"}, ()
+
+
+EXAMPLES = {"povray": povray_example, "ffmpeg": ffmpeg_example, "blender": blender_example, "toy": toy_example}
 
 
 def task_for(name: str, tmp_path: Path, timeout: float = 120) -> tuple[Backend, FrameTask]:
