@@ -154,3 +154,41 @@ def test_radiosity_prepass_without_radiosity_fails_the_prepass(server, tmp_path)
     assert info["state"] == "failed"
     assert "wrote no radiosity.rad" in s.frame(f"{job['url']}/0")["error"]
     assert s.frame(f"{job['url']}/1")["error"] == f"dependency {job['url']}/0 failed"
+
+
+def test_radiosity_scenes_render_with_one_thread_so_every_render_of_a_frame_is_the_same(tmp_path):
+    """POV-Ray's radiosity differs from render to render with several threads (by a few
+    levels); distren renders scenes that use it with one thread, so a frame is the same image
+    whether rendered alone, in a chunk, on a peer or again after a retry. Scenes without
+    radiosity keep every thread they are given."""
+    import asyncio
+
+    from conftest import pixels
+    from distren.backends.povray.backend import uses_radiosity
+
+    from distren.backends.sandbox import prepare_scene
+
+    rad, plain = tmp_path / "rad", tmp_path / "plain"
+    rad.mkdir()
+    prepare_scene(rad)
+    (rad / "rad.pov").write_text(RAD_POV.replace("radiosity {", "#include \"light.inc\"\n  radiosity {"))
+    (rad / "light.inc").write_text("// nothing but a comment\n")
+    make_scene(plain, final=3)
+    assert uses_radiosity(rad) and not uses_radiosity(plain)
+    settings = {"scene": "rad.pov", "width": "120", "height": "90", "initial-frame": "0", "final-frame": "3"}
+
+    def task(frame: int, n: int, frames=()) -> FrameTask:
+        out = tmp_path / f"out-{frame}-{n}"
+        out.mkdir()
+        return FrameTask(settings=settings, scene=rad, frame=frame, out=out, deps=tmp_path, timeout=120,
+                         threads=2, frames=frames)
+
+    assert "Work_Threads=1" in PovrayBackend().command(task(1, 0))
+    plain_task = FrameTask(settings={"scene": "scene.pov", "initial-frame": "0", "final-frame": "3"}, scene=plain,
+                           frame=1, out=tmp_path, deps=tmp_path, timeout=60, threads=2)
+    assert "Work_Threads=2" in PovrayBackend().command(plain_task)
+    renders = [asyncio.run(PovrayBackend().render(task(1, n))) for n in (1, 2)]
+    chunk = asyncio.run(PovrayBackend().render_chunk(task(0, 3, frames=(0, 1, 2))))
+    assert all(r.ok for r in renders) and chunk[1].ok, [(r.error, r.log[-500:]) for r in renders]
+    images = [r.outputs[0] for r in renders] + [chunk[1].outputs[0]]
+    assert pixels(images[0]) == pixels(images[1]) == pixels(images[2])

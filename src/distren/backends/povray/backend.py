@@ -13,6 +13,7 @@ backend checks that it arrived, and that the pre-pass frame really wrote one.
 
 from __future__ import annotations
 
+import functools
 import re
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
@@ -94,7 +95,10 @@ class PovrayBackend(Backend):
         rest, prepass = _split(task.settings)
         plan = povray_ini.plan(rest, task.scene)
         stem = PurePosixPath(plan.scene).stem
-        args = [self.executable, *povray_ini.frame_args(plan, task.frame, f"{OUT_DIR}/{stem}", threads=task.threads,
+        # radiosity with several threads differs from render to render: one thread makes every
+        # render of a frame (a chunk or alone, here or on a peer, a retry) the same image
+        threads = 1 if task.threads and uses_radiosity(task.scene) else task.threads
+        args = [self.executable, *povray_ini.frame_args(plan, task.frame, f"{OUT_DIR}/{stem}", threads=threads,
                                                         last=task.chunk[-1])]
         if prepass == task.frame:
             args += [f"Radiosity_File_Name={OUT_DIR}/{RAD_FILE}", "Radiosity_To_File=on"]
@@ -127,3 +131,34 @@ class PovrayBackend(Backend):
             # without a radiosity block POV-Ray writes an empty file
             return f"the radiosity pre-pass wrote no {RAD_FILE} data (does the scene use radiosity?)"
         return None
+
+
+SDL_SUFFIXES = (".pov", ".inc", ".mcr", ".mac")
+_WORD = b"radiosity"
+
+
+def uses_radiosity(scene: Path) -> bool:
+    """Whether any scene-description file of the job folder (.pov, .inc, .mcr, .mac) holds the
+    word `radiosity` (comments too: a false alarm only costs speed). POV-Ray's radiosity is not
+    deterministic with more than one render thread (two renders of one frame differ by a few
+    levels), so such scenes render with one. Read in blocks, once per scene folder (they never
+    change: a scene folder is named by its seed's hash), bounded by the package limits."""
+    try:
+        key = (str(scene), scene.stat().st_mtime_ns)
+    except OSError:
+        return False
+    return _uses_radiosity(key)
+
+
+@functools.lru_cache(maxsize=256)
+def _uses_radiosity(key: tuple[str, int]) -> bool:
+    for path in sorted(Path(key[0]).rglob("*")):
+        if path.suffix.lower() not in SDL_SUFFIXES or path.is_symlink() or not path.is_file():
+            continue
+        tail = b""
+        with open(path, "rb") as f:
+            while block := f.read(1 << 20):
+                if _WORD in tail + block:
+                    return True
+                tail = block[-(len(_WORD) - 1):]
+    return False
