@@ -187,8 +187,9 @@ class Farm:
         self.secret.write_text("a federation secret of enough length\n")
         self.servers: dict[str, ServerProcess] = {}
 
-    def add(self, name: str, slots: int, peers: list[str], extra: list[str] = ()) -> ServerProcess:
-        s = ServerProcess(self.tmp / f"data-{name}", name, slots)
+    def add(self, name: str, slots: int, peers: list[str], extra: list[str] = (),
+            env: dict[str, str] | None = None) -> ServerProcess:
+        s = ServerProcess(self.tmp / f"data-{name}", name, slots, env=env)
         self.servers[name] = s
         s.peer_names = peers
         s.extra = ["--federation-secret-file", str(self.secret), *LEASE, *extra]

@@ -304,3 +304,31 @@ def test_interrupted_download_resumes_with_range(farm, tmp_path):
 
 async def _record(seen: list, request) -> None:
     seen.append((request.url.path, request.headers.get("range")))
+
+
+def test_the_chunk_route_refuses_bad_limits_and_leases_that_are_not_the_peers(farm, tmp_path):
+    """POST /peer/leases/{job}/{frame}/{attempt}/more: 400 for a limit that is not 1..50, 409
+    for a lease the asking peer does not hold; with a current lease, the frames after it."""
+    a = farm.add("A", 0, ["B"])
+    farm.start()
+    secret = farm.secret.read_bytes().strip()
+    job = a.client().submit(pack(tmp_path, final=5))
+    jid = int(job["url"].rsplit("/", 1)[1])
+
+    def post(path: str, data: dict) -> httpx.Response:
+        body = json.dumps(data).encode()
+        return httpx.post(a.url + path, content=body, headers=signed(secret, "POST", path, body))
+
+    r = post("/api/v1/peer/claim", {"backends": ["povray"]})
+    assert r.status_code == 200 and r.json()["frame"] == 0
+    assert r.json()["chunk"] is None and r.json()["ready"] == 5     # the hints for the peer's chunk
+    more = f"/api/v1/peer/leases/{jid}/0/{r.json()['attempt']}/more"
+    for bad in ({}, {"limit": 0}, {"limit": 51}, {"limit": "3"}, {"limit": True}):
+        r2 = post(more, bad)
+        assert r2.status_code == 400 and r2.json()["error"]["code"] == "bad_job", bad
+    assert post(f"/api/v1/peer/leases/{jid}/0/99/more", {"limit": 2}).status_code == 409
+    assert post(f"/api/v1/peer/leases/{jid}/3/1/more", {"limit": 2}).status_code == 409   # not leased at all
+    r3 = post(more, {"limit": 2})
+    assert r3.status_code == 200 and [one["frame"] for one in r3.json()["leases"]] == [1, 2]
+    frames = {f["frame"]: f["state"] for f in a.client().frames(job["url"])}
+    assert frames == {0: "running", 1: "running", 2: "running", 3: "ready", 4: "ready", 5: "ready"}

@@ -149,7 +149,8 @@ def test_peer_killed_with_two_leases_is_not_blocklisted(farm, tmp_path):
     start(farm)
     client = a.client()
     job = client.submit(pack(tmp_path, final=3, pov_extra=spin(400_000)))
-    poll("B holds two leases", lambda: client.job(job["url"])["frames"]["running"], lambda n: n == 2, timeout=30,
+    # (B may hold more: a slot can lease a chunk of frames)
+    poll("B holds two leases", lambda: client.job(job["url"])["frames"]["running"], lambda n: n >= 2, timeout=30,
          interval=0.05)
     b.stop(signal.SIGKILL)
     b.start()  # same port, same data folder; the two leases it held expire at A
@@ -158,7 +159,7 @@ def test_peer_killed_with_two_leases_is_not_blocklisted(farm, tmp_path):
     assert info["blocklisted"] == []
     history = [h for f in range(4) for h in client.frame(f"{job['url']}/{f}")["history"]]
     expired = [h for h in history if h["outcome"] != "done"]
-    assert len(expired) == 2 and all(h["renderer"] == "B" and h["outcome"] == "expired" for h in expired), history
+    assert len(expired) >= 2 and all(h["renderer"] == "B" and h["outcome"] == "expired" for h in expired), history
 
 
 def test_job_fails_when_every_renderer_is_blocklisted(farm, tmp_path):

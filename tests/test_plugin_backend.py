@@ -105,3 +105,33 @@ def test_render_command_uses_the_plugin_end_to_end(tmp_path):
     r = run_cli("render", str(scene), "--frames", "2-4", "-o", str(tmp_path / "out"), env=TOY_ENV)
     assert r.returncode == 0, r.stderr
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [f"toy_{f:06d}.png" for f in (2, 3, 4)]
+
+
+def test_a_peer_renders_the_homes_frames_in_chunks(tmp_path, farm):
+    """Chunks across servers: a home that renders nothing, a peer that leases a frame and then,
+    in a second request, the frames after it (`POST /peer/leases/.../more`), renders them in one
+    run, and reports each frame on its own; the images are those of single-frame runs."""
+    scene = write_scene(tmp_path / "scene")
+    farm.add("home", 0, ["peer"], env=TOY_ENV)
+    farm.add("peer", 1, ["home"], env=TOY_ENV)
+    farm.start()
+    pkg = tmp_path / "toy.tar.gz"
+    assert run_cli("pack", str(scene), "--chunk", "3", "-o", str(pkg), env=TOY_ENV).returncode == 0
+    client = farm.servers["home"].client()
+    job = client.wait(client.submit(pkg)["url"], interval=0.1, timeout=120)
+    assert job["state"] == "done", job
+    frames = [client.frame(f["url"]) for f in client.frames(job["url"])]
+    assert {f["rendered_by"] for f in frames} == {"peer"}
+    runs = {tuple(line for line in f["log"].splitlines() if line.startswith("frame ")) for f in frames}
+    assert runs == {("frame 1", "frame 2", "frame 3"), ("frame 4", "frame 5", "frame 6")}, runs
+    bundle = tmp_path / "bundle.tar"
+    client.download(job["url"], bundle)
+    with tarfile.open(bundle) as tar:
+        tar.extractall(tmp_path / "got", filter="data")
+    got = {name: d for sub in (tmp_path / "got").iterdir() for name, d in digests(sub).items()}
+    direct = tmp_path / "direct"
+    direct.mkdir()
+    for frame in range(1, 7):
+        subprocess.run([str(TOY_PLUGIN / "toyrender"), str(scene), "--first", str(frame), "--last", str(frame),
+                        "--out", str(direct)], check=True, capture_output=True)
+    assert digests(direct) == got and len(got) == 6

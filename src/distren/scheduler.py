@@ -66,6 +66,10 @@ class Lease:
     owner: str = ""
     lease_seconds: float | None = None   # as granted by the home server
     timeout: float | None = None         # the job's render timeout, if it sets one
+    # a home server's hints to a peer, for choosing a chunk: the job's own <chunk> (None: not
+    # set) and its count of ready frames when the lease was granted
+    chunk: int | None = None
+    ready: int | None = None
 
     def to_json(self, lease_seconds: float | None) -> dict:
         return {
@@ -418,6 +422,16 @@ class Scheduler:
                 out.append(self._lease(c, first.job, r[0], r[1] + 1, first.backend, first.owner,
                                        first.lease_seconds, now))
         return out
+
+    def claim_more_for(self, job: int, frame: int, attempt: int, owner: str, limit: int,
+                       lease_seconds: float) -> list[Lease]:
+        """`claim_more` for a peer that holds attempt `attempt` of the frame (its chunk): the
+        frames after it, leased to the same owner. Conflict when that lease is not current."""
+        with self._tx() as c:
+            self._running(c, job, frame, attempt, owner)
+            backend = c.execute("SELECT backend FROM frames WHERE job_id=? AND frame=?", (job, frame)).fetchone()[0]
+        first = Lease(job, frame, attempt, backend, {}, "", 0, (), None, owner, lease_seconds)
+        return self.claim_more(first, limit)
 
     def _depends(self, c: sqlite3.Connection, job: int, frame: int) -> tuple[dict, ...]:
         return tuple({"url": format_url(r[0], r[1], r[2]), "sha256": r["sha256"], "size": r["size"]}

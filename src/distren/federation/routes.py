@@ -7,6 +7,7 @@
     PUT  /peer/leases/{job}/{frame}/{attempt}/output      the frame tarball (body hash signed)
     POST /peer/leases/{job}/{frame}/{attempt}/complete {"sha256", "size", "log"}
     POST /peer/leases/{job}/{frame}/{attempt}/fail     {"log", "error"}
+    POST /peer/leases/{job}/{frame}/{attempt}/more     more frames for the same renderer run (a chunk)
     GET  /peer/blobs/{sha256}                          a seed or output blob (HTTP Range)
     GET  /peer/frontier/{job}/{frame}                  the frames of other servers it waits for
 """
@@ -23,6 +24,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from starlette.requests import ClientDisconnect
 
 from ..errors import BadJob, Conflict, NotFound, TooLarge, Unauthorized
+from ..chunks import MAX_CHUNK
 from ..scheduler import with_depends
 from ..url import MAX_ID, format_url
 from . import auth
@@ -101,8 +103,26 @@ def create_peer_router(get_core: Callable, get_fed: Callable) -> APIRouter:
             wait = fed.no_work_answer(peer)
             return Response(status_code=204, headers={"Retry-After": f"{wait:.1f}"})
         fed.announcer.served(peer)
+        data = lease.to_json(fed.settings.lease_seconds)
+        data["chunk"], data["ready"] = core.scheduler.chunk_request(lease.job)   # hints for the peer's chunk
         # an encode frame's lease names every frame's output: encoded in a thread
-        body = await asyncio.to_thread(json.dumps, lease.to_json(fed.settings.lease_seconds))
+        body = await asyncio.to_thread(json.dumps, data)
+        return Response(body, media_type="application/json")
+
+    @router.post("/leases/{job}/{frame}/{attempt}/more")
+    async def more(job: int, frame: int, attempt: int, request: Request):
+        """A chunk: the peer that holds this lease asks for up to `limit` more frames of the
+        job, the consecutive ready ones after it, to render in the same renderer process."""
+        peer, data = await signed_json(request)
+        check_ids(job, frame, attempt)
+        limit = data.get("limit")
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_CHUNK:
+            raise BadJob(f"more needs {{\"limit\": 1..{MAX_CHUNK}}}")
+        core, fed = get_core(), get_fed()
+        leases = core.scheduler.claim_more_for(job, frame, attempt, peer, limit, fed.settings.lease_seconds)
+        leases = [await with_depends(core.scheduler, one) for one in leases]
+        body = await asyncio.to_thread(json.dumps, {"leases": [one.to_json(fed.settings.lease_seconds)
+                                                               for one in leases]})
         return Response(body, media_type="application/json")
 
     @router.post("/leases/{job}/{frame}/{attempt}/heartbeat")

@@ -334,6 +334,24 @@ class Federation:
             return name, lease
         return None
 
+    async def claim_more(self, home: str, lease: Lease, limit: int) -> list[Lease]:
+        """More frames of `lease`'s job for the same renderer run (a chunk); [] when the home
+        has none, or does not lease chunks to peers (an older home: 404)."""
+        try:
+            resp = await self.peers.request(home, "POST", self._lease_path(lease, "more"), json={"limit": limit},
+                                            ok=(200,), timeout=CLAIM_TIMEOUT)
+        except PeerError as exc:
+            if exc.http_status in (404, 405, 409):   # no such route (older home), or the lease moved on
+                return []
+            raise
+        try:
+            more = [lease_from_json(one, home) for one in resp.json()["leases"]]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise PeerError(f"malformed chunk from {home}: {exc!r}") from None
+        if any(one.job != lease.job for one in more):
+            raise PeerError(f"{home} answered a chunk with frames of another job")
+        return more
+
     def no_work_answer(self, peer: str) -> float:
         """This server turns a claiming peer away: remember to tell it when work comes;
         returns the wait to ask of it (seconds)."""
@@ -480,9 +498,15 @@ def lease_from_json(data: dict, owner: str) -> Lease:
                           for d in data["depends"]),
             expires=None, owner=owner, lease_seconds=float(data["lease_seconds"]),
             timeout=None if data.get("timeout") is None else float(data["timeout"]),
+            chunk=_hint(data.get("chunk")), ready=_hint(data.get("ready")),
         )
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise PeerError(f"malformed lease from {owner}: {exc!r}") from None
+
+
+def _hint(value) -> int | None:
+    """A home's chunk hint: a whole number >= 0, else None (an older home sends none)."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
 
 
 def _retry_after(resp) -> float | None:

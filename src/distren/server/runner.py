@@ -207,11 +207,10 @@ class Runner:
         if home is not None:
             self._wake.set()  # a peer has work: the other idle slots ask it too, now
         leases = [lease]
-        if home is None:
-            try:
-                leases += await self._chunk(lease)
-            except Exception:  # a chunk is an optimisation: the first frame renders anyway
-                log.exception("could not lease a chunk; rendering one frame")
+        try:
+            leases += await self._chunk(home, lease)
+        except Exception:  # a chunk is an optimisation: the first frame renders anyway
+            log.exception("could not lease a chunk; rendering one frame")
         keys = [(home or self.core.name, one.job, one.frame, one.attempt) for one in leases]
         render = asyncio.create_task(self._render(home, leases))
         for key in keys:
@@ -241,19 +240,25 @@ class Runner:
                 for one in leases:
                     await self._local_failure(one, "", f"internal error: {exc}")
 
-    async def _chunk(self, lease: Lease) -> list[Lease]:
+    async def _chunk(self, home: str | None, lease: Lease) -> list[Lease]:
         """More frames to render with `lease` in the same renderer process (chunks.py says how
-        many): this server's own frames only."""
+        many, from what this server measured of the job): this server's own frames, or a
+        peer's (asked of the home, which gave the job's <chunk> and ready count with the lease)."""
         core = self.core
         backend = core.backends.get(lease.backend)
-        key = (core.name, lease.job)
+        key = (home or core.name, lease.job)
         if backend is None or key in self.frame_times.alone or not backend.chunkable(lease.settings):
             return []
-        requested, ready = core.scheduler.chunk_request(lease.job)
+        if home is None:
+            requested, ready = core.scheduler.chunk_request(lease.job)
+        else:
+            requested, ready = lease.chunk, lease.ready or 0
         size = chunk_size(requested=requested, chunkable=True, seconds_per_frame=self.frame_times.get(key),
                           ready=ready + 1, slots=self.concurrency.limit)
         if size <= 1:
             return []
+        if home is not None:
+            return await self.federation.claim_more(home, lease, size - 1)
         more = core.scheduler.claim_more(lease, size - 1)
         try:
             return [await with_depends(core.scheduler, one) for one in more]
@@ -349,10 +354,11 @@ class Runner:
         frames = tuple(one.frame for one in leases)
         out, deps = work / "out", work / "deps"
         try:
-            if home is not None:   # a peer's lease: one frame
+            if home is not None:   # a peer's lease, or chunk: the seed and dependencies, each once
                 await self.federation.fetch_blob(home, first.seed_sha256, first.seed_size)
-                for dep in first.depends:
-                    await self.federation.fetch_blob(home, dep["sha256"], dep["size"])
+                wanted = {dep["sha256"]: dep["size"] for one in leases for dep in one.depends}
+                for sha256, size in wanted.items():
+                    await self.federation.fetch_blob(home, sha256, size)
             # the folders, the scene and every dependency's output: one trip to a thread (a
             # video frame has one dependency per frame of the job: nothing per dependency runs
             # on the event loop)
