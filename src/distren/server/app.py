@@ -14,7 +14,7 @@ from pathlib import Path
 from fastapi import APIRouter, FastAPI, Query, Request
 from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse, JSONResponse, Response
 from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -223,6 +223,19 @@ def create_app(config: ServerConfig, core: Core | None = None) -> FastAPI:
             filename=f"{c.name}-{job}-{frame}.tar",
             headers={"X-Distren-SHA256": blob.sha256},
         )
+
+    @api.get("/jobs/{job}/frames/{frame}/preview", summary="A done frame's image, at most 256 px on its long side (PNG)",
+             responses={200: {"content": {"image/png": {}}, "description": "the preview"},
+                        304: {"description": "not modified (If-None-Match)"},
+                        404: {"description": "no such frame, or `no_preview`: the output has no image one can read"},
+                        409: {"description": "the frame is not done"}})
+    async def get_preview(request: Request, job: int = JobId, frame: int = FrameId):
+        path, etag = await core_().preview(job, frame)
+        # a retried frame gets a new output: same URL, new ETag; browsers revalidate (no-cache)
+        headers = {"ETag": etag, "Cache-Control": "no-cache"}
+        if etag in request.headers.get("if-none-match", ""):
+            return Response(status_code=304, headers=headers)
+        return FileResponse(path, media_type="image/png", headers=headers)
 
     @api.get("/jobs/{job}/bundle", responses=TARBALL_RESPONSE, summary="The job's finished frames as one tarball")
     async def get_bundle(job: int = JobId):

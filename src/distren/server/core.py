@@ -4,6 +4,7 @@ in, and builds bundles. The HTTP app (app.py) and the embedded renderer use it."
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import hashlib
 import json
@@ -17,7 +18,7 @@ from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
-from .. import __version__, failpoints
+from .. import __version__, failpoints, previews
 from ..backends.base import Backend, find_backends
 from ..backends.sandbox import prepare_scene
 from ..errors import BadJob, BadJobXML, BadPackage, DistrenError, StorageFull
@@ -64,6 +65,11 @@ class Core:
         self._intake_pool = None
         if config.intake_processes and backends is None:
             self._intake_pool = self._new_intake_pool()
+        # previews are made from frame outputs (as hostile as packages) in a worker of their
+        # own, started at the first request; made once, cached under the output's hash
+        self.previews_dir = data / "previews" / previews.VERSION
+        self._preview_pool: ProcessPoolExecutor | None = None
+        self._previews_making: dict[str, asyncio.Future] = {}
 
     def _new_intake_pool(self) -> ProcessPoolExecutor:
         pool = ProcessPoolExecutor(self.config.intake_processes, initializer=_intake_worker_init,
@@ -211,7 +217,38 @@ class Core:
             os.replace(w.path, tmp)
             return Path(tmp), None
 
+    # -- previews --------------------------------------------------------------------------
+    async def preview(self, job: int, frame: int) -> tuple[Path, str]:
+        """The preview PNG of a done frame and its ETag; made at the first request (in the
+        preview worker), then read from the cache. Raises NotFound, Conflict (not done) or
+        previews.NoPreview."""
+        output = self.scheduler.frame_output(job, frame)
+        path = self.previews_dir / output.sha256[:2] / f"{output.sha256}.png"
+        etag = f'"{output.sha256[:32]}-{previews.VERSION}"'
+        if not path.is_file():
+            making = self._previews_making.get(output.sha256)
+            if making is None:   # one making per output, however many ask at once
+                making = asyncio.ensure_future(self._make_preview(output, path))
+                self._previews_making[output.sha256] = making
+                making.add_done_callback(lambda _f: self._previews_making.pop(output.sha256, None))
+            await asyncio.shield(making)
+        return path, etag
+
+    async def _make_preview(self, output: Blob, path: Path) -> None:
+        if self._preview_pool is None:
+            self._preview_pool = ProcessPoolExecutor(1, initializer=_preview_worker_init,
+                                                     mp_context=multiprocessing.get_context("spawn"))
+        try:
+            png = await asyncio.get_running_loop().run_in_executor(
+                self._preview_pool, previews.make_preview, self.blobs.path(output.sha256), self.tmp_dir)
+        except BrokenProcessPool:
+            self._preview_pool = None   # the next preview gets a new worker
+            raise previews.NoPreview("the frame's image crashed the preview maker") from None
+        await asyncio.to_thread(_write_atomically, path, png)
+
     def close(self) -> None:
+        if self._preview_pool is not None:
+            self._preview_pool.shutdown(cancel_futures=True)
         if self._intake_pool is not None:
             self._intake_pool.shutdown(cancel_futures=True)
         self._checkpointer.stop()
@@ -296,6 +333,31 @@ def _intake_worker_init() -> None:
     except (OSError, AttributeError):
         pass
     os.nice(5)
+
+
+PREVIEW_MEMORY = 4 << 30   # address space of the preview worker
+
+
+def _preview_worker_init() -> None:
+    """The preview worker: as an intake worker, and within PREVIEW_MEMORY of address space (a
+    decoder that runs away fails the preview, not the machine)."""
+    import resource
+
+    _intake_worker_init()
+    with contextlib.suppress(ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_AS, (PREVIEW_MEMORY, PREVIEW_MEMORY))
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".preview-")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def check_package(path: Path, tmp_dir: Path, tar_limits, server: str, job: int, max_frames: int,
