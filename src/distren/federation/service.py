@@ -418,7 +418,9 @@ class Federation:
             for attempt in range(self.settings.transfer_retries):
                 try:
                     await self._download(server, sha256, part, size)
-                    return await asyncio.to_thread(blobs.adopt, part, sha256)
+                    blob = await asyncio.to_thread(blobs.adopt, part, sha256)
+                    self.core.metrics.received.inc(blob.size)
+                    return blob
                 except ValueError as exc:  # hash mismatch: start over
                     last = str(exc)
                     part.unlink(missing_ok=True)
@@ -464,6 +466,7 @@ class Federation:
         await self._with_retries(lambda: self.peers.request(
             home, "PUT", self._lease_path(lease, "output"), file=path, file_sha256=blob.sha256,
             headers={"Content-Type": "application/x-tar"}))
+        self.core.metrics.sent.inc(blob.size)
         await self._with_retries(lambda: self.peers.request(
             home, "POST", self._lease_path(lease, "complete"),
             json={"sha256": blob.sha256, "size": blob.size, "log": log_text}))

@@ -24,6 +24,8 @@ from ..federation.auth import Verifier, check_client_token, load_secret
 from ..federation.peers import PeerClient, PeerError
 from ..federation.routes import create_peer_router
 from ..federation.service import Federation, FederationSettings
+from ..metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from ..metrics import ByteCounter
 from ..url import MAX_ID, format_url
 from .config import ServerConfig
 from ..scheduler import MAX_PAGE, PAGE
@@ -67,6 +69,7 @@ def create_app(config: ServerConfig, core: Core | None = None) -> FastAPI:
         fed = make_federation(c, config)
         runner = Runner(c, config.slots, fed)
         state["core"], state["runner"], state["fed"] = c, runner, fed
+        c.metrics.snapshot = lambda: _metrics_snapshot(c, runner, fed)
         await runner.start()
         if fed is not None:
             fed.start()
@@ -273,9 +276,23 @@ def create_app(config: ServerConfig, core: Core | None = None) -> FastAPI:
             state["runner"].kill(j, f, a)
         return {"deleted": format_url(c.name, job)}
 
+    @app.get("/metrics", summary="Prometheus metrics (text format); see docs/api.md", tags=["metrics"],
+             responses={200: {"content": {"text/plain": {}}, "description": "the metrics"}})
+    async def metrics() -> Response:
+        body = await asyncio.to_thread(core_().metrics.exposition)
+        return Response(body, media_type=METRICS_CONTENT_TYPE)
+
     app.include_router(api)
     app.include_router(create_peer_router(core_, fed_))
+    app.add_middleware(ByteCounter, metrics=lambda: state["core"].metrics if "core" in state else None)
     return app
+
+
+def _metrics_snapshot(core: Core, runner: Runner, fed) -> dict:
+    peers = list(fed.peers.peers.values()) if fed is not None else []
+    return {"frames": core.scheduler.frame_totals(), "slots": runner.concurrency.limit if runner.slots else 0,
+            "slots_busy": runner.concurrency.rendering, "peers": len(peers),
+            "peers_up": sum(1 for p in peers if p.verified and p.failures == 0)}
 
 
 def load_token(path: Path | None) -> str | None:

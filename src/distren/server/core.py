@@ -22,6 +22,7 @@ from .. import __version__, failpoints, previews
 from ..backends.base import Backend, find_backends
 from ..backends.sandbox import prepare_scene
 from ..errors import BadJob, BadJobXML, BadPackage, DistrenError, StorageFull
+from ..metrics import Metrics
 from ..job.spec import JOB_XML_NAME, MAX_XML_BYTES, RESERVED_NAMES, parse_job_xml
 from ..scheduler import Scheduler
 from ..store import db
@@ -67,6 +68,7 @@ class Core:
             self._intake_pool = self._new_intake_pool()
         # previews are made from frame outputs (as hostile as packages) in a worker of their
         # own, started at the first request; made once, cached under the output's hash
+        self.metrics = Metrics()   # its snapshot (slots, peers) is given by the app
         self.previews_dir = data / "previews" / previews.VERSION
         self._preview_pool: ProcessPoolExecutor | None = None
         self._previews_making: dict[str, asyncio.Future] = {}

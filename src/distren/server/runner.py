@@ -83,6 +83,7 @@ class Runner:
             try:
                 n = self.core.scheduler.expire_leases()
                 if n:
+                    self.core.metrics.lease_expiries.inc(n)
                     log.warning("%d lease(s) expired; their frames are ready again", n)
             except Exception:
                 log.exception("lease expiry failed")
@@ -316,8 +317,12 @@ class Runner:
             started = time.monotonic()
             results = await self._prepare_and_render(home, leases, work)
             rendering[0] = False
+            seconds = time.monotonic() - started
             if all(r.ok for r in results.values()):
-                self.frame_times.add(job_key, time.monotonic() - started, len(leases))
+                self.frame_times.add(job_key, seconds, len(leases))
+            for r in results.values():
+                outcome = "done" if r.ok else "failed" if r.counts else "interrupted"
+                core.metrics.render(first.backend, outcome, seconds / len(leases) if r.ok else None)
             if any(r.alone for r in results.values()):
                 self.frame_times.render_alone(job_key)
             good = [one.frame for one in leases if results[one.frame].ok]
