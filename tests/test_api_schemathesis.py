@@ -28,6 +28,8 @@ def api_schema(tmp_path_factory):
 def test_no_server_errors_and_json_errors(api_schema):
     """Every operation of the OpenAPI document, with generated paths, queries and bodies."""
     operations = [result.ok() for result in api_schema.get_all_operations()]
+    # the event stream never ends by design: tests/test_events.py covers it (its refusals too)
+    operations = [op for op in operations if op.path != "/api/v1/events"]
     assert len(operations) >= 12
     calls = []
     for operation in operations:

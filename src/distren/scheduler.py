@@ -133,6 +133,10 @@ class Scheduler:
         # What the liveness checker last learnt of the farm (liveness.FarmView); read by
         # waiting_for. None until the first check.
         self.farm = None
+        # told each single-frame change once committed (job, frame, state, attempt, rendered_by):
+        # leased, done, failed, ready again (events.py); bulk changes are not told one by one
+        self.on_frame: Callable[[int, int, str, int, str | None], None] | None = None
+        self._noted: list[tuple] = []
 
     # -- transactions --------------------------------------------------------------------
     @contextmanager
@@ -142,8 +146,19 @@ class Scheduler:
             yield self.conn
         except BaseException:
             self.conn.execute("ROLLBACK")
+            self._noted.clear()
             raise
         self.conn.execute("COMMIT")
+        if self._noted:   # frame changes are told once they are committed
+            noted, self._noted = self._noted, []
+            if self.on_frame is not None:
+                for change in noted:
+                    self.on_frame(*change)
+
+    def _note(self, job: int, frame: int, state: str, attempt: int, rendered_by: str | None = None) -> None:
+        """A frame's state changed in the current transaction (told to `on_frame` at commit)."""
+        if self.on_frame is not None:
+            self._noted.append((job, frame, state, attempt, rendered_by))
 
     # -- intake --------------------------------------------------------------------------
     def begin_job(self) -> int:
@@ -373,6 +388,7 @@ class Scheduler:
             " WHERE job_id=? AND frame=?",
             (attempt, owner, expires, now, job, frame),
         )
+        self._note(job, frame, "running", attempt)
         c.execute(
             "INSERT INTO attempts(job_id, frame, attempt, renderer, started) VALUES (?,?,?,?,?)",
             (job, frame, attempt, owner, now),
@@ -525,6 +541,7 @@ class Scheduler:
                     (now, output.sha256, output.size, rendered_by, job, frame),
                 )
                 self._end_attempt(c, job, frame, attempt, "done", log)
+                self._note(job, frame, "done", attempt, rendered_by)
                 if row["failures"]:
                     self._strike(c, job, frame, rendered_by)
                 self._dependency_done(c, self.server, job, frame)
@@ -578,6 +595,7 @@ class Scheduler:
                  state, now, job, frame),
             )
             self._end_attempt(c, job, frame, attempt, outcome or ("failed" if counts else "interrupted"), log)
+            self._note(job, frame, state, attempt)
             if state == "failed":
                 self._ripple_failure(c, [(job, frame)])
         if state == "ready":
@@ -867,6 +885,14 @@ class Scheduler:
     def jobs(self) -> list[dict]:
         rows = self.conn.execute("SELECT * FROM jobs WHERE status NOT IN ('intake','deleting') ORDER BY id").fetchall()
         return [self._job_json(r) for r in rows]
+
+    def job_signatures(self) -> dict[int, tuple]:
+        """Every visible job's row as a tuple, its frame counts first (waiting, ready, running,
+        done, failed, cancelled): a change in it is a change of the job (events.py)."""
+        rows = self.conn.execute(
+            "SELECT " + ", ".join(f"n_{s}" for s in FRAME_STATES) + ", * FROM jobs"
+            " WHERE status NOT IN ('intake','deleting')").fetchall()
+        return {r["id"]: tuple(r) for r in rows}
 
     def frame_totals(self) -> dict[str, int]:
         """Frames of every job (not in intake), by state: one sum over the jobs' counters."""

@@ -14,7 +14,7 @@ from pathlib import Path
 from fastapi import APIRouter, FastAPI, Query, Request
 from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -24,6 +24,7 @@ from ..federation.auth import Verifier, check_client_token, load_secret
 from ..federation.peers import PeerClient, PeerError
 from ..federation.routes import create_peer_router
 from ..federation.service import Federation, FederationSettings
+from ..events import EventBus
 from ..metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from ..metrics import ByteCounter
 from ..url import MAX_ID, format_url
@@ -70,12 +71,17 @@ def create_app(config: ServerConfig, core: Core | None = None) -> FastAPI:
         runner = Runner(c, config.slots, fed)
         state["core"], state["runner"], state["fed"] = c, runner, fed
         c.metrics.snapshot = lambda: _metrics_snapshot(c, runner, fed)
+        events = EventBus(c.scheduler.job_signatures, c.scheduler.job)
+        c.scheduler.on_frame = events.frame
+        state["events"] = app.state.events = events
+        events.start()
         await runner.start()
         if fed is not None:
             fed.start()
         try:
             yield
         finally:
+            await events.stop()
             await runner.stop()
             if fed is not None:
                 await fed.stop()
@@ -188,6 +194,22 @@ def create_app(config: ServerConfig, core: Core | None = None) -> FastAPI:
         if upload is None:
             return error_response(400, "bad_package", "empty body: send the job tarball as the request body")
         return await c.submit(upload)
+
+    @api.get("/events", summary="Server-sent events: job and frame changes (text/event-stream); see docs/api.md",
+             responses={200: {"content": {"text/event-stream": {}}, "description": "the stream"}})
+    async def events_stream(
+        request: Request,
+        job: int | None = Query(None, ge=0, le=MAX_ID, description="also the frame events of this job"),
+        last_event_id: int | None = Query(None, ge=0, description="resume after this event id (as Last-Event-ID)"),
+    ):
+        after = last_event_id
+        header = request.headers.get("last-event-id")
+        if header is not None:
+            if not header.strip().isdigit() or len(header.strip()) > 19:
+                return error_response(400, "bad_request", "Last-Event-ID must be an event id (a whole number)")
+            after = int(header)
+        return StreamingResponse(state["events"].stream(after, job), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
     @api.get("/jobs", summary="Every job of this server")
     async def list_jobs() -> JSONResponse:

@@ -67,6 +67,17 @@ def parse_listen(text: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+class DistrenServer(uvicorn.Server):
+    """uvicorn's server, which first ends the event streams when it stops: uvicorn waits for
+    open responses to finish, and a stream of events never does."""
+
+    async def shutdown(self, sockets=None) -> None:
+        events = getattr(getattr(self.config.app, "state", None), "events", None)
+        if events is not None:
+            events.close()
+        await super().shutdown(sockets)
+
+
 def uvicorn_config(app, head_timeout: float = 10.0, **kw) -> uvicorn.Config:
     return uvicorn.Config(
         app,
@@ -98,7 +109,7 @@ def serve(config: ServerConfig, listen: str) -> None:
     elif config.peers:
         raise DistrenError("--peer needs --federation-secret-file")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    server = uvicorn.Server(uvicorn_config(create_app(config), config.header_timeout, host=host, port=port))
+    server = DistrenServer(uvicorn_config(create_app(config), config.header_timeout, host=host, port=port))
     logging.getLogger("distren.server").info("server %s listening on http://%s:%d", config.name, host, port)
     server.run()
     if not server.started:
@@ -116,7 +127,7 @@ class EmbeddedServer:
         settings.setdefault("intake_processes", 0)
         self.config = ServerConfig(name=name, data=root / "data", slots=slots, **settings)
         self.socket = str(root / "server.sock")
-        self._server = uvicorn.Server(uvicorn_config(create_app(self.config), uds=self.socket))
+        self._server = DistrenServer(uvicorn_config(create_app(self.config), uds=self.socket))
         self._thread = threading.Thread(target=self._server.run, name="distren-embedded", daemon=True)
         self.client: Client | None = None
 
