@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what distren needs on Debian: POV-Ray, Blender, ffmpeg and bubblewrap (apt, only
 # when missing), a virtual environment in .venv with distren and its Python dependencies (and
-# test tools with --test). Safe to run again.
+# test tools with --test: chromium and chromium-driver from apt, pytest, selenium and the rest
+# from PyPI). Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -11,6 +12,11 @@ command -v bwrap >/dev/null 2>&1 || need+=(bubblewrap)
 command -v ffmpeg >/dev/null 2>&1 || need+=(ffmpeg)
 command -v ffprobe >/dev/null 2>&1 || need+=(ffmpeg)
 command -v blender >/dev/null 2>&1 || need+=(blender)
+if [ "${1:-}" = "--test" ]; then
+    # the dashboard's browser test: Debian's chromium, driven through Debian's chromedriver
+    command -v chromium >/dev/null 2>&1 || need+=(chromium)
+    command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
+fi
 if [ ${#need[@]} -gt 0 ]; then
     mapfile -t need < <(printf '%s\n' "${need[@]}" | sort -u)
     echo "setup: installing ${need[*]} with apt-get" >&2

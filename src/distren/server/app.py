@@ -28,6 +28,7 @@ from ..events import EventBus
 from ..metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from ..metrics import ByteCounter
 from ..url import MAX_ID, format_url
+from ..web import add_dashboard
 from .config import ServerConfig
 from ..scheduler import MAX_PAGE, PAGE
 from .core import Core
@@ -306,6 +307,7 @@ def create_app(config: ServerConfig, core: Core | None = None) -> FastAPI:
 
     app.include_router(api)
     app.include_router(create_peer_router(core_, fed_))
+    add_dashboard(app, core_, fed_)
     app.add_middleware(ByteCounter, metrics=lambda: state["core"].metrics if "core" in state else None)
     return app
 
