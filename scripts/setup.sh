@@ -16,6 +16,8 @@ if [ "${1:-}" = "--test" ]; then
     # the dashboard's browser test: Debian's chromium, driven through Debian's chromedriver
     command -v chromium >/dev/null 2>&1 || need+=(chromium)
     command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
+    # the zsh completion script is checked by zsh itself
+    command -v zsh >/dev/null 2>&1 || need+=(zsh)
 fi
 if [ ${#need[@]} -gt 0 ]; then
     mapfile -t need < <(printf '%s\n' "${need[@]}" | sort -u)

@@ -17,6 +17,7 @@ from .backends.base import find_backends, positive_int
 from .client import Client, ClientError
 from .errors import DistrenError, ServerError
 from .frames import parse_frames
+from .progress import Progress
 from .server.config import usable_cores
 
 EXIT_OK, EXIT_JOB_FAILED, EXIT_USAGE, EXIT_REFUSED, EXIT_SERVER = 0, 1, 2, 3, 4
@@ -167,6 +168,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("peers", help="a server's peers and their health")
     server_opt(p)
 
+    p = sub.add_parser("completion", help="print a shell completion script: bash or zsh")
+    p.add_argument("shell", choices=("bash", "zsh"),
+                   help="bash: source it, or save it in /etc/bash_completion.d/distren; zsh: save it as _distren "
+                        "in a folder of $fpath")
+
     p = sub.add_parser("render", help="render a scene on a private in-process server and write the frames")
     p.add_argument("source", type=Path, help="scene.ini, scene.pov or scene.blend")
     p.add_argument("-o", "--output", type=Path, required=True, help="folder for the frames")
@@ -201,30 +207,6 @@ def _frame_text(fr: dict) -> str:
         lines.append("log (last attempt):")
         lines.append(fr["log"].rstrip())
     return "\n".join(lines)
-
-
-class Progress:
-    """A one-line progress bar on stderr."""
-
-    def __init__(self, stream=sys.stderr, width: int = 30):
-        self.stream, self.width, self.active = stream, width, stream.isatty()
-
-    def __call__(self, job: dict) -> None:
-        total = max(1, job["total_frames"])
-        f = job["frames"]
-        filled = int(self.width * f["done"] / total)
-        line = (f"\r[{'#' * filled}{'.' * (self.width - filled)}] {f['done']}/{job['total_frames']} done"
-                f", {f['running']} running, {f['failed']} failed  {job['state']}")
-        if self.active:
-            self.stream.write(line)
-            self.stream.flush()
-
-    def end(self, job: dict) -> None:
-        if self.active:
-            self.stream.write("\n")
-        f = job["frames"]
-        self.stream.write(f"{job['url']} {job['state']}: {f['done']}/{job['total_frames']} frames done"
-                          f", {f['failed']} failed, {f['cancelled']} cancelled\n")
 
 
 def _pack(args, out: Path | None):
@@ -264,18 +246,21 @@ def cmd_pack(args) -> int:
 
 
 def cmd_submit(args) -> int:
-    with Client(args.server) as client:
-        job = client.submit(args.package)
+    with Client(args.server) as client, Progress() as progress:
+        size = args.package.stat().st_size if args.package.is_file() else None
+        upload = progress.bytes("upload", size)
+        job = client.submit(args.package, on_bytes=upload)
+        upload.finish()
         if not args.json:
             print(job["url"], flush=True)
         if not args.wait:
             _print(args, job)
             return EXIT_OK
-        progress = Progress()
-        job = client.wait(job["url"], on_update=progress)
-        progress.end(job)
-        _print(args, job)
-        return EXIT_OK if job["state"] == "done" else EXIT_JOB_FAILED
+        frames = progress.frames(job["name"] or job["url"])
+        job = client.wait(job["url"], on_update=frames)
+        frames.end(job)
+    _print(args, job)
+    return EXIT_OK if job["state"] == "done" else EXIT_JOB_FAILED
 
 
 def cmd_status(args) -> int:
@@ -295,8 +280,10 @@ def cmd_status(args) -> int:
 
 
 def cmd_download(args) -> int:
-    with Client(args.server) as client:
-        path = client.download(args.url, args.output)
+    with Client(args.server) as client, Progress() as progress:
+        received = progress.bytes("download", None)
+        path = client.download(args.url, args.output, on_bytes=received)
+        received.finish()
     _print(args, {"path": str(path)}, str(path))
     return EXIT_OK
 
@@ -435,9 +422,18 @@ def cmd_render(args) -> int:
     return EXIT_OK if result["job"]["state"] == "done" else EXIT_JOB_FAILED
 
 
+def cmd_completion(args) -> int:
+    """The completion script, made from this very parser by shtab (commands, options, choices)."""
+    import shtab
+
+    print(shtab.complete(build_parser(), shell=args.shell))
+    return EXIT_OK
+
+
 COMMANDS = {
     "pack": cmd_pack, "submit": cmd_submit, "status": cmd_status, "download": cmd_download,
     "cancel": cmd_cancel, "retry": cmd_retry, "delete": cmd_delete, "peers": cmd_peers, "serve": cmd_serve, "render": cmd_render,
+    "completion": cmd_completion,
 }
 
 

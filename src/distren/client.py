@@ -32,9 +32,11 @@ class ClientError(DistrenError):
         self.code = code
 
 
-def _file_chunks(path: Path) -> Iterator[bytes]:
+def _file_chunks(path: Path, on_bytes: Callable[[int], None] | None = None) -> Iterator[bytes]:
     with open(path, "rb") as f:
         while chunk := f.read(CHUNK):
+            if on_bytes is not None:
+                on_bytes(len(chunk))
             yield chunk
 
 
@@ -124,12 +126,13 @@ class Client:
     def peers(self) -> list[dict]:
         return self._json("GET", "/peers")
 
-    def submit(self, package: Path) -> dict:
+    def submit(self, package: Path, on_bytes: Callable[[int], None] | None = None) -> dict:
+        """Upload a package; `on_bytes(n)` is told each chunk sent."""
         package = Path(package)
         if not package.is_file():
             raise BadPackage(f"no such package file: {package}")
         return self._json(
-            "POST", "/jobs", content=_file_chunks(package),
+            "POST", "/jobs", content=_file_chunks(package, on_bytes),
             headers={"Content-Type": "application/octet-stream", "Content-Length": str(package.stat().st_size)},
         )
 
@@ -183,9 +186,11 @@ class Client:
         u = self._own(url)
         return self._json("DELETE", f"/jobs/{u.job}")
 
-    def download(self, url: DistrenURL | str, dest: Path) -> Path:
+    def download(self, url: DistrenURL | str, dest: Path,
+                 on_bytes: Callable[[int, int | None], None] | None = None) -> Path:
         """A job URL downloads the bundle, a frame URL the frame's tarball. Streams to a
-        temporary file beside dest, then renames it: dest is never half-written."""
+        temporary file beside dest, then renames it: dest is never half-written.
+        `on_bytes(n, total)` is told each chunk received (total: the Content-Length, or None)."""
         u, prefix = self._route(url)
         if u.kind == "server":
             raise ClientError(400, "bad_url", f"{u} names a server; give a job or frame URL")
@@ -197,9 +202,13 @@ class Client:
                 if resp.status_code >= 400:
                     resp.read()
                     self._check(resp)
+                length = resp.headers.get("content-length")
+                total = int(length) if length and length.isdigit() else None
                 with open(tmp, "wb") as f:
                     for chunk in resp.iter_bytes(CHUNK):
                         f.write(chunk)
+                        if on_bytes is not None:
+                            on_bytes(len(chunk), total)
         except httpx.HTTPError as exc:
             tmp.unlink(missing_ok=True)
             raise ServerError(f"download from {self.base} failed: {exc}") from None

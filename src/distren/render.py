@@ -7,7 +7,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from .cli import Progress
+from .progress import Progress
 from .errors import DistrenError
 from .server.config import usable_cores
 from .tarballs import iter_tar_files
@@ -29,10 +29,11 @@ def render(args, pack) -> dict:
         package = pack(args, Path(tmp) / "job.tar.gz").path
         with EmbeddedServer(slots=slots, slots_auto=auto) as server:
             client = server.client
-            job = client.submit(package)
-            progress = Progress()
-            job = client.wait(job["url"], interval=0.05, on_update=progress)
-            progress.end(job)
+            with Progress() as progress:
+                job = client.submit(package)
+                frames = progress.frames(job["name"] or job["url"])
+                job = client.wait(job["url"], interval=0.05, on_update=frames)
+                frames.end(job)
             bundle = Path(tmp) / "bundle.tar"
             client.download(job["url"], bundle)
             written = write_frames(bundle, out)
