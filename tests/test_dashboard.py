@@ -127,3 +127,33 @@ def test_the_token_guards_the_controls_on_the_page(server_factory, browser, tmp_
     browser.find_element(By.ID, "cancel").click()
     wait(browser, "the job cancelled", lambda d: d.find_element(By.ID, "job-state").text == "cancelled")
 
+
+
+def test_a_large_job_pages_and_a_peers_jobs_are_shown(farm, browser, tmp_path):
+    """3,000 frames: 200 a page, next and "go to frame"; a peer's job page read through this
+    server (nothing renders: both servers have no slots)."""
+    a = farm.add("A", 0, ["B"])
+    b = farm.add("B", 0, ["A"])
+    farm.start()
+    pkg = slow_package(tmp_path, "big", final=2999)
+    b.client().submit(pkg)
+    a.client().submit(slow_package(tmp_path, "small", final=1))
+    browser.get(f"{b.url}/jobs/1")
+    wait(browser, "a page of frames", lambda d: len(d.find_elements(By.CSS_SELECTOR, "#grid .cell")) == 200)
+    assert browser.find_element(By.ID, "page-info").text == "frames 0 to 199"
+    browser.find_element(By.ID, "next").click()
+    wait(browser, "the second page", lambda d: d.find_element(By.ID, "page-info").text == "frames 200 to 399")
+    field = browser.find_element(By.ID, "goto")
+    field.send_keys("2900")
+    browser.execute_script("arguments[0].dispatchEvent(new Event('change'))", field)
+    wait(browser, "the last page", lambda d: d.find_element(By.ID, "page-info").text == "frames 2900 to 2999")
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#grid .cell")) == 100
+    # A's dashboard: its own job, its peer B and B's jobs through A
+    browser.get(a.url + "/")
+    wait(browser, "the peer", lambda d: "healthy" in d.find_element(By.ID, "peers-body").text)
+    browser.find_element(By.LINK_TEXT, "B").click()
+    wait(browser, "B's job", lambda d: "big" in d.find_element(By.ID, "jobs-body").text)
+    browser.find_element(By.LINK_TEXT, "big").click()
+    wait(browser, "B's frames", lambda d: len(d.find_elements(By.CSS_SELECTOR, "#grid .cell")) == 200)
+    assert browser.current_url == f"{a.url}/servers/B/jobs/1"
+    assert not browser.find_elements(By.ID, "cancel")          # read-only: a peer's job
