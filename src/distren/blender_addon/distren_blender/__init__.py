@@ -538,6 +538,27 @@ def addon_prefs():
     return bpy.context.preferences.addons[__name__].preferences
 
 
+def version_tuple(text):
+    """(major, minor) of a version such as "3.4.1" or "4.5.15 LTS", or None."""
+    match = re.match(r"([0-9]+)\.([0-9]+)", str(text or ""))
+    return (int(match.group(1)), int(match.group(2))) if match else None
+
+
+def farm_blender_problem(info, ours):
+    """(refusal, warning) about the Blender that renders on the farm, from the server's
+    GET /api/v1/server answer: a file saved by a newer Blender than the renderer's may not
+    load there (Blender 3.4 crashes on files of 4.5). Peers do not say their versions: with
+    peers, only a warning."""
+    theirs = version_tuple(((info.get("backends") or {}).get("blender") or {}).get("version"))
+    if theirs is None or theirs >= tuple(ours[:2]):
+        return None, None
+    text = (f"this Blender is {ours[0]}.{ours[1]}, and the server renders with Blender "
+            f"{theirs[0]}.{theirs[1]}, which cannot read files saved by newer versions reliably")
+    if info.get("peers"):
+        return None, text + " (its peers may have a newer Blender)"
+    return text + f"; use Blender {theirs[0]}.{theirs[1]} here, or a newer Blender on the farm", None
+
+
 def job_settings(scene, options):
     """(settings, frames, warnings) for the scene and the panel's options, checked as the
     server will check them."""
@@ -594,6 +615,11 @@ def submit(context, keep=""):
     scene = context.scene
     settings, frames, warnings = job_settings(scene, scene.distren)
     settings = {"blend": blend, **settings}
+    refusal, warning = farm_blender_problem(request("GET", server + "/api/v1/server", prefs.token.strip()),
+                                            bpy.app.version)
+    if refusal:
+        raise Refused(refusal)
+    warnings += [warning] if warning else []
 
     found, problems, file_warnings = sort_files(used_files(), root)
     warnings += file_warnings
