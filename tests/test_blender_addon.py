@@ -56,6 +56,11 @@ try:
         result["error"] = str(exc)
     result["status"] = distren_blender.status()
     result["filepath"] = bpy.data.filepath
+    # what a newer Blender than the farm's is told: refused alone, warned with peers
+    farm = {"backends": {"blender": {"available": True, "version": "3.4.1"}}, "peers": []}
+    result["newer"] = [distren_blender.farm_blender_problem(farm, (4, 5, 0)),
+                       distren_blender.farm_blender_problem({**farm, "peers": [{"name": "b"}]}, (4, 5, 0)),
+                       distren_blender.farm_blender_problem(farm, bpy.app.version)]
     if spec["follow"] and "error" not in result:
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline and distren_blender.status()["state"] not in ("done", "failed", "cancelled"):
@@ -240,6 +245,11 @@ def test_refusals_are_shown_in_blender(server_factory, scenes, addon_zip, tmp_pa
 
     data = submit_in_blender(scenes / "scene" / f"{TRICKY}.blend", addon_zip, "http://127.0.0.1:9", tmp_path)
     assert "cannot reach the distren server at http://127.0.0.1:9" in data["error"]
+    # a file open in a newer Blender than the farm's (Blender 3.4 crashes on 4.5's files)
+    (refused, none), (no, warned), same = data["newer"]
+    assert none is None and no is None and same == [None, None]
+    assert refused.startswith("this Blender is 4.5, and the server renders with Blender 3.4, which cannot read")
+    assert warned.endswith("(its peers may have a newer Blender)")
     assert server.client().jobs() == []
 
     # refused from its Content-Length, before the server reads the body
