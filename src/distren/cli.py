@@ -179,6 +179,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_pack_options(p)
     p.add_argument("--slots", type=_positive_int, help="concurrent renders (default: 8 per core)")
     p.add_argument("--json", action="store_true", help="print JSON")
+
+    p = sub.add_parser("blender-addon", help="write the Blender add-on (distren_blender) as a zip to install in Blender")
+    p.add_argument("-o", "--output", type=Path, default=Path("distren_blender.zip"),
+                   help="zip to write, or a folder for distren_blender.zip (default: ./distren_blender.zip)")
+    p.add_argument("--json", action="store_true", help="print JSON")
     return parser
 
 
@@ -430,10 +435,19 @@ def cmd_completion(args) -> int:
     return EXIT_OK
 
 
+def cmd_blender_addon(args) -> int:
+    from .blender_addon import write_addon
+
+    path = write_addon(args.output)
+    _print(args, {"path": str(path)}, f"{path}  (Blender: Preferences > Add-ons > Install, then enable \"distren\")")
+    return EXIT_OK
+
+
 COMMANDS = {
     "pack": cmd_pack, "submit": cmd_submit, "status": cmd_status, "download": cmd_download,
     "cancel": cmd_cancel, "retry": cmd_retry, "delete": cmd_delete, "peers": cmd_peers, "serve": cmd_serve, "render": cmd_render,
     "completion": cmd_completion,
+    "blender-addon": cmd_blender_addon,
 }
 
 
