@@ -84,6 +84,9 @@ scene_with_texture("//textures/gone.png")
 save(root + "/missing/missing.blend")
 scene_with_texture(root + "/elsewhere/sky.png")
 save(root + "/outside/outside.blend")
+# a texture inside the folder, but stored as an absolute path
+scene_with_texture(root + "/scene/textures/wood.png")
+save(root + "/scene/absolute.blend")
 
 # a scene with a registered text block (runs on load when auto-run is on) and a driver with a
 # Python expression: each leaves a marker file and prints a token
@@ -224,6 +227,10 @@ def test_pack_refuses_missing_and_outside_textures(blends, tmp_path):
     assert f"{blends}/elsewhere/sky.png" in err.value.message
     assert "outside the .blend's folder" in err.value.message
     assert not (tmp_path / "m.tar.gz").exists() and not (tmp_path / "o.tar.gz").exists()
+    # inside the folder, stored absolute: the farm would render without it (it has other paths)
+    with pytest.raises(PackError) as err:
+        pack_blender(blends / "scene" / "absolute.blend", tmp_path / "a.tar.gz")
+    assert "stored as an absolute path" in err.value.message and "Make Paths Relative" in err.value.message
 
 
 def test_check_refuses_bad_settings(blends):

@@ -250,6 +250,10 @@ def collect_files(info: dict, root: Path) -> tuple[set[str], list[str], list[str
     warnings: list[str] = []
     for entry in info.get("files", []):
         what = _describe(entry)
+        raw = entry.get("raw") or ""
+        # Blender on a farm server finds the job at another path: a path stored absolute is not
+        # found there, and Blender renders without the file, saying nothing
+        stored_absolute = entry.get("kind") != "file" and not raw.startswith("//") and os.path.isabs(raw)
         for path in _expand(entry):
             full = Path(path) if os.path.isabs(path) else root / path
             shown = entry["raw"] if path == entry["path"] else path
@@ -258,6 +262,10 @@ def collect_files(info: dict, root: Path) -> tuple[set[str], list[str], list[str
                 state = "" if full.exists() else ", and it does not exist"
                 problems.append(f"{what}: {shown}: outside the .blend's folder{state}")
                 continue
+            if stored_absolute:
+                problems.append(f"{what}: {raw}: stored as an absolute path, which other machines do not have; "
+                                "make it relative (File > External Data > Make Paths Relative) and save")
+                break
             if entry.get("directory"):
                 if full.is_dir():
                     found |= _directory_files(full, root, what, problems)
