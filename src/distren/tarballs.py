@@ -516,7 +516,8 @@ def write_tar(
             sink = stack.enter_context(lzma.LZMAFile(out, mode="wb"))
         tar = stack.enter_context(
             tarfile.open(
-                fileobj=sink, mode="w|", format=tarfile.PAX_FORMAT, encoding="utf-8"
+                fileobj=sink, mode="w|", format=tarfile.PAX_FORMAT, encoding="utf-8",
+                copybufsize=CHUNK_SIZE,
             )
         )
         seen: set[str] = set()

@@ -7,6 +7,7 @@ is signed (auth.py). Health: last contact, consecutive failures, last error.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import time
 from dataclasses import dataclass
@@ -201,6 +202,10 @@ def _file_sha256(path: Path) -> str:
 
 
 async def _file_chunks(path: Path):
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK):
+    """The file in pieces, each read in a thread (no disk read on the event loop)."""
+    f = await asyncio.to_thread(open, path, "rb")
+    try:
+        while chunk := await asyncio.to_thread(f.read, CHUNK):
             yield chunk
+    finally:
+        f.close()
