@@ -199,28 +199,35 @@ def baselines(pkg: Path, scratch: Path) -> dict:
 
 # -- watching the servers' folders --------------------------------------------------------------
 class Watcher(threading.Thread):
-    """Every 2 ms: when the home's upload file holds the whole body, and when the seed's blob
-    is in the peer's store (wall-clock times)."""
+    """Every 2 ms (wall-clock times): when the home's upload file holds the whole package, when
+    the seed's blob is in the peer's store, and when an upload file of the big output appears
+    at the home (over 1 MiB) and when it holds the whole output."""
 
-    def __init__(self, home_tmp: Path, peer_blob: Path, body: int):
+    def __init__(self, home_tmp: Path, peer_blob: Path, body: int, output: int):
         super().__init__(daemon=True)
-        self.home_tmp, self.peer_blob, self.body = home_tmp, peer_blob, body
-        self.body_at: float | None = None
-        self.blob_at: float | None = None
+        self.home_tmp, self.peer_blob, self.body, self.output = home_tmp, peer_blob, body, output
+        self.at: dict[str, float] = {}
         self.halt = threading.Event()
 
     def run(self) -> None:
-        while not self.halt.is_set() and self.blob_at is None:
+        while not self.halt.is_set() and "output_whole" not in self.at:
             now = time.time()
-            if self.body_at is None:
-                try:
-                    with os.scandir(self.home_tmp) as it:
-                        if any(e.name.startswith("blob-") and e.stat().st_size >= self.body for e in it):
-                            self.body_at = now
-                except OSError:
-                    pass
-            if os.path.exists(self.peer_blob):
-                self.blob_at = now
+            try:
+                with os.scandir(self.home_tmp) as it:
+                    sizes = [e.stat().st_size for e in it if e.name.startswith("blob-")]
+            except OSError:
+                sizes = []
+            biggest = max(sizes, default=0)
+            if "body" not in self.at:
+                if biggest >= self.body:
+                    self.at["body"] = now
+            elif "seed" in self.at:
+                if biggest > 1 << 20:
+                    self.at.setdefault("output_seen", now)
+                if biggest >= self.output:
+                    self.at["output_whole"] = now
+            if "seed" not in self.at and os.path.exists(self.peer_blob):
+                self.at["seed"] = now
             self.halt.wait(WATCH)
 
     def stop(self) -> None:
@@ -271,7 +278,7 @@ def run(root: Path, args) -> dict:
     home.cmd += ["--peer", f"peer={peer.url}"]
     peer.cmd += ["--peer", f"home={home.url}"]
     sha = base["sha256"]
-    watcher = Watcher(home.data / "blobs" / "tmp", peer.data / "blobs" / sha[:2] / sha, size)
+    watcher = Watcher(home.data / "blobs" / "tmp", peer.data / "blobs" / sha[:2] / sha, size, output_bytes)
     try:
         home.start()
         peer.start()
@@ -315,16 +322,20 @@ def run(root: Path, args) -> dict:
     first = min(renders.values())[0]
     lease = min(f["started"] for f in frames)
     big = by_frame[0]
+    at = watcher.at
+    body_at, blob_at = at.get("body", t_201), at.get("seed", first)
     res.update(
-        submit=t_201 - t_up, upload=(watcher.body_at or t_201) - t_up, intake=t_201 - (watcher.body_at or t_201),
-        seed=(watcher.blob_at or first) - lease, unpack=first - (watcher.blob_at or first),
-        chain=first - t_up, lease_wait=lease - t_201,
+        submit=t_201 - t_up, upload=body_at - t_up, intake=t_201 - body_at,
+        seed=blob_at - lease, unpack=first - blob_at, chain=first - t_up, lease_wait=lease - t_201,
         output=big["finished"] - renders[0][1], output_size=big["output"]["size"],
         rendered_by={f["rendered_by"] for f in frames}, frames=len(frames),
         home_read=io1["rchar"] - io0["rchar"], home_written=io1["wchar"] - io0["wchar"],
-        outputs=sum(f["output"]["size"] for f in frames), blob_seen=watcher.blob_at is not None,
+        outputs=sum(f["output"]["size"] for f in frames), seen=at,
         problems=home.log_problems() + peer.log_problems(),
     )
+    if "output_seen" in at and "output_whole" in at:
+        res["output_parts"] = (at["output_seen"] - renders[0][1], at["output_whole"] - at["output_seen"],
+                               big["finished"] - at["output_whole"])
     return res
 
 
@@ -356,8 +367,12 @@ def report(r: dict) -> None:
         verdict = f"target >= {target:g} MB/s: {mark(mbps >= target)}" if target else ""
         print(f"  {label:<16} {seconds:7.2f} s {mbps:7.0f} MB/s   ({versus(seconds)})   {verdict}")
     print(f"  (the peer leased its first frame {r['lease_wait']:.2f} s after the 201; part of the chain)")
-    if not r["blob_seen"]:
+    if "seed" not in r["seen"]:
         print("  note: the seed's blob was never seen in the peer's store (seed and unpack not split)")
+    if "output_parts" in r:
+        tar, upload, rest = r["output_parts"]
+        print(f"  (output home: {tar:.2f} s until its upload began (the peer's tarball and blob), {upload:.2f} s "
+              f"upload ({rate(upload, r['output_size']):.0f} MB/s), {rest:.2f} s until done at home)")
     print(f"  peer RSS growth  {r['rss_growth']:7.1f} MB (VmHWM {r['rss0']:.0f} MB before)   "
           f"target <= {TARGET_RSS_MB:g} MB: {mark(r['rss_growth'] <= TARGET_RSS_MB)}")
     sends = r["home_read"] / size
