@@ -3,6 +3,7 @@ own, whatever arrives in whatever pieces; and the server's connections use it.""
 
 from __future__ import annotations
 
+import asyncio
 import random
 
 import h11
@@ -61,9 +62,13 @@ def test_the_servers_connections_use_it():
 
     config = uvicorn_config(app)
     config.load()
-    proto = GuardedH11Protocol(config, server_state=type("S", (), {"connections": set(), "tasks": set(),
-                                                                      "total_requests": 0, "default_headers": []})(),
-                               app_state={})
+    loop = asyncio.new_event_loop()
+    try:
+        proto = GuardedH11Protocol(config, server_state=type("S", (), {"connections": set(), "tasks": set(),
+                                                                          "total_requests": 0, "default_headers": []})(),
+                                   app_state={}, _loop=loop)
+    finally:
+        loop.close()
     assert type(proto.conn._receive_buffer) is BodyReceiveBuffer
     proto.conn.receive_data(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello")
     assert isinstance(proto.conn.next_event(), h11.Request)
