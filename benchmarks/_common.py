@@ -50,6 +50,11 @@ def stop_group(proc: subprocess.Popen | None, wait: float = 20) -> None:
     proc.wait()
 
 
+def sigterm(signum, frame):
+    """A SIGTERM handler: stop as Ctrl-C does (the benchmark's finally blocks stop its servers)."""
+    raise KeyboardInterrupt
+
+
 def distren_cmd() -> list[str]:
     return [sys.executable, "-m", "distren.cli"]
 

@@ -57,7 +57,7 @@ import time
 from pathlib import Path
 
 import httpx
-from _common import Server, mark, pct
+from _common import Server, mark, pct, sigterm
 from _common import write_plugin as _write_plugin
 
 POLL = 0.05
@@ -375,10 +375,6 @@ def describe(r: dict) -> list[str]:
     if r.get("log_problems"):
         lines.append(f"  server log: {len(r['log_problems'])} error lines, e.g. {r['log_problems'][0][:160]}")
     return lines
-
-
-def sigterm(signum, frame):
-    raise KeyboardInterrupt
 
 
 def scheduler_only(n: int, seconds: float = 5.0) -> dict:

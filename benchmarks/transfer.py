@@ -9,7 +9,7 @@ Two real `distren serve` on loopback ports, federated (a shared secret, each the
 with --peer-slots (default 2). One job: a plain tarball of `distrenjob.xml` and `data.bin`, --size-mb of
 incompressible (pseudo-random) bytes (default 1024), --frames frames (default 4) rendered by a
 plug-in backend "xfer" that the benchmark writes and registers through the `distren.backends`
-entry point (as scale.py does with its null backend): a render costs no renderer time; it
+entry point (on scale.py's null backend, written beside it): a render costs no renderer time; it
 checks the size of the seed's data.bin in its scene folder, copies --output-mb of it
 (default 512; frame 0 only, the other frames 1 KiB) into its output folder with
 copy_file_range, and appends the wall-clock times of its start and end to a side file.
@@ -69,7 +69,8 @@ import time
 from pathlib import Path
 
 import httpx
-from _common import Server, mark, status_kb, write_plugin
+from _common import Server, mark, sigterm, status_kb, write_plugin
+from scale import write_plugin as write_null_plugin
 
 from distren.client import Client
 
@@ -83,27 +84,21 @@ SECRET = "a federation secret for the transfer benchmark, long enough\n"
 WATCH = 0.002
 
 PLUGIN = '''"""A backend that copies part of its seed into its output: written by distren's
-benchmarks/transfer.py."""
+benchmarks/transfer.py (on scale.py's null backend)."""
 
 import asyncio
 import os
 import time
 
-from distren.backends.base import Backend, RenderResult
+from distren.backends.base import RenderResult
+from distren_nullbackend import NullBackend
 
 
-class TransferBackend(Backend):
+class TransferBackend(NullBackend):
     name = "xfer"
-    executable = ""
 
-    def version(self):
-        return "1"
-
-    def check(self, settings, scene, frame_ids):
-        return []
-
-    def command(self, task):
-        return []
+    def chunkable(self, settings):
+        return False
 
     async def render(self, task):
         return await asyncio.to_thread(self._render, task)
@@ -277,6 +272,7 @@ class LagPoller(threading.Thread):
 def run(root: Path, args) -> dict:
     seed_bytes, output_bytes = args.size_mb * 1024 * 1024, args.output_mb * 1024 * 1024
     plugin = root / "plugin"
+    write_null_plugin(plugin)
     write_plugin(plugin, "distren_xferbackend", PLUGIN, {"xfer": "TransferBackend"})
     renders_log = root / "renders.log"
     renders_log.touch()
@@ -409,10 +405,6 @@ def report(r: dict) -> None:
         print(f"  server logs: {len(r['problems'])} error lines, e.g. {r['problems'][0][:160]}")
     print(f"seed_to_peer_mbps={rate(r['seed']):.0f} chain_mbps={rate(r['chain']):.0f} "
           f"output_mbps={rate(r['output'], r['output_size']):.0f} peer_rss_growth_mb={r['rss_growth']:.1f}")
-
-
-def sigterm(signum, frame):
-    raise KeyboardInterrupt
 
 
 def main() -> int:
