@@ -26,12 +26,15 @@ Printed, each with its MB/s (MB = 10^6 bytes) and, against its target, pass or M
   whole chain     upload start until the first render on the peer starts
   output home     the big frame's render end (plug-in time stamp) until the home records it
                   done: the output tarball written into the peer's blob store, uploaded,
-                  verified and stored at home, the result recorded
+                  verified and stored at home, the result recorded; split where the
+                  home's upload file of it appears (over 1 MiB) and where it is whole
   peer RSS growth the peer's VmHWM (/proc/PID/status) after the job minus before the submit
   seed sent       the bytes the home read from files (/proc/PID/io rchar; socket traffic is
                   not counted there) from its 201 until the job is done, in seeds: 1.0 is the
                   seed read once to send it to the peer (the outputs it receives are written,
                   not read)
+  event loops     GET /api/v1/server of both servers every 100 ms during the run: the
+                  server's own last loop lag (`loop_lag_ms.last`) and the answer's time
 
 and baselines measured in the same run on the same disk: `cp` of the package, a Python
 streamed copy (1 MiB reads and writes), Python's hashlib.sha256 over it (1 MiB reads) and
