@@ -49,7 +49,6 @@ import os
 import shutil
 import signal
 import statistics
-import subprocess
 import sys
 import tarfile
 import tempfile
@@ -58,7 +57,8 @@ import time
 from pathlib import Path
 
 import httpx
-from _common import free_port, pct, stop_group
+from _common import Server, mark, pct, sigterm
+from _common import write_plugin as _write_plugin
 
 POLL = 0.05
 STATUS_REQUESTS = 200
@@ -113,27 +113,11 @@ class NullBackend(Backend):
             return out
         return await asyncio.to_thread(write)
 '''
-PLUGIN_METADATA = "Metadata-Version: 2.1\nName: distren-nullbackend\nVersion: 1.0\n"
-PLUGIN_ENTRY_POINTS = "[distren.backends]\nnull = distren_nullbackend:NullBackend\n"
-
-
-def distren_cmd() -> list[str]:
-    return [sys.executable, "-m", "distren.cli"]
-
-
-
-
-def mark(ok: bool) -> str:
-    return "pass" if ok else "MISS"
 
 
 def write_plugin(folder: Path) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "distren_nullbackend.py").write_text(PLUGIN)
-    info = folder / "distren_nullbackend-1.0.dist-info"
-    info.mkdir(exist_ok=True)
-    (info / "METADATA").write_text(PLUGIN_METADATA)
-    (info / "entry_points.txt").write_text(PLUGIN_ENTRY_POINTS)
+    _write_plugin(folder, "distren_nullbackend", PLUGIN, {"null": "NullBackend"})
+
 
 
 # -- packages -----------------------------------------------------------------------------------
@@ -157,87 +141,6 @@ def package(n: int, compact: bool) -> bytes:
         info.size, info.mode = len(data), 0o644
         tar.addfile(info, io.BytesIO(data))
     return buf.getvalue()
-
-
-# -- servers ------------------------------------------------------------------------------------
-class Server:
-    """`distren serve` in its own process group on a free loopback port, the plug-in on its path."""
-
-    def __init__(self, root: Path, name: str, slots: int, plugin: Path, max_frames: int):
-        self.name = name
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = root / f"{name}.log"
-        self.cmd = distren_cmd() + ["serve", "--name", name, "--listen", f"127.0.0.1:{self.port}",
-                                    "--data", str(root / f"data-{name}"), "--slots", str(slots),
-                                    "--max-frames", str(max_frames)]
-        path = os.environ.get("PYTHONPATH")
-        self.env = {**os.environ, "PYTHONPATH": str(plugin) + (os.pathsep + path if path else "")}
-        self.proc: subprocess.Popen | None = None
-
-    def start(self, timeout: float = 30) -> None:
-        with open(self.log, "ab") as logf:
-            self.proc = subprocess.Popen(self.cmd, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                         start_new_session=True, env=self.env)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server {self.name} exited ({self.proc.returncode}):\n{self.tail()}")
-            try:
-                r = httpx.get(self.url + "/api/v1/server", timeout=1)
-                if r.status_code == 200:
-                    null = r.json().get("backends", {}).get("null")
-                    if not (null and null.get("available")):
-                        raise RuntimeError(f"server {self.name} does not offer the null backend: {r.json()}")
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.05)
-        raise RuntimeError(f"server {self.name} did not start:\n{self.tail()}")
-
-    def peak_rss_mb(self) -> float:
-        return self._status_kb(self.proc.pid, "VmHWM") / 1024
-
-    def children_peak_rss_mb(self) -> float:
-        """The largest VmHWM among the server's child processes (the intake worker)."""
-        best = 0
-        try:
-            for task in os.listdir(f"/proc/{self.proc.pid}/task"):
-                with open(f"/proc/{self.proc.pid}/task/{task}/children") as f:
-                    for pid in f.read().split():
-                        best = max(best, self._status_kb(int(pid), "VmHWM"))
-        except OSError:
-            pass
-        return best / 1024
-
-    @staticmethod
-    def _status_kb(pid: int, key: str) -> int:
-        try:
-            with open(f"/proc/{pid}/status") as f:
-                for line in f:
-                    if line.startswith(key + ":"):
-                        return int(line.split()[1])
-        except OSError:
-            pass
-        return 0
-
-    def tail(self, n: int = 3000) -> str:
-        try:
-            return self.log.read_text(errors="replace")[-n:]
-        except OSError:
-            return ""
-
-    def log_problems(self) -> list[str]:
-        """Lines of the server's log that speak of errors (tracebacks, 5xx answers)."""
-        try:
-            lines = self.log.read_text(errors="replace").splitlines()
-        except OSError:
-            return []
-        return [ln for ln in lines if "Traceback" in ln or "ERROR" in ln or '" 50' in ln]
-
-    def stop(self) -> None:
-        """SIGTERM to the whole process group, SIGKILL to what is left."""
-        stop_group(self.proc, 20)
 
 
 # -- the outside poller -------------------------------------------------------------------------
@@ -472,10 +375,6 @@ def describe(r: dict) -> list[str]:
     if r.get("log_problems"):
         lines.append(f"  server log: {len(r['log_problems'])} error lines, e.g. {r['log_problems'][0][:160]}")
     return lines
-
-
-def sigterm(signum, frame):
-    raise KeyboardInterrupt
 
 
 def scheduler_only(n: int, seconds: float = 5.0) -> dict:

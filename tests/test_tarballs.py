@@ -696,3 +696,23 @@ def test_extract_into_a_named_folder(tmp_path: Path, scratch: Path) -> None:
         with pytest.raises(BadPackage) as info:
             safe_extract(archive, scratch, into=target)
         assert expected in info.value.message and not target.exists(), case
+
+
+def test_write_tar_writes_large_members_as_tarfile_does(tmp_path: Path) -> None:
+    """Members over the copy size (1 MiB) go through in pieces of that size: the bytes are those
+    tarfile writes with its own small records and copies."""
+    big = tmp_path / "big.bin"
+    big.write_bytes(os.urandom(3 * 1024 * 1024 + 12345))
+    small = tmp_path / "small.txt"
+    small.write_bytes(b"after the big one\n")
+    ours = WriteOnly()
+    write_tar(ours, [("big.bin", big), ("small.txt", small)])
+    reference = io.BytesIO()
+    with tarfile.open(fileobj=reference, mode="w|", format=tarfile.PAX_FORMAT, encoding="utf-8") as tar:
+        for name, path in (("big.bin", big), ("small.txt", small)):
+            info = tarfile.TarInfo(name)
+            info.size, info.mode, info.mtime, info.uid, info.gid, info.uname, info.gname = (
+                path.stat().st_size, 0o644, 0, 0, 0, "", "")
+            with open(path, "rb") as f:
+                tar.addfile(info, f)
+    assert bytes(ours.data) == reference.getvalue()

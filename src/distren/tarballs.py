@@ -515,8 +515,11 @@ def write_tar(
         elif compress == "xz":
             sink = stack.enter_context(lzma.LZMAFile(out, mode="wb"))
         tar = stack.enter_context(
+            # data copied and written in CHUNK_SIZE pieces (tarfile's stream copies 16 KiB at a
+            # time into 10 KiB records; larger copies into small records would be quadratic)
             tarfile.open(
-                fileobj=sink, mode="w|", format=tarfile.PAX_FORMAT, encoding="utf-8"
+                fileobj=sink, mode="w|", format=tarfile.PAX_FORMAT, encoding="utf-8",
+                bufsize=CHUNK_SIZE, copybufsize=CHUNK_SIZE,
             )
         )
         seen: set[str] = set()

@@ -12,12 +12,11 @@ import logging
 import time
 from collections import deque
 from dataclasses import dataclass
-from pathlib import Path
 
 from ..errors import DistrenError, NotFound
 from ..liveness import RendererView
 from ..scheduler import Lease
-from ..store.blobs import Blob
+from ..store.blobs import Blob, StreamWriter
 from ..url import DistrenURL, parse_url
 from .pacing import Announcer, ClaimPacer, no_work_retry_after
 from .peers import PeerClient, PeerError
@@ -413,46 +412,63 @@ class Federation:
         async with lock:
             if blobs.has(sha256):
                 return Blob(sha256, blobs.path(sha256).stat().st_size)
-            part = blobs.tmp_dir / f"download-{sha256}.part"
+            part = f"download-{sha256}.part"
             delay = 0.2
             for attempt in range(self.settings.transfer_retries):
                 try:
-                    await self._download(server, sha256, part, size)
-                    blob = await asyncio.to_thread(blobs.adopt, part, sha256)
+                    writer = await self._download(server, sha256, part, size)
+                    # verified against the hash it was asked by (computed as it arrived), then published
+                    blob = await asyncio.to_thread(writer.commit, sha256)
                     self.core.metrics.received.inc(blob.size)
                     return blob
-                except ValueError as exc:  # hash mismatch: start over
+                except ValueError as exc:  # hash mismatch (the part file is gone): start over
                     last = str(exc)
-                    part.unlink(missing_ok=True)
                 except (PeerError, OSError) as exc:
                     last = getattr(exc, "message", str(exc))
                 await asyncio.sleep(delay)
                 delay = min(5.0, delay * 2)
-            part.unlink(missing_ok=True)
+            (blobs.tmp_dir / part).unlink(missing_ok=True)
             raise PeerError(f"cannot fetch blob {sha256} from {server}: {last}")
 
-    async def _download(self, server: str, sha256: str, part: Path, size: int | None) -> None:
+    async def _download(self, server: str, sha256: str, part: str, size: int | None):
+        """Stream the blob into the part file (continuing what an interrupted attempt left,
+        with HTTP Range), hashed and written in a thread as it arrives; returns the closed
+        writer, to commit. An interruption leaves the part file for the next attempt."""
         import httpx
 
-        have = part.stat().st_size if part.exists() else 0
-        headers = {"Range": f"bytes={have}-"} if have else {}
+        blobs = self.core.blobs
+        # the bytes an earlier attempt left are read once, to hash them (in a thread)
+        writer = await asyncio.to_thread(blobs.resume, part)
+        upload = StreamWriter(writer)
         try:
-            async with await self.peers.stream(server, f"/api/v1/peer/blobs/{sha256}", headers) as resp:
-                if resp.status_code == 416:  # we already have all of it
-                    return
-                if resp.status_code not in (200, 206):
-                    await resp.aread()
-                    raise PeerError(f"HTTP {resp.status_code} for blob {sha256}", resp.status_code)
-                mode = "ab" if resp.status_code == 206 else "wb"
-                written = have if mode == "ab" else 0
-                with open(part, mode) as f:
-                    async for chunk in resp.aiter_bytes(1024 * 1024):
-                        written += len(chunk)
-                        if size is not None and written > size:
+            headers = {"Range": f"bytes={writer.size}-"} if writer.size else {}
+            try:
+                async with await self.peers.stream(server, f"/api/v1/peer/blobs/{sha256}", headers) as resp:
+                    if resp.status_code == 416:  # we already have all of it
+                        await asyncio.to_thread(writer.close, False)
+                        return writer
+                    if resp.status_code not in (200, 206):
+                        await resp.aread()
+                        raise PeerError(f"HTTP {resp.status_code} for blob {sha256}", resp.status_code)
+                    if resp.status_code == 200 and writer.size:  # the whole blob again: start over
+                        await asyncio.to_thread(writer.restart)
+                        upload.size = 0
+                    async for chunk in resp.aiter_bytes():
+                        if size is not None and upload.size + len(chunk) > size:
                             raise ValueError(f"blob {sha256} from {server} is larger than its {size} bytes")
-                        f.write(chunk)
-        except httpx.HTTPError as exc:
-            raise PeerError(f"transfer from {server} interrupted: {exc}") from None
+                        await upload.write(chunk)
+                    await upload.finish()
+            except httpx.HTTPError as exc:
+                raise PeerError(f"transfer from {server} interrupted: {exc}") from None
+        except ValueError:
+            upload.abort()   # too large: what we have is wrong
+            raise
+        except BaseException:
+            # interrupted: keep what arrived for a resumed attempt (once the thread has written it)
+            await _settle(upload)
+            raise
+        await asyncio.to_thread(writer.close, False)
+        return writer
 
     # -- results -------------------------------------------------------------------------
     def _lease_path(self, lease: Lease, action: str) -> str:
@@ -518,3 +534,13 @@ def _retry_after(resp) -> float | None:
     except ValueError:
         return None
     return value if 0 <= value <= 3600 else None
+
+
+async def _settle(upload: StreamWriter) -> None:
+    """Write out what a stream received before it was interrupted and close its file (kept:
+    a resumed download continues it); errors of that are the interruption's, not raised."""
+    try:
+        writer = await upload.finish()
+        await asyncio.to_thread(writer.close, False)
+    except BaseException:
+        upload.writer.close(False)

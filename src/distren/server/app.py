@@ -22,11 +22,12 @@ from .. import __version__
 from ..errors import DistrenError, NotFound, RequestTimeout, StorageFull, TooLarge
 from ..federation.auth import Verifier, check_client_token, load_secret
 from ..federation.peers import PeerClient, PeerError
-from ..federation.routes import create_peer_router
+from ..federation.routes import BlobFileResponse, create_peer_router
 from ..federation.service import Federation, FederationSettings
 from ..events import EventBus
 from ..metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from ..metrics import ByteCounter
+from ..store.blobs import StreamWriter
 from ..url import MAX_ID, format_url
 from ..web import add_dashboard
 from .config import ServerConfig
@@ -170,7 +171,7 @@ def create_app(config: ServerConfig, core: Core | None = None) -> FastAPI:
                 return error_response(400, "bad_request", "Content-Length must be a number")
             if int(length) > c.config.max_job_bytes:
                 raise TooLarge(f"package of {length} bytes exceeds the limit of {c.config.max_job_bytes} bytes")
-        upload = None
+        upload: StreamWriter | None = None
         stream = request.stream().__aiter__()
         try:
             while True:
@@ -183,18 +184,21 @@ def create_app(config: ServerConfig, core: Core | None = None) -> FastAPI:
                 if not chunk:  # the stream ends with an empty chunk
                     continue
                 if upload is None:  # no file for a client that sends nothing
-                    upload = c.new_upload()
-                try:
-                    upload.write(chunk)
-                except OSError as exc:
-                    raise StorageFull(f"cannot store the package: {exc.strerror or exc}") from None
+                    upload = StreamWriter(await asyncio.to_thread(c.new_upload))
+                # hashed and written in a thread, a batch at a time, while the next batch arrives
+                await upload.write(chunk)
+            if upload is None:
+                return error_response(400, "bad_package", "empty body: send the job tarball as the request body")
+            writer = await upload.finish()
+        except OSError as exc:
+            if upload is not None:
+                upload.abort()
+            raise StorageFull(f"cannot store the package: {exc.strerror or exc}") from None
         except BaseException:
             if upload is not None:
                 upload.abort()
             raise
-        if upload is None:
-            return error_response(400, "bad_package", "empty body: send the job tarball as the request body")
-        return await c.submit(upload)
+        return await c.submit(writer)
 
     @api.get("/events", summary="Server-sent events: job and frame changes (text/event-stream); see docs/api.md",
              responses={200: {"content": {"text/event-stream": {}}, "description": "the stream"}})
@@ -243,7 +247,7 @@ def create_app(config: ServerConfig, core: Core | None = None) -> FastAPI:
     async def get_output(job: int = JobId, frame: int = FrameId):
         c = core_()
         blob = c.scheduler.frame_output(job, frame)
-        return FileResponse(
+        return BlobFileResponse(
             c.blobs.path(blob.sha256),
             media_type="application/x-tar",
             filename=f"{c.name}-{job}-{frame}.tar",
@@ -267,7 +271,7 @@ def create_app(config: ServerConfig, core: Core | None = None) -> FastAPI:
     async def get_bundle(job: int = JobId):
         c = core_()
         path, temporary = await c.bundle(job)
-        return FileResponse(
+        return BlobFileResponse(
             path,
             media_type="application/x-tar",
             filename=f"{c.name}-{job}-bundle.tar",

@@ -14,6 +14,7 @@ import shutil
 import signal
 import tarfile
 import tempfile
+import threading
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
@@ -58,6 +59,8 @@ class Core:
                                    retry_elsewhere=config.retry_elsewhere)
         self.scheduler.discard_intake()
         self.job_operations = JobOperations()
+        self._scene_locks: dict[str, list] = {}
+        self._scene_locks_guard = threading.Lock()
         self.backends = find_backends() if backends is None else backends
         self.lease_owner = f"local:{self.name}"
         # Packages are unpacked and checked in worker processes: hostile input never shares
@@ -102,19 +105,26 @@ class Core:
         the problem; then nothing of the package is left behind."""
         job = self.scheduler.begin_job()
         try:
-            await asyncio.to_thread(upload.close)
+            # flushed for the checker to read; made durable (fsync) in a thread meanwhile
+            await asyncio.to_thread(upload.close, False)
+            syncing = asyncio.ensure_future(asyncio.to_thread(upload.sync))
+            syncing.add_done_callback(lambda t: t.cancelled() or t.exception())
             args = (upload.path, self.tmp_dir, self.config.tar_limits, self.name, job, self.config.max_frames,
                     tuple(self.config.peers))
-            if self._intake_pool is not None:
-                try:
-                    spec, scratch, warnings = await asyncio.get_running_loop().run_in_executor(
-                        self._intake_pool, check_package, *args)
-                except BrokenProcessPool:
-                    self._intake_pool = self._new_intake_pool()  # the next package gets a new worker
-                    raise BadPackage("the package crashed the checker; it was refused") from None
-            else:
-                spec, scratch, warnings = await asyncio.to_thread(check_package, *args, backends=self.backends)
             try:
+                if self._intake_pool is not None:
+                    try:
+                        spec, scratch, warnings = await asyncio.get_running_loop().run_in_executor(
+                            self._intake_pool, check_package, *args)
+                    except BrokenProcessPool:
+                        self._intake_pool = self._new_intake_pool()  # the next package gets a new worker
+                        raise BadPackage("the package crashed the checker; it was refused") from None
+                else:
+                    spec, scratch, warnings = await asyncio.to_thread(check_package, *args, backends=self.backends)
+            finally:
+                await asyncio.wait({syncing})   # the file is not removed under the fsync
+            try:
+                syncing.result()   # OSError: a full disk
                 for name in spec.backends():
                     if not self.backends[name].available():
                         if not self.config.peers:
@@ -154,15 +164,35 @@ class Core:
             _remove(scratch)
 
     def scene(self, sha256: str) -> Path:
-        """The extracted scene folder of a seed blob, extracting it again when missing."""
+        """The extracted scene folder of a seed blob, extracting it again when missing: once,
+        however many renders of its frames ask at the same time (they wait for it)."""
         final = self.scenes_dir / sha256
-        if not final.is_dir():
-            scratch = safe_extract(self.blobs.path(sha256), self.tmp_dir, self.config.tar_limits, reserved=RESERVED_NAMES)
-            try:
-                self._install_scene(scratch, sha256)
-            finally:
-                _remove(scratch)
+        if final.is_dir():
+            return final
+        with self._scene_lock(sha256):
+            if not final.is_dir():
+                scratch = safe_extract(self.blobs.path(sha256), self.tmp_dir, self.config.tar_limits,
+                                       reserved=RESERVED_NAMES)
+                try:
+                    self._install_scene(scratch, sha256)
+                finally:
+                    _remove(scratch)
         return final
+
+    @contextlib.contextmanager
+    def _scene_lock(self, sha256: str):
+        """A lock per seed being extracted (the table holds only seeds someone waits for)."""
+        with self._scene_locks_guard:
+            entry = self._scene_locks.setdefault(sha256, [threading.Lock(), 0])
+            entry[1] += 1
+        try:
+            with entry[0]:
+                yield
+        finally:
+            with self._scene_locks_guard:
+                entry[1] -= 1
+                if entry[1] == 0:
+                    del self._scene_locks[sha256]
 
     # -- outputs -------------------------------------------------------------------------
     def put_outputs(self, outputs: list[list[Path]], root: Path) -> list[Blob]:

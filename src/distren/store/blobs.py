@@ -2,18 +2,24 @@
 
 A blob is written to a temporary file inside the store, fsynced, then renamed into place, so a
 reader (or a restart after kill -9) never sees a half-written blob. Writers stream: nothing is
-held whole in memory. Several small blobs (a chunk's frame outputs) can be committed as a group:
+held whole in memory, and the hash is computed as the bytes arrive (a blob is never read again
+to hash it). Several small blobs (a chunk's frame outputs) can be committed as a group:
 written, made durable together, renamed, made durable together (`BlobStore.put_many`).
+
+`StreamWriter` feeds a writer from the event loop: the chunks of a request body are gathered
+into batches, and each batch is hashed and written in a thread while the next one arrives.
 """
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import ctypes.util
 import hashlib
 import os
 import re
 import tempfile
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Callable
@@ -22,6 +28,9 @@ from ..errors import NotFound, TooLarge
 
 _HASH_RE = re.compile(r"[0-9a-f]{64}")
 CHUNK = 1024 * 1024
+# A writer asks the kernel to start writing its file to disk every this many bytes
+# (sync_file_range): the fsync at the end then finds little left to write.
+WRITEBACK_EVERY = 16 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -31,16 +40,29 @@ class Blob:
 
 
 class BlobWriter:
-    """Receives a blob in chunks; `commit()` verifies and publishes it, `abort()` drops it."""
+    """Receives a blob in chunks; `commit()` verifies and publishes it, `abort()` drops it.
 
-    def __init__(self, store: "BlobStore", max_size: int | None):
+    With `name`, the writer continues the temporary file of that name in the store's tmp folder
+    (a download resumed with HTTP Range): the bytes already there are read once, to hash them."""
+
+    def __init__(self, store: "BlobStore", max_size: int | None, name: str | None = None):
         self._store = store
         self._max_size = max_size
-        fd, name = tempfile.mkstemp(dir=store.tmp_dir, prefix="blob-")
-        self.path = Path(name)
-        self._file = os.fdopen(fd, "wb")
         self._hash = hashlib.sha256()
         self.size = 0
+        if name is None:
+            fd, path = tempfile.mkstemp(dir=store.tmp_dir, prefix="blob-")
+            self.path = Path(path)
+            self._file = os.fdopen(fd, "wb")
+        else:
+            self.path = store.tmp_dir / name
+            self._file = open(self.path, "ab")
+            with open(self.path, "rb") as f:
+                while chunk := f.read(CHUNK):
+                    self._hash.update(chunk)
+                    self.size += len(chunk)
+        self._synced = False
+        self._unsynced = 0
 
     def write(self, chunk: bytes) -> None:
         self.size += len(chunk)
@@ -49,24 +71,53 @@ class BlobWriter:
             raise TooLarge(f"body exceeds the limit of {self._max_size} bytes")
         self._hash.update(chunk)
         self._file.write(chunk)
+        self._unsynced += len(chunk)
+        if self._unsynced >= WRITEBACK_EVERY:
+            self._unsynced = 0
+            _start_writeback(self._file)
+
+    def write_many(self, chunks: list[bytes]) -> None:
+        for chunk in chunks:
+            self.write(chunk)
+
+    def restart(self) -> None:
+        """Drop what was written so far (a resumed download whose server sent it all again)."""
+        self._file.seek(0)
+        self._file.truncate()
+        self._hash = hashlib.sha256()
+        self.size = self._unsynced = 0
+
+    def sync(self) -> None:
+        """Make the data written so far durable (fsync), also after `close(sync=False)`."""
+        if self._file.closed:
+            fd = os.open(self.path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        else:
+            self._file.flush()
+            os.fsync(self._file.fileno())
+        self._synced = True
 
     def close(self, sync: bool = True) -> None:
         """Finish writing (flush, fsync unless `sync` is False: the caller syncs) without
         publishing: the file at `path` can be read."""
         if not self._file.closed:
-            self._file.flush()
-            if sync:
-                os.fsync(self._file.fileno())
+            if sync and not self._synced:
+                self.sync()
             self._file.close()
 
     def commit(self, expect_sha256: str | None = None, sync: bool = True) -> Blob:
         """Publish the blob under its hash (verified against `expect_sha256` when given).
         `sync=False` only within `BlobStore.put_many`, which makes the group durable."""
-        self.close(sync)
         digest = self._hash.hexdigest()
         if expect_sha256 is not None and digest != expect_sha256:
-            self.path.unlink(missing_ok=True)
+            self.abort()
             raise ValueError(f"hash mismatch: expected {expect_sha256}, got {digest}")
+        self.close(sync)
+        if sync and not self._synced:
+            self.sync()
         self._store._publish(self.path, digest, sync)
         return Blob(digest, self.size)
 
@@ -81,6 +132,64 @@ class BlobWriter:
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is not None:
             self.abort()
+
+
+# Threads that hash and write the batches of streamed bodies (StreamWriter).
+_stream_threads = ThreadPoolExecutor(max_workers=8, thread_name_prefix="blob-stream")
+
+
+class StreamWriter:
+    """Feeds a BlobWriter from the event loop without blocking it: chunks are gathered into
+    batches of `batch` bytes; a full batch is hashed and written in a thread while the next one
+    arrives (at most two batches held: memory stays bounded). The size cap is checked as the
+    chunks arrive. An error of the thread (a full disk) is raised by the next `write` or by
+    `finish`."""
+
+    def __init__(self, writer: BlobWriter, batch: int = 4 * CHUNK):
+        self.writer = writer
+        self.batch = batch
+        self.size = writer.size
+        self._pending: list[bytes] = []
+        self._pending_bytes = 0
+        self._busy: Future | None = None
+
+    async def write(self, chunk: bytes) -> None:
+        if not chunk:
+            return
+        self.size += len(chunk)
+        limit = self.writer._max_size
+        if limit is not None and self.size > limit:
+            raise TooLarge(f"body exceeds the limit of {limit} bytes")
+        self._pending.append(chunk)
+        self._pending_bytes += len(chunk)
+        if self._pending_bytes >= self.batch:
+            await self._flush()
+
+    async def _flush(self) -> None:
+        await self._wait()
+        if self._pending:
+            batch, self._pending, self._pending_bytes = self._pending, [], 0
+            self._busy = _stream_threads.submit(self.writer.write_many, batch)
+
+    async def _wait(self) -> None:
+        if self._busy is not None:
+            busy, self._busy = self._busy, None
+            await asyncio.wrap_future(busy)
+
+    async def finish(self) -> BlobWriter:
+        """Everything written (not yet synced or published): the writer, for `commit`."""
+        await self._flush()
+        await self._wait()
+        return self.writer
+
+    def abort(self) -> None:
+        """Drop the blob, once the batch in a thread (if any) has ended."""
+        self._pending = []
+        busy, self._busy = self._busy, None
+        if busy is None:
+            self.writer.abort()
+        else:
+            busy.add_done_callback(lambda _: self.writer.abort())
 
 
 class BlobStore:
@@ -111,28 +220,19 @@ class BlobStore:
     def writer(self, max_size: int | None = None) -> BlobWriter:
         return BlobWriter(self, max_size)
 
+    def resume(self, name: str, max_size: int | None = None) -> BlobWriter:
+        """A writer that continues the temporary file `name` (made if missing): a download
+        resumed with HTTP Range. The bytes already there are read once, to hash them."""
+        if "/" in name or name in ("", ".", ".."):
+            raise ValueError(f"not a temporary file name: {name!r}")
+        return BlobWriter(self, max_size, name)
+
     def put_file(self, src: Path) -> Blob:
         """Copy a file into the store (streamed)."""
         with self.writer() as w, open(src, "rb") as f:
             while chunk := f.read(CHUNK):
                 w.write(chunk)
             return w.commit()
-
-    def adopt(self, path: Path, expect_sha256: str) -> Blob:
-        """Move a finished file (inside the store's tmp folder, e.g. a resumed download) into
-        the store after checking its hash; ValueError when it does not match (file removed)."""
-        h = hashlib.sha256()
-        size = 0
-        with open(path, "rb") as f:
-            while chunk := f.read(CHUNK):
-                h.update(chunk)
-                size += len(chunk)
-            os.fsync(f.fileno())
-        if h.hexdigest() != expect_sha256:
-            path.unlink(missing_ok=True)
-            raise ValueError(f"hash mismatch: expected {expect_sha256}, got {h.hexdigest()}")
-        self._publish(path, expect_sha256)
-        return Blob(expect_sha256, size)
 
     def put_many(self, writes: list[Callable[[BinaryIO], None]]) -> list[Blob]:
         """Several blobs, each written by one callable into the file it is given, committed as a
@@ -194,3 +294,17 @@ def _sync_filesystem(anchor: Path, paths: list[Path]) -> None:
             os.close(fd)
     for path in paths:
         _fsync_path(path)
+
+
+_sync_file_range = getattr(_libc, "sync_file_range", None)
+if _sync_file_range is not None:
+    _sync_file_range.argtypes = [ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong, ctypes.c_uint]
+SYNC_FILE_RANGE_WRITE = 2
+
+
+def _start_writeback(f: BinaryIO) -> None:
+    """Ask the kernel to start writing the file's dirty pages to disk now, without waiting for
+    them (Linux's sync_file_range; elsewhere nothing): a hint, durability is still the fsync's."""
+    if _sync_file_range is not None:
+        f.flush()
+        _sync_file_range(f.fileno(), 0, 0, SYNC_FILE_RANGE_WRITE)
