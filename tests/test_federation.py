@@ -263,6 +263,7 @@ def test_interrupted_download_resumes_with_range(farm, tmp_path):
 
     from distren.federation.peers import PeerClient
     from distren.federation.service import Federation, FederationSettings
+    from distren.metrics import Metrics
     from distren.store.blobs import BlobStore
 
     a = farm.add("A", 0, ["B"])
@@ -279,8 +280,9 @@ def test_interrupted_download_resumes_with_range(farm, tmp_path):
     job = a.client().submit(pkg)
     seed = job["seed"]
 
-    class Core:
+    class Core:   # what Federation needs of a server's core for a transfer
         blobs = BlobStore(tmp_path / "b-blobs")
+        metrics = Metrics()
 
     seen = []
 

@@ -68,8 +68,13 @@ class Peer:
 
 
 class Core:
+    """What Federation needs of a server's core for transfers: its blob store and metrics."""
+
     def __init__(self, root):
+        from distren.metrics import Metrics
+
         self.blobs = BlobStore(root / "blobs")
+        self.metrics = Metrics()
 
 
 def fetch(tmp_path, peer, size=len(BLOB), sha=SHA, part: bytes | None = None, retries: int = 5):
