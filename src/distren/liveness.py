@@ -5,6 +5,9 @@ a person acting, as long as some server that can render its frames is reachable.
 sits beside the scheduler's transitions (as Flamenco's timeout checker does) and decides the
 cases the transitions alone cannot:
 
+- **Paused jobs wait for a person.** A paused job's frames are not judged by the rule below
+  (nobody takes them while the pause lasts, by choice); its `waiting_for` says it is paused.
+  Dependencies still end as below: a paused job's frame fails when its dependency fails.
 - **No renderer left.** A ready frame of backend B can be rendered by this server's slots (when
   it has slots and B) and by every peer that has B (or whose backends are not known yet). When
   every such renderer is blocklisted for the job, nobody will ever take the frame: it fails,
@@ -123,7 +126,7 @@ class Liveness:
         sched.farm = farm
         ended = 0
         jobs = sched.conn.execute(
-            "SELECT id, settings FROM jobs WHERE status='active' AND n_ready > 0").fetchall()
+            "SELECT id, settings FROM jobs WHERE status='active' AND paused=0 AND n_ready > 0").fetchall()
         for job, settings in jobs:
             for backend in json.loads(settings):
                 has = sched.conn.execute(
