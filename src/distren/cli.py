@@ -46,6 +46,16 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _priority_arg(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = None
+    if value is None or not -1000 <= value <= 1000:
+        raise argparse.ArgumentTypeError(f"expected a priority from -1000 to 1000, got {text!r}")
+    return value
+
+
 def _non_negative_int(text: str) -> int:
     if not text.isdigit():
         raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
@@ -125,6 +135,23 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=text)
         p.add_argument("url", help="distren://server/job")
         server_opt(p)
+
+    p = sub.add_parser("priority", help="change a job's priority (-1000..1000, higher first); the next frame to "
+                                        "start follows it")
+    p.add_argument("url", help="distren://server/job")
+    p.add_argument("priority", type=_priority_arg, help="the new priority, -1000..1000")
+    server_opt(p)
+
+    for name, text in (("pause", "pause a job: none of its frames starts (running ones finish), also on peers"),
+                       ("resume", "resume a paused job")):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("url", help="distren://server/job")
+        server_opt(p)
+
+    p = sub.add_parser("drain", help="drain the server: it starts no new renders, hands its peers' frames back "
+                                     "and lets its own running renders finish")
+    p.add_argument("--off", action="store_true", help="end the drain: the server renders again")
+    server_opt(p)
 
     p = sub.add_parser("serve", help="run a server")
     p.add_argument("--config", type=Path, help="TOML file with any of the settings below (flags win)")
@@ -315,6 +342,39 @@ def cmd_retry(args) -> int:
     return EXIT_OK
 
 
+def cmd_priority(args) -> int:
+    with Client(args.server) as client:
+        job = client.set_priority(args.url, args.priority)
+    _print(args, job, f"{_job_line(job)}  priority {job['priority']}")
+    return EXIT_OK
+
+
+def cmd_pause(args) -> int:
+    with Client(args.server) as client:
+        job = client.pause(args.url)
+    _print(args, job, _job_line(job))
+    return EXIT_OK
+
+
+def cmd_resume(args) -> int:
+    with Client(args.server) as client:
+        job = client.resume(args.url)
+    _print(args, job, _job_line(job))
+    return EXIT_OK
+
+
+def cmd_drain(args) -> int:
+    with Client(args.server) as client:
+        info = client.drain(not args.off)
+    if info["draining"]:
+        text = (f"{info['url']} draining: {info['renders']['rendering']} renders running"
+                f", {info.get('handed_back', 0)} frames of peers handed back")
+    else:
+        text = f"{info['url']} not draining"
+    _print(args, info, text)
+    return EXIT_OK
+
+
 def cmd_delete(args) -> int:
     with Client(args.server) as client:
         data = client.delete(args.url)
@@ -438,6 +498,7 @@ def cmd_render(args) -> int:
 COMMANDS = {
     "pack": cmd_pack, "submit": cmd_submit, "status": cmd_status, "download": cmd_download,
     "cancel": cmd_cancel, "retry": cmd_retry, "delete": cmd_delete, "peers": cmd_peers, "serve": cmd_serve, "render": cmd_render,
+    "priority": cmd_priority, "pause": cmd_pause, "resume": cmd_resume, "drain": cmd_drain,
 }
 
 

@@ -1,4 +1,5 @@
-"""The distren client: submit packages, query jobs and frames, download outputs and bundles.
+"""The distren client: submit packages, query jobs and frames, download outputs and bundles,
+control jobs (priority, pause, resume, cancel, retry, delete) and drain a server.
 
 One module serves the CLI, the embedded renderer and the tests. It talks HTTP to one server
 (`DISTREN_SERVER`, default http://127.0.0.1:7780); `distren://` URLs name jobs and frames.
@@ -178,6 +179,22 @@ class Client:
     def retry(self, url: DistrenURL | str) -> dict:
         u = self._own(url)
         return self._json("POST", f"/jobs/{u.job}/retry")
+
+    def set_priority(self, url: DistrenURL | str, priority: int) -> dict:
+        u = self._own(url)
+        return self._json("PATCH", f"/jobs/{u.job}", json={"priority": priority})
+
+    def pause(self, url: DistrenURL | str) -> dict:
+        u = self._own(url)
+        return self._json("POST", f"/jobs/{u.job}/pause")
+
+    def resume(self, url: DistrenURL | str) -> dict:
+        u = self._own(url)
+        return self._json("POST", f"/jobs/{u.job}/resume")
+
+    def drain(self, on: bool = True) -> dict:
+        """Drain the server (on=False: end the drain); answers the server as GET /server."""
+        return self._json("POST", "/server/drain" if on else "/server/undrain")
 
     def delete(self, url: DistrenURL | str) -> dict:
         u = self._own(url)

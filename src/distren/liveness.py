@@ -41,6 +41,7 @@ class RendererView:
     backends: frozenset[str] | None   # None: not known yet (the peer never said)
     up: bool = True
     down_since: float | None = None
+    why: str | None = None            # why it is not up, when not for being unreachable ("draining")
 
 
 @dataclass(frozen=True)
@@ -91,8 +92,8 @@ def renderer_problem(sched: Scheduler, job: int, backend: str) -> str | None:
         return (f"every server that renders {backend!r} is blocklisted for this job: "
                 + ", ".join(sorted(r.name for r in capable)))
     if not any(r.up for r in candidates):
-        return (f"no server that renders {backend!r} is reachable: "
-                + ", ".join(f"{r.name} down since {_when(r.down_since)}" for r in candidates))
+        return (f"no server that renders {backend!r} is {'available' if any(r.why for r in candidates) else 'reachable'}: "
+                + ", ".join(f"{r.name} {r.why or 'down since ' + _when(r.down_since)}" for r in candidates))
     return None
 
 

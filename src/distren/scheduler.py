@@ -684,7 +684,7 @@ class Scheduler:
     def set_priority(self, job: int, priority: int) -> None:
         """Change a job's priority (-1000..1000, as <priority>); the next claim orders by it."""
         if isinstance(priority, bool) or not isinstance(priority, int) or not -1000 <= priority <= 1000:
-            raise BadRequest(f"priority must be a whole number from -1000 to 1000, not {priority!r}")
+            raise BadRequest(f"priority must be a whole number from -1000 to 1000, not {json.dumps(priority, default=str)}")
         self._job_row(job)
         with self._tx() as c:
             c.execute("UPDATE jobs SET priority=? WHERE id=?", (priority, job))
