@@ -131,7 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
     server_opt(p)
 
     for name, text in (("cancel", "cancel a job"), ("retry", "requeue a job's failed and cancelled frames"),
-                       ("delete", "delete a job (its id is never reused)")):
+                       ("delete", "delete a job (its id is never reused)"),
+                       ("pause", "pause a job: none of its frames starts (running ones finish), also on peers"),
+                       ("resume", "resume a paused job")):
         p = sub.add_parser(name, help=text)
         p.add_argument("url", help="distren://server/job")
         server_opt(p)
@@ -141,12 +143,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("url", help="distren://server/job")
     p.add_argument("priority", type=_priority_arg, help="the new priority, -1000..1000")
     server_opt(p)
-
-    for name, text in (("pause", "pause a job: none of its frames starts (running ones finish), also on peers"),
-                       ("resume", "resume a paused job")):
-        p = sub.add_parser(name, help=text)
-        p.add_argument("url", help="distren://server/job")
-        server_opt(p)
 
     p = sub.add_parser("drain", help="drain the server: it starts no new renders, hands its peers' frames back "
                                      "and lets its own running renders finish")
@@ -328,11 +324,17 @@ def cmd_download(args) -> int:
     return EXIT_OK
 
 
-def cmd_cancel(args) -> int:
-    with Client(args.server) as client:
-        job = client.cancel(args.url)
-    _print(args, job, _job_line(job))
-    return EXIT_OK
+def _job_command(action: str):
+    """A command that does `action` (a Client method) to a job and prints the job."""
+    def run(args) -> int:
+        with Client(args.server) as client:
+            job = getattr(client, action)(args.url)
+        _print(args, job, _job_line(job))
+        return EXIT_OK
+    return run
+
+
+cmd_cancel, cmd_pause, cmd_resume = _job_command("cancel"), _job_command("pause"), _job_command("resume")
 
 
 def cmd_retry(args) -> int:
@@ -346,20 +348,6 @@ def cmd_priority(args) -> int:
     with Client(args.server) as client:
         job = client.set_priority(args.url, args.priority)
     _print(args, job, f"{_job_line(job)}  priority {job['priority']}")
-    return EXIT_OK
-
-
-def cmd_pause(args) -> int:
-    with Client(args.server) as client:
-        job = client.pause(args.url)
-    _print(args, job, _job_line(job))
-    return EXIT_OK
-
-
-def cmd_resume(args) -> int:
-    with Client(args.server) as client:
-        job = client.resume(args.url)
-    _print(args, job, _job_line(job))
     return EXIT_OK
 
 

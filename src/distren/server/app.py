@@ -272,19 +272,20 @@ def create_app(config: ServerConfig, core: Core | None = None) -> FastAPI:
         c.scheduler.set_priority(job, body["priority"])
         return c.scheduler.job(job)
 
+    def job_switch(request: Request, job: int, switch) -> dict:
+        """Pause or resume (one transaction): the job as it is then."""
+        client_auth(request)
+        sched = core_().scheduler
+        switch(sched)(job)
+        return sched.job(job)
+
     @api.post("/jobs/{job}/pause", summary="Pause a job: none of its frames starts; running ones finish")
     async def pause(request: Request, job: int = JobId) -> dict:
-        client_auth(request)
-        c = core_()
-        c.scheduler.pause(job)
-        return c.scheduler.job(job)
+        return job_switch(request, job, lambda sched: sched.pause)
 
     @api.post("/jobs/{job}/resume", summary="Resume a paused job")
     async def resume(request: Request, job: int = JobId) -> dict:
-        client_auth(request)
-        c = core_()
-        c.scheduler.resume(job)
-        return c.scheduler.job(job)
+        return job_switch(request, job, lambda sched: sched.resume)
 
     @api.post("/jobs/{job}/cancel", summary="Cancel a job: unfinished frames are cancelled")
     async def cancel(request: Request, job: int = JobId) -> dict:
