@@ -98,6 +98,18 @@ def test_watch_a_job_render_open_a_log_cancel_and_retry(server_factory, browser,
     browser.find_element(By.ID, "retry").click()
     wait(browser, "the job running again", lambda d: d.find_element(By.ID, "job-state").text in ("running", "queued"))
     assert client.job(second["url"])["frames"]["cancelled"] == 0
+    # pause, priority and resume from the page
+    browser.find_element(By.ID, "pause").click()
+    wait(browser, "the job paused", lambda d: d.find_element(By.ID, "job-state").text == "paused")
+    assert client.job(second["url"])["paused"] is True
+    prio = browser.find_element(By.ID, "priority")
+    prio.clear()
+    prio.send_keys("7")
+    browser.find_element(By.ID, "set-priority").click()
+    wait(browser, "the new priority", lambda d: client.job(second["url"])["priority"] == 7)
+    browser.find_element(By.ID, "resume").click()
+    wait(browser, "the job resumed", lambda d: d.find_element(By.ID, "job-state").text in ("running", "queued"))
+    assert client.job(second["url"])["paused"] is False
     client.cancel(second["url"])    # (no need to wait for its slow frames)
 
     # the jobs page: both jobs, live

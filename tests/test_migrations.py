@@ -1,6 +1,6 @@
-"""Data folders made by the schemas that landed before (versions 3 and 4) open, are upgraded in
-place, and their jobs go on. tests/fixtures/v3.sqlite3 and v4.sqlite3 were made by that code
-(tests/fixtures/make_v3.py, make_v4.py)."""
+"""Data folders made by the schemas that landed before (versions 3, 4 and 5) open, are upgraded
+in place, and their jobs go on. tests/fixtures/v3.sqlite3, v4.sqlite3 and v5.sqlite3 were made by
+that code (tests/fixtures/make_v3.py, make_v4.py, make_v5.py)."""
 
 from __future__ import annotations
 
@@ -74,3 +74,30 @@ def test_a_version_4_database_finishes_the_cancel_and_retry_a_stop_interrupted(t
     while (lease := s.claim("local:alpha", ["povray"], 60)) is not None:
         s.complete(lease.job, lease.frame, lease.attempt, out, "alpha", "")
     assert s.job(2)["state"] == "done"
+
+
+def test_a_version_5_database_has_no_paused_job_and_its_jobs_can_be_paused(tmp_path):
+    """Schema 6 adds jobs.paused: after the upgrade no job is paused, claims go on in priority
+    order, and a job of the old database can be paused and resumed."""
+    path = tmp_path / "distren.sqlite3"
+    shutil.copy(FIXTURES / "v5.sqlite3", path)
+    conn = db.connect(path)
+    assert conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0] == str(db.SCHEMA_VERSION)
+    s = Scheduler(conn, "alpha")
+    jobs = {j["id"]: j for j in s.jobs()}
+    assert [jobs[i]["paused"] for i in (1, 2, 3)] == [False, False, False]
+    assert [jobs[i]["state"] for i in (1, 2, 3)] == ["running", "queued", "cancelled"]
+    assert jobs[1]["frames"] == {"waiting": 0, "ready": 2, "running": 2, "done": 1, "failed": 0, "cancelled": 0}
+    # job 2 has the higher priority; paused, job 1's frames come first
+    s.pause(2)
+    assert s.job(2)["state"] == "paused" and s.job(2)["paused"]
+    lease = s.claim("local:alpha", ["povray"], 60)
+    assert (lease.job, lease.frame) == (1, 3)
+    s.resume(2)
+    lease = s.claim("local:alpha", ["povray"], 60)
+    assert (lease.job, lease.frame) == (2, 0)
+    # the frame running on beta is still beta's to finish
+    running = conn.execute("SELECT frame, attempts FROM frames WHERE job_id=1 AND lease_owner='beta'").fetchone()
+    s.complete(1, running[0], running[1], Blob("c" * 64, 5), "beta", "", owner="beta")
+    conn.close()
+    assert db.connect(path).execute("SELECT COUNT(*) FROM jobs WHERE paused=1").fetchone()[0] == 0

@@ -93,6 +93,8 @@ HAS_LIVENESS = Liveness is not None
 HAS_RETRY_ELSEWHERE = "retry_elsewhere" in inspect.signature(Scheduler.__init__).parameters
 HAS_STEPS = all(hasattr(Scheduler, f"{op}_steps") for op in ("activate_job", "cancel", "retry", "delete"))
 HAS_UPLOAD = hasattr(Scheduler, "record_upload")
+HAS_PAUSE = all(hasattr(Scheduler, name) for name in ("pause", "resume", "set_priority"))
+PRIORITIES = (-1000, -1, 0, 1, 2, 3, 1000)
 
 EXAMPLES = int(os.environ.get("DISTREN_STATEFUL_EXAMPLES", "30"))
 STEPS = int(os.environ.get("DISTREN_STATEFUL_STEPS", "50"))
@@ -137,6 +139,9 @@ class Clock:
 class JobModel:
     frames: dict[int, tuple[str, frozenset]]   # frame -> (backend, {(server, job, frame)})
     bad: set[int]
+    priority: int = 0
+    # while paused: each frame's attempts at the pause (no attempt starts until a resume)
+    paused: dict[int, int] | None = None
 
 
 @dataclass
@@ -383,7 +388,7 @@ class FarmMachine(RuleBasedStateMachine):
                 bad.add(fid)
         extra = {b: {} for _, b, *_ in draft["frames"] if b != draft["main"]}
         spec = JobSpec(f"job{job}", draft["main"], {}, frames, draft["priority"], extra_backends=extra)
-        return spec, JobModel(model, bad), refused
+        return spec, JobModel(model, bad, draft["priority"]), refused
 
     def _farm_backends(self) -> list[str]:
         return sorted(set().union(*(s.initial for s in self.servers.values())))
@@ -530,6 +535,7 @@ class FarmMachine(RuleBasedStateMachine):
         marks = ",".join("?" * len(backends))
         sql = ("SELECT f.job_id, f.frame FROM frames f JOIN jobs j ON j.id=f.job_id"
                f" WHERE f.state='ready' AND j.status='active' AND f.backend IN ({marks})"
+               + (" AND j.paused=0" if HAS_PAUSE else "") +
                " AND NOT EXISTS (SELECT 1 FROM blocklist b WHERE b.job_id=f.job_id AND b.renderer=?)")
         args = [*backends, owner]
         if self.has_avoid:
@@ -598,8 +604,8 @@ class FarmMachine(RuleBasedStateMachine):
         if h is not None and r is not None:
             self._claim(h, r)
 
-    @rule(name=st.sampled_from(NAMES), n=st.integers(2, 5))
-    def claim_chunk(self, name, n):
+    @rule(name=st.sampled_from(NAMES), n=st.integers(2, 5), pause=st.booleans())
+    def claim_chunk(self, name, n, pause):
         """A local slot leases a chunk: the best frame, then (claim_more) the frames right after
         it of the same job and backend that are ready, never failed and not kept from it, as
         long as they are consecutive, up to n in all; each with its own lease."""
@@ -628,6 +634,10 @@ class FarmMachine(RuleBasedStateMachine):
                         (avoid == owner and until is not None and until > self.clock.now):
                     break
                 want.append(f)
+        if pause and HAS_PAUSE:   # paused after its first frame was leased: no more frames of it
+            self._pause(srv, h.job)
+            event(f"job paused in a chunk of {len(want) + 1}")
+            want = []
         more = srv.sched.claim_more(first, n - 1)
         event(f"chunk of {len(more) + 1}" + (" after a failure" if failures[h.frame][1] else ""))
         assert [m.frame for m in more] == want, f"chunk after {h}: got {[m.frame for m in more]}, expected {want}"
@@ -729,6 +739,46 @@ class FarmMachine(RuleBasedStateMachine):
                 "SELECT job FROM remote_deps WHERE server=? AND state IN ('failed','cancelled')", (srv.name,))}
             jobs += sorted(known & set(jobs)) * 6
         return srv, jobs[i % len(jobs)]
+
+    def _pause(self, srv: Server, job: int) -> None:
+        model = srv.jobs[job]
+        srv.sched.pause(job)
+        if model.paused is None:
+            model.paused = {r[0]: r[1] for r in srv.conn.execute(
+                "SELECT frame, attempts FROM frames WHERE job_id=?", (job,))}
+        info = srv.sched.job(job)
+        event("job paused" + (" while it runs" if info["frames"]["running"] else ""))
+        assert info["paused"] and (info["state"] == "paused" or info["state"] in TERMINAL), info
+        assert info["state"] in TERMINAL or info["waiting_for"].startswith("the job is paused"), info
+
+    def _resume(self, srv: Server, job: int) -> None:
+        srv.sched.resume(job)
+        srv.jobs[job].paused = None
+        assert srv.sched.job(job)["state"] != "paused"
+
+    @rule(name=st.sampled_from(NAMES), i=st.integers(0, 63))
+    def pause(self, name, i):
+        """A person pauses a job (more often one with frames to render)."""
+        picked = self._pick_job(name, i, UNFINISHED) if HAS_PAUSE else None
+        if picked is not None:
+            self._pause(*picked)
+
+    @rule(name=st.sampled_from(NAMES), i=st.integers(0, 63))
+    def resume(self, name, i):
+        srv = self._up(name) if HAS_PAUSE else None
+        if srv is None:
+            return
+        paused = sorted(j for j, m in srv.jobs.items() if m.paused is not None and j not in self._busy(name))
+        if paused:
+            self._resume(srv, paused[i % len(paused)])
+
+    @rule(name=st.sampled_from(NAMES), i=st.integers(0, 63), priority=st.sampled_from(PRIORITIES))
+    def set_priority(self, name, i, priority):
+        picked = self._pick_job(name, i, ("ready",)) if HAS_PAUSE else None
+        if picked is not None:
+            srv, job = picked
+            srv.sched.set_priority(job, priority)
+            srv.jobs[job].priority = priority
 
     @rule(name=st.sampled_from(NAMES), i=st.integers(0, 63))
     def cancel(self, name, i):
@@ -874,6 +924,8 @@ class FarmMachine(RuleBasedStateMachine):
                 return None
             return f"{where} failed ({err!r}), but {url} is {state}"
         if err.startswith("cannot be rendered"):
+            if srv.jobs[job].paused is not None:
+                return f"{where} failed ({err!r}) while its job is paused"
             backend = row["backend"]
             if srv.farm is None:
                 return f"{where} failed ({err!r}) without a liveness check"
@@ -954,6 +1006,10 @@ class FarmMachine(RuleBasedStateMachine):
             if job in partial:
                 continue  # judged once the job is shown (submit), or gone (delete)
             assert deps[key] == srv.jobs[job].frames[frame][1], f"{where}: dependencies {deps[key]}"
+            paused = srv.jobs[job].paused
+            if paused is not None:
+                assert r["attempts"] == paused[frame], \
+                    f"{where}: attempt {r['attempts']} of a job paused at attempt {paused[frame]}"
             states = [dep_state(d) for d in sorted(deps[key])]
             left = sum(s != "done" for s in states)
             if state == "ready":
@@ -978,6 +1034,10 @@ class FarmMachine(RuleBasedStateMachine):
                 assert have == real, f"{srv.name}: job {j} counters {have}, frames {real}"
             if j in hidden:
                 continue
+            if HAS_PAUSE and j in srv.jobs and j not in partial:
+                m = srv.jobs[j]
+                assert (r["priority"], bool(r["paused"])) == (m.priority, m.paused is not None), \
+                    f"{srv.name}: job {j} priority {r['priority']} paused {r['paused']}, expected {m.priority} {m.paused}"
             info = srv.sched.job(j)
             assert info["frames"] == real, f"{srv.name}: job {j} reports {info['frames']}, frames {real}"
 
@@ -1073,6 +1133,10 @@ class FarmMachine(RuleBasedStateMachine):
         for op in list(self.ops):
             while op in self.ops:
                 self._step(op)
+        for srv in self.servers.values():   # as a person would: paused jobs are resumed
+            for job in sorted(j for j, m in srv.jobs.items() if m.paused is not None):
+                event("a paused job resumed at the end")
+                self._resume(srv, job)
         servers = list(self.servers.values())
         for rounds in range(MAX_ROUNDS):
             before = self._fingerprint()

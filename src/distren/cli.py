@@ -47,6 +47,16 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _priority_arg(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = None
+    if value is None or not -1000 <= value <= 1000:
+        raise argparse.ArgumentTypeError(f"expected a priority from -1000 to 1000, got {text!r}")
+    return value
+
+
 def _non_negative_int(text: str) -> int:
     if not text.isdigit():
         raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
@@ -122,10 +132,23 @@ def build_parser() -> argparse.ArgumentParser:
     server_opt(p)
 
     for name, text in (("cancel", "cancel a job"), ("retry", "requeue a job's failed and cancelled frames"),
-                       ("delete", "delete a job (its id is never reused)")):
+                       ("delete", "delete a job (its id is never reused)"),
+                       ("pause", "pause a job: none of its frames starts (running ones finish), also on peers"),
+                       ("resume", "resume a paused job")):
         p = sub.add_parser(name, help=text)
         p.add_argument("url", help="distren://server/job")
         server_opt(p)
+
+    p = sub.add_parser("priority", help="change a job's priority (-1000..1000, higher first); the next frame to "
+                                        "start follows it")
+    p.add_argument("url", help="distren://server/job")
+    p.add_argument("priority", type=_priority_arg, help="the new priority, -1000..1000")
+    server_opt(p)
+
+    p = sub.add_parser("drain", help="drain the server: it starts no new renders, hands its peers' frames back "
+                                     "and lets its own running renders finish")
+    p.add_argument("--off", action="store_true", help="end the drain: the server renders again")
+    server_opt(p)
 
     p = sub.add_parser("serve", help="run a server")
     p.add_argument("--config", type=Path, help="TOML file with any of the settings below (flags win)")
@@ -293,17 +316,42 @@ def cmd_download(args) -> int:
     return EXIT_OK
 
 
-def cmd_cancel(args) -> int:
-    with Client(args.server) as client:
-        job = client.cancel(args.url)
-    _print(args, job, _job_line(job))
-    return EXIT_OK
+def _job_command(action: str):
+    """A command that does `action` (a Client method) to a job and prints the job."""
+    def run(args) -> int:
+        with Client(args.server) as client:
+            job = getattr(client, action)(args.url)
+        _print(args, job, _job_line(job))
+        return EXIT_OK
+    return run
+
+
+cmd_cancel, cmd_pause, cmd_resume = _job_command("cancel"), _job_command("pause"), _job_command("resume")
 
 
 def cmd_retry(args) -> int:
     with Client(args.server) as client:
         job = client.retry(args.url)
     _print(args, job, f"{_job_line(job)}  (requeued {job.get('requeued', 0)})")
+    return EXIT_OK
+
+
+def cmd_priority(args) -> int:
+    with Client(args.server) as client:
+        job = client.set_priority(args.url, args.priority)
+    _print(args, job, f"{_job_line(job)}  priority {job['priority']}")
+    return EXIT_OK
+
+
+def cmd_drain(args) -> int:
+    with Client(args.server) as client:
+        info = client.drain(not args.off)
+    if info["draining"]:
+        text = (f"{info['url']} draining: {info['renders']['rendering']} renders running"
+                f", {info.get('handed_back', 0)} frames of peers handed back")
+    else:
+        text = f"{info['url']} not draining"
+    _print(args, info, text)
     return EXIT_OK
 
 
@@ -448,6 +496,7 @@ COMMANDS = {
     "cancel": cmd_cancel, "retry": cmd_retry, "delete": cmd_delete, "peers": cmd_peers, "serve": cmd_serve, "render": cmd_render,
     "completion": cmd_completion,
     "blender-addon": cmd_blender_addon,
+    "priority": cmd_priority, "pause": cmd_pause, "resume": cmd_resume, "drain": cmd_drain,
 }
 
 

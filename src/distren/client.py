@@ -1,4 +1,5 @@
-"""The distren client: submit packages, query jobs and frames, download outputs and bundles.
+"""The distren client: submit packages, query jobs and frames, download outputs and bundles,
+control jobs (priority, pause, resume, cancel, retry, delete) and drain a server.
 
 One module serves the CLI, the embedded renderer and the tests. It talks HTTP to one server
 (`DISTREN_SERVER`, default http://127.0.0.1:7780); `distren://` URLs name jobs and frames.
@@ -174,13 +175,28 @@ class Client:
             return {"server": self.server_info(), "jobs": self.jobs()}
         return self.job(u) if u.kind == "job" else self.frame(u)
 
+    def _job_post(self, url: DistrenURL | str, action: str) -> dict:
+        return self._json("POST", f"/jobs/{self._own(url).job}/{action}")
+
     def cancel(self, url: DistrenURL | str) -> dict:
-        u = self._own(url)
-        return self._json("POST", f"/jobs/{u.job}/cancel")
+        return self._job_post(url, "cancel")
 
     def retry(self, url: DistrenURL | str) -> dict:
+        return self._job_post(url, "retry")
+
+    def set_priority(self, url: DistrenURL | str, priority: int) -> dict:
         u = self._own(url)
-        return self._json("POST", f"/jobs/{u.job}/retry")
+        return self._json("PATCH", f"/jobs/{u.job}", json={"priority": priority})
+
+    def pause(self, url: DistrenURL | str) -> dict:
+        return self._job_post(url, "pause")
+
+    def resume(self, url: DistrenURL | str) -> dict:
+        return self._job_post(url, "resume")
+
+    def drain(self, on: bool = True) -> dict:
+        """Drain the server (on=False: end the drain); answers the server as GET /server."""
+        return self._json("POST", "/server/drain" if on else "/server/undrain")
 
     def delete(self, url: DistrenURL | str) -> dict:
         u = self._own(url)

@@ -18,6 +18,12 @@ class DistrenError(Exception):
         return {"error": {"code": self.code, "message": self.message}}
 
 
+class BadRequest(DistrenError):
+    """Raised when a request's parameters or body are malformed or out of range."""
+
+    code = "bad_request"
+
+
 class BadURL(DistrenError):
     """Raised when a distren:// URL does not parse."""
 

@@ -5,6 +5,9 @@ a person acting, as long as some server that can render its frames is reachable.
 sits beside the scheduler's transitions (as Flamenco's timeout checker does) and decides the
 cases the transitions alone cannot:
 
+- **Paused jobs wait for a person.** A paused job's frames are not judged by the rule below
+  (nobody takes them while the pause lasts, by choice); its `waiting_for` says it is paused.
+  Dependencies still end as below: a paused job's frame fails when its dependency fails.
 - **No renderer left.** A ready frame of backend B can be rendered by this server's slots (when
   it has slots and B) and by every peer that has B (or whose backends are not known yet). When
   every such renderer is blocklisted for the job, nobody will ever take the frame: it fails,
@@ -38,6 +41,7 @@ class RendererView:
     backends: frozenset[str] | None   # None: not known yet (the peer never said)
     up: bool = True
     down_since: float | None = None
+    why: str | None = None            # why it is not up, when not for being unreachable ("draining")
 
 
 @dataclass(frozen=True)
@@ -88,8 +92,8 @@ def renderer_problem(sched: Scheduler, job: int, backend: str) -> str | None:
         return (f"every server that renders {backend!r} is blocklisted for this job: "
                 + ", ".join(sorted(r.name for r in capable)))
     if not any(r.up for r in candidates):
-        return (f"no server that renders {backend!r} is reachable: "
-                + ", ".join(f"{r.name} down since {_when(r.down_since)}" for r in candidates))
+        return (f"no server that renders {backend!r} is {'available' if any(r.why for r in candidates) else 'reachable'}: "
+                + ", ".join(f"{r.name} {r.why or 'down since ' + _when(r.down_since)}" for r in candidates))
     return None
 
 
@@ -123,7 +127,7 @@ class Liveness:
         sched.farm = farm
         ended = 0
         jobs = sched.conn.execute(
-            "SELECT id, settings FROM jobs WHERE status='active' AND n_ready > 0").fetchall()
+            "SELECT id, settings FROM jobs WHERE status='active' AND paused=0 AND n_ready > 0").fetchall()
         for job, settings in jobs:
             for backend in json.loads(settings):
                 has = sched.conn.execute(

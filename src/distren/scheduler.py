@@ -15,7 +15,9 @@ server interleaves with everything else, so no single transaction holds the data
 event loop, for long.
 
 A job's state is derived from its frame counts (and its status), never stored:
-queued | running | done | failed | cancelled.
+queued | running | paused | done | failed | cancelled. A paused job (`jobs.paused`, set and
+cleared by a person) has none of its frames leased, to this server's slots or to peers; frames
+already running finish and are recorded.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator
 
-from .errors import Conflict, DistrenError, NotFound
+from .errors import BadRequest, Conflict, DistrenError, NotFound
 from .job.spec import JobSpec
 from .store.blobs import Blob
 from .url import DistrenURL, format_url
@@ -47,6 +49,8 @@ MAX_PAGE = 10_000
 INLINE_DEPENDS = 256
 # Hidden job statuses: a job under intake or being deleted is not shown or served.
 HIDDEN = ("intake", "deleting")
+# What a paused job's unfinished frames wait for (`waiting_for`).
+PAUSED = "the job is paused: resume it to render its frames"
 
 
 @dataclass(frozen=True)
@@ -349,15 +353,16 @@ class Scheduler:
     # -- leases --------------------------------------------------------------------------
     def claim(self, owner: str, backends: Iterable[str], lease_seconds: float | None = None) -> Lease | None:
         """Lease the best ready frame (highest priority, oldest job, lowest frame id) of a
-        backend the renderer has, or None. A frame whose last attempt failed on this renderer
-        is not given back to it for `retry_elsewhere` seconds (another renderer gets a go)."""
+        backend the renderer has, or None; frames of paused jobs are not leased. A frame whose
+        last attempt failed on this renderer is not given back to it for `retry_elsewhere`
+        seconds (another renderer gets a go)."""
         names = sorted(set(backends))
         if not names:
             return None
         now = self.clock()
         with self._tx() as c:
             jobs = c.execute(
-                "SELECT id FROM jobs WHERE status='active' AND n_ready > 0"
+                "SELECT id FROM jobs WHERE status='active' AND paused=0 AND n_ready > 0"
                 " AND NOT EXISTS (SELECT 1 FROM blocklist b WHERE b.job_id=jobs.id AND b.renderer=?)"
                 " ORDER BY priority DESC, id", (owner,)).fetchall()
             row = None
@@ -414,8 +419,8 @@ class Scheduler:
     def claim_more(self, first: Lease, limit: int) -> list[Lease]:
         """Up to `limit` more frames for the renderer that holds `first`, to render with it as
         one chunk (one renderer process): the frame ids right after it, consecutive, of the same
-        job and backend, ready, never failed, and not kept from this renderer (retry elsewhere).
-        Each gets its own attempt number and lease: fencing, heartbeats and results stay per
+        job and backend, ready, never failed, and not kept from this renderer (retry elsewhere);
+        none when the job is paused. Each gets its own attempt number and lease: fencing, heartbeats and results stay per
         frame. A frame that has failed before (the first one too) renders alone. One index
         range of at most `limit` rows: the cost does not grow with the job."""
         if limit <= 0:
@@ -426,6 +431,8 @@ class Scheduler:
             row = c.execute("SELECT failures, state, attempts, lease_owner FROM frames WHERE job_id=? AND frame=?",
                             (first.job, first.frame)).fetchone()
             if row is None or row[0] or (row[1], row[2], row[3]) != ("running", first.attempt, first.owner):
+                return []
+            if c.execute("SELECT paused FROM jobs WHERE id=?", (first.job,)).fetchone()[0]:
                 return []
             rows = c.execute(
                 "SELECT frame, attempts FROM frames WHERE job_id=? AND state='ready' AND backend=?"
@@ -692,6 +699,30 @@ class Scheduler:
             yield
 
     # -- job actions -----------------------------------------------------------------------
+    def set_priority(self, job: int, priority: int) -> None:
+        """Change a job's priority (-1000..1000, as <priority>); the next claim orders by it."""
+        if isinstance(priority, bool) or not isinstance(priority, int) or not -1000 <= priority <= 1000:
+            raise BadRequest(f"priority must be a whole number from -1000 to 1000, not {json.dumps(priority, default=str)}")
+        self._job_row(job)
+        with self._tx() as c:
+            c.execute("UPDATE jobs SET priority=? WHERE id=?", (priority, job))
+
+    def pause(self, job: int) -> None:
+        """Pause a job: none of its frames is leased any more (by this server's slots, peers'
+        claims or chunks); frames already running finish and are recorded. Persisted; ended by
+        `resume`. Cancel, retry and delete work on a paused job as on any other (a retried
+        paused job stays paused)."""
+        self._job_row(job)
+        with self._tx() as c:
+            c.execute("UPDATE jobs SET paused=1 WHERE id=?", (job,))
+
+    def resume(self, job: int) -> None:
+        """End a pause: the job's ready frames are leased again."""
+        self._job_row(job)
+        with self._tx() as c:
+            c.execute("UPDATE jobs SET paused=0 WHERE id=?", (job,))
+        self.on_ready()
+
     def cancel(self, job: int) -> list[tuple[int, int, int]]:
         return drain(self.cancel_steps(job))  # type: ignore[return-value]
 
@@ -855,9 +886,10 @@ class Scheduler:
 
     # -- queries -------------------------------------------------------------------------
     def ready_backends(self) -> set[str]:
-        """The backends of the active jobs that have ready frames (one row per job)."""
+        """The backends of the active jobs, not paused, that have ready frames (one row per job)."""
         out: set[str] = set()
-        for (settings,) in self.conn.execute("SELECT settings FROM jobs WHERE status='active' AND n_ready > 0"):
+        for (settings,) in self.conn.execute("SELECT settings FROM jobs WHERE status='active' AND paused=0"
+                                             " AND n_ready > 0"):
             out.update(json.loads(settings))
         return out
 
@@ -869,13 +901,18 @@ class Scheduler:
         return row
 
     @staticmethod
-    def job_state(cancelled: bool, counts: dict[str, int]) -> str:
+    def job_state(cancelled: bool, counts: dict[str, int], paused: bool = False) -> str:
+        """cancelled, done, failed (every frame ended, some not done), else paused while a
+        person has paused the job (frames running at the pause may still be running), else
+        running once a frame started or ended, else queued."""
         total = sum(counts.values())
         if cancelled:
             return "cancelled"
         if counts["done"] == total:
             return "done"
         if counts["running"] or counts["ready"] or counts["waiting"]:
+            if paused:
+                return "paused"
             return "running" if (counts["running"] or counts["done"] or counts["failed"]) else "queued"
         return "failed"
 
@@ -903,7 +940,7 @@ class Scheduler:
 
     def _job_json(self, row: sqlite3.Row) -> dict:
         counts = {s: row[f"n_{s}"] for s in FRAME_STATES}
-        state = self.job_state(row["status"] == "cancelled", counts)
+        state = self.job_state(row["status"] == "cancelled", counts, bool(row["paused"]))
         out = {
             "id": row["id"],
             "url": format_url(self.server, row["id"]),
@@ -914,6 +951,7 @@ class Scheduler:
             "timeout": row["timeout"],
             "chunk": row["chunk"],
             "state": state,
+            "paused": bool(row["paused"]),
             "frames": counts,
             "total_frames": sum(counts.values()),
             "submitted": row["submitted"],
@@ -932,6 +970,8 @@ class Scheduler:
         from .liveness import renderer_problem
 
         job = row["id"]
+        if row["paused"]:
+            return PAUSED + (f" ({counts['running']} running frames finishing)" if counts["running"] else "")
         if counts["ready"]:
             for backend in json.loads(row["settings"]):
                 has = self.conn.execute("SELECT 1 FROM frames WHERE job_id=? AND state='ready' AND backend=? LIMIT 1",
@@ -984,24 +1024,30 @@ class Scheduler:
         from .liveness import dependency_problem, renderer_problem
 
         out: list[str] = []
+        if state in ("waiting", "ready") and self.conn.execute("SELECT paused FROM jobs WHERE id=?",
+                                                               (job,)).fetchone()[0]:
+            out.append(PAUSED)
         if state == "waiting":
             rows = self.conn.execute(
                 "SELECT d.dep_server, d.dep_job, d.dep_frame,"
-                " CASE WHEN d.dep_server=? THEN f.state ELSE r.state END AS state"
+                " CASE WHEN d.dep_server=? THEN f.state ELSE r.state END AS state, j.paused"
                 " FROM deps d LEFT JOIN frames f ON d.dep_server=? AND f.job_id=d.dep_job AND f.frame=d.dep_frame"
+                " LEFT JOIN jobs j ON d.dep_server=? AND j.id=d.dep_job"
                 " LEFT JOIN remote_deps r ON r.server=d.dep_server AND r.job=d.dep_job AND r.frame=d.dep_frame"
                 " WHERE d.job_id=? AND d.frame=? AND COALESCE(CASE WHEN d.dep_server=? THEN f.state"
                 " ELSE r.state END, '') != 'done' LIMIT 11",
-                (self.server, self.server, job, frame, self.server)).fetchall()
+                (self.server, self.server, self.server, job, frame, self.server)).fetchall()
             for r in rows[:10]:
                 url = format_url(r[0], r[1], r[2])
                 extra = dependency_problem(self, r[0]) if r[0] != self.server else None
+                if r[0] == self.server and r["paused"] and r[1] != job and r["state"] in UNFINISHED:
+                    extra = "its job is paused"
                 out.append(f"dependency {url} ({r['state'] or 'deleted'}" + (f"; {extra})" if extra else ")"))
             if len(rows) > 10:
                 left = self.conn.execute("SELECT deps_left FROM frames WHERE job_id=? AND frame=?",
                                          (job, frame)).fetchone()[0]
                 out.append(f"and {max(0, left - 10)} more dependencies")
-        elif state == "ready":
+        elif state == "ready" and not out:
             row = self.conn.execute("SELECT backend, avoid, avoid_until FROM frames WHERE job_id=? AND frame=?",
                                     (job, frame)).fetchone()
             out.append(renderer_problem(self, job, row[0]) or "a free render slot")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
-from ..errors import DistrenError, NotFound, RequestTimeout, StorageFull, TooLarge
+from ..errors import BadRequest, DistrenError, NotFound, RequestTimeout, StorageFull, TooLarge
 from ..federation.auth import Verifier, check_client_token, load_secret
 from ..federation.peers import PeerClient, PeerError
 from ..federation.routes import BlobFileResponse, create_peer_router
@@ -55,6 +56,17 @@ TARBALL_BODY = {
 BODY_STALL_SECONDS = 30.0
 
 TARBALL_RESPONSE = {200: {"content": {"application/x-tar": {}}, "description": "a tarball"}}
+PATCH_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/json": {"schema": {
+            "type": "object", "additionalProperties": False, "required": ["priority"],
+            "properties": {"priority": {"type": "integer", "minimum": -1000, "maximum": 1000}},
+        }}},
+    }
+}
+# The largest JSON body of a client request (PATCH /jobs/{id}).
+MAX_JSON_BODY = 64 * 1024
 
 
 def error_response(status: int, code: str, message: str) -> JSONResponse:
@@ -140,7 +152,20 @@ def create_app(config: ServerConfig, core: Core | None = None) -> FastAPI:
         conc = state["runner"].concurrency
         info["renders"] = {"limit": conc.limit, "running": conc.running, "rendering": conc.rendering,
                            "auto": conc.adaptive}
+        info["draining"] = state["runner"].draining
         return info
+
+    @api.post("/server/drain", summary="Drain this server: it starts nothing new and hands its peers' frames back")
+    async def drain(request: Request) -> dict:
+        client_auth(request)
+        handed_back = state["runner"].set_draining(True)
+        return {**await server_info(), "handed_back": handed_back}
+
+    @api.post("/server/undrain", summary="End a drain: this server renders again")
+    async def undrain(request: Request) -> dict:
+        client_auth(request)
+        state["runner"].set_draining(False)
+        return await server_info()
 
     @api.get("/peers", summary="This server's peers and their health")
     async def peers() -> list[dict]:
@@ -278,6 +303,33 @@ def create_app(config: ServerConfig, core: Core | None = None) -> FastAPI:
             background=BackgroundTask(path.unlink, missing_ok=True) if temporary else None,
         )
 
+    @api.patch("/jobs/{job}", openapi_extra=PATCH_BODY, summary="Change a job's priority")
+    async def patch_job(request: Request, job: int = JobId) -> dict:
+        client_auth(request)
+        body = await small_json(request)
+        unknown = sorted(set(body) - {"priority"})
+        if unknown or "priority" not in body:
+            raise BadRequest("PATCH takes {\"priority\": -1000..1000}" +
+                             (f"; {', '.join(map(repr, unknown))} cannot be changed" if unknown else ""))
+        c = core_()
+        c.scheduler.set_priority(job, body["priority"])
+        return c.scheduler.job(job)
+
+    def job_switch(request: Request, job: int, switch) -> dict:
+        """Pause or resume (one transaction): the job as it is then."""
+        client_auth(request)
+        sched = core_().scheduler
+        switch(sched)(job)
+        return sched.job(job)
+
+    @api.post("/jobs/{job}/pause", summary="Pause a job: none of its frames starts; running ones finish")
+    async def pause(request: Request, job: int = JobId) -> dict:
+        return job_switch(request, job, lambda sched: sched.pause)
+
+    @api.post("/jobs/{job}/resume", summary="Resume a paused job")
+    async def resume(request: Request, job: int = JobId) -> dict:
+        return job_switch(request, job, lambda sched: sched.resume)
+
     @api.post("/jobs/{job}/cancel", summary="Cancel a job: unfinished frames are cancelled")
     async def cancel(request: Request, job: int = JobId) -> dict:
         client_auth(request)
@@ -321,6 +373,22 @@ def _metrics_snapshot(core: Core, runner: Runner, fed) -> dict:
     return {"frames": core.scheduler.frame_totals(), "slots": runner.concurrency.limit if runner.slots else 0,
             "slots_busy": runner.concurrency.rendering, "peers": len(peers),
             "peers_up": sum(1 for p in peers if p.verified and p.failures == 0)}
+
+
+async def small_json(request: Request) -> dict:
+    """A client's JSON object body, at most MAX_JSON_BODY bytes; 400 (413 beyond) otherwise."""
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_JSON_BODY:
+            raise TooLarge(f"request body exceeds {MAX_JSON_BODY} bytes")
+    try:
+        data = json.loads(body)
+    except (ValueError, RecursionError):
+        raise BadRequest("the request body must be JSON") from None
+    if not isinstance(data, dict):
+        raise BadRequest("the request body must be a JSON object")
+    return data
 
 
 def load_token(path: Path | None) -> str | None:

@@ -82,6 +82,14 @@ class Core:
         pool.submit(os.getpid)  # start the worker now, not on the first submit
         return pool
 
+    def draining(self) -> bool:
+        """Whether the server is drained (`POST /server/drain`): kept in the database, so a
+        drained server stays drained across restarts until it is undrained."""
+        return db.get_meta(self.conn, "draining") == "1"
+
+    def set_draining(self, on: bool) -> None:
+        db.set_meta(self.conn, "draining", "1" if on else None)
+
     def available_backends(self) -> list[str]:
         return [name for name, b in self.backends.items() if b.available()]
 

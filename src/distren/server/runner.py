@@ -32,6 +32,7 @@ LIVENESS_PERIOD = 2.0
 # A slot that cannot record a result (a database error) tries again this often, this many
 # times; after that the lease runs out and the frame is rendered again.
 REPORT_RETRIES = 5
+DRAINING = "server draining"
 
 
 class Runner:
@@ -46,6 +47,8 @@ class Runner:
         self.concurrency = Concurrency(min(usable_cores(), slots) if auto else slots, slots)
         self._renders: dict[tuple[str, int, int, int], asyncio.Task] = {}
         self.liveness = Liveness(core.scheduler, core.config.remote_dep_timeout)
+        # drained (`POST /server/drain`): the slots start nothing new, of this server or of peers
+        self.draining = core.draining()
         self.loop_lag_ms = {"last": 0.0, "max": 0.0}
         core.scheduler.on_ready = self.wake
 
@@ -91,7 +94,9 @@ class Runner:
     def farm_view(self) -> FarmView:
         """This server's slots and its peers, as the liveness check sees them."""
         own = frozenset(self.core.available_backends()) if self.slots > 0 else frozenset()
-        renderers = [RendererView(self.core.lease_owner, own)]
+        # a drained server's slots still count as its renderer (it comes back): its frames wait
+        renderers = [RendererView(self.core.lease_owner, own, not self.draining,
+                                  why="draining" if self.draining else None)]
         peers: frozenset[str] = frozenset()
         if self.federation is not None:
             renderers += self.federation.renderer_views()
@@ -120,6 +125,22 @@ class Runner:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
+
+    def set_draining(self, on: bool) -> int:
+        """Drain the server (or end the drain): its slots start nothing new, neither frames of
+        its own nor frames claimed from peers; renders of peers' frames running here are
+        stopped and their leases handed back at once (interrupted, not a failure of the frame);
+        renders of its own frames finish. Kept across restarts. Returns how many peer leases
+        are being handed back."""
+        self.core.set_draining(on)
+        self.draining = on
+        if not on:
+            self.wake()
+            return 0
+        peers = [(key, task) for key, task in self._renders.items() if key[0] != self.core.name]
+        for _, task in peers:
+            task.cancel()   # _run hands every lease of the render back
+        return len(peers)
 
     def kill(self, job: int, frame: int, attempt: int, home: str | None = None) -> None:
         task = self._renders.get((home or self.core.name, job, frame, attempt))
@@ -197,12 +218,18 @@ class Runner:
 
     async def _take(self, backends: list[str]) -> tuple[str | None, Lease] | None:
         self._wake.clear()
+        if self.draining:
+            return None
         try:
-            return await self._next(backends)
+            got = await self._next(backends)
         except Exception:  # a bad peer answer or a database hiccup must not end the slot
             log.exception("could not take work; trying again")
             await asyncio.sleep(IDLE_POLL)
             return None
+        if got is not None and self.draining:   # drained while it was claiming: back at once
+            await self._interrupted(got[0], got[1], DRAINING)
+            return None
+        return got
 
     async def _run(self, home: str | None, lease: Lease) -> None:
         if home is not None:
@@ -212,6 +239,10 @@ class Runner:
             leases += await self._chunk(home, lease)
         except Exception:  # a chunk is an optimisation: the first frame renders anyway
             log.exception("could not lease a chunk; rendering one frame")
+        if self.draining:   # drained while the chunk was leased: nothing starts
+            for one in leases:
+                await self._interrupted(home, one, DRAINING)
+            return
         keys = [(home or self.core.name, one.job, one.frame, one.attempt) for one in leases]
         render = asyncio.create_task(self._render(home, leases))
         for key in keys:
@@ -230,10 +261,13 @@ class Runner:
             for key in keys:
                 self._renders.pop(key, None)
         if render.cancelled():
-            # a lease was lost (cancel, expiry) or the job was cancelled: the chunk's other
-            # frames go back at once, not a failure of theirs (those that moved on refuse)
+            # a lease was lost (cancel, expiry), the job was cancelled, or the server was
+            # drained (a peer's frame): the frames go back at once, not a failure of theirs
+            # (those that moved on refuse)
+            why = DRAINING if home is not None and self.draining else \
+                "its render was stopped (a lease of its chunk was lost)"
             for one in leases:
-                await self._interrupted(home, one, "its render was stopped (a lease of its chunk was lost)")
+                await self._interrupted(home, one, why)
         elif render.exception() is not None:
             exc = render.exception()
             log.error("render of %s failed unexpectedly: %r", keys, exc)

@@ -18,9 +18,10 @@ class DatabaseVersionError(DistrenError):
 
     code = "database_version"
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 SCHEMA = """
+-- schema_version; 'draining' ('1' while the server is drained: it renders nothing new)
 CREATE TABLE IF NOT EXISTS meta (
     key TEXT PRIMARY KEY,
     value TEXT NOT NULL
@@ -53,7 +54,9 @@ CREATE TABLE IF NOT EXISTS jobs (
     -- bounded transactions, and a server that stops in the middle finishes it at start-up
     pending TEXT,
     -- frames per renderer process that the job asks for (<chunk>); NULL: chosen per server
-    chunk INTEGER
+    chunk INTEGER,
+    -- 1 while a person has paused the job: none of its frames is leased (running ones finish)
+    paused INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS frames (
     job_id INTEGER NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,
@@ -177,6 +180,20 @@ def connect(path: Path) -> sqlite3.Connection:
     return conn
 
 
+def get_meta(conn: sqlite3.Connection, key: str) -> str | None:
+    row = conn.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+    return None if row is None else row[0]
+
+
+def set_meta(conn: sqlite3.Connection, key: str, value: str | None) -> None:
+    """Set (None: remove) a key of the meta table, in a transaction of its own."""
+    if value is None:
+        conn.execute("DELETE FROM meta WHERE key=?", (key,))
+    else:
+        conn.execute("INSERT INTO meta(key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value=excluded.value",
+                     (key, value))
+
+
 def _version(conn: sqlite3.Connection) -> int | None:
     if conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='meta'").fetchone() is None:
         return None
@@ -222,8 +239,13 @@ def _to_5(conn: sqlite3.Connection) -> None:
                  " AND n_waiting + n_ready + n_running > 0")
 
 
+def _to_6(conn: sqlite3.Connection) -> None:
+    """Jobs can be paused (none is, after the upgrade)."""
+    conn.execute("ALTER TABLE jobs ADD COLUMN paused INTEGER NOT NULL DEFAULT 0")
+
+
 # Ordered upgrade steps: MIGRATIONS[v] turns schema v into v + 1.
-MIGRATIONS = {3: _to_4, 4: _to_5}
+MIGRATIONS = {3: _to_4, 4: _to_5, 5: _to_6}
 
 
 def _migrate(conn: sqlite3.Connection, path: Path, version: int) -> None:

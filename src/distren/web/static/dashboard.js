@@ -71,7 +71,7 @@ function eta(job) {
   const elapsed = Date.now() / 1000 - job.started;
   return fmtSeconds(elapsed / f.done * left);
 }
-function stateText(job) { return job.paused ? "paused" : job.state; }
+function stateText(job) { return job.state; }   // the server says "paused" while a paused job has work left
 function liveBadge(on) {
   const b = document.getElementById("live");
   if (!b) return;
