@@ -117,14 +117,27 @@ class EventBus:
         return self._next - 1
 
     def since(self, after: int, job: int | None) -> tuple[list[tuple[int, str, str]], bool]:
-        """Events after id `after` (of one job's frames when `job` is given; job events of
-        every job always), and whether some were lost (older than those kept)."""
+        """Events after id `after`: job events of every job, frame events of job `job` only
+        (none when `job` is None); and whether some were lost (older than those kept)."""
+        events, lost, _ = self._since(after, job)
+        return events, lost
+
+    def _since(self, after: int, job: int | None) -> tuple[list[tuple[int, str, str]], bool, int]:
+        """`since`, plus the newest id looked at. Reads the kept events from the newest back to
+        `after`: the cost is the new events, not the KEEP kept."""
+        out: list[tuple[int, str, str]] = []
         with self._lock:
-            events = list(self._events)
-        lost = bool(events) and after < events[0][0] - 1 and after < self.last_id
-        out = [(i, kind, text) for i, kind, j, text in events if i > after
-               and (kind != "frame" or job is None or j == job)]
-        return out, lost
+            newest = self._next - 1
+            if not self._events or newest <= after:
+                return out, False, newest
+            lost = after < self._events[0][0] - 1
+            for event_id, kind, j, text in reversed(self._events):
+                if event_id <= after:
+                    break
+                if kind != "frame" or (job is not None and j == job):
+                    out.append((event_id, kind, text))
+        out.reverse()
+        return out, lost, newest
 
     async def stream(self, after: int | None, job: int | None) -> AsyncIterator[str]:
         """The text/event-stream of this bus from `after` (None: from now): `job` events of
@@ -132,23 +145,19 @@ class EventBus:
         page asks for one job's)."""
         assert self._changed is not None, "the bus is not started"
         last = self.last_id if after is None or after > self.last_id else after
-        frames = job is not None
         yield "retry: 2000\n\n"
         if after is not None and after > self.last_id:   # an id of an earlier run of this server
             yield _format(self.last_id, "reset", json.dumps({"last_id": self.last_id}))
         while not self.closed:
-            events, lost = self.since(last, job)
+            events, lost, newest = self._since(last, job)
+            last = newest
             if lost:
-                yield _format(self.last_id, "reset", json.dumps({"last_id": self.last_id}))
-                last = self.last_id
+                yield _format(newest, "reset", json.dumps({"last_id": newest}))
                 continue
             for event_id, kind, text in events:
-                last = event_id
-                if kind == "frame" and not frames:
-                    continue
                 yield _format(event_id, kind, text)
             self._changed.clear()
-            if self.since(last, job)[0]:
+            if self.last_id > last:   # published while this stream was writing
                 continue
             try:
                 await asyncio.wait_for(self._changed.wait(), KEEPALIVE)
