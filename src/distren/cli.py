@@ -98,8 +98,9 @@ def _add_pack_options(p: argparse.ArgumentParser) -> None:
             p.add_argument(option.flag, type=option.type, metavar=option.metavar, help=option.help)
 
 
-def _backend_pack_options():
-    return [option for backend in find_backends().values() for option in backend.pack_options]
+def _backend_pack_options(backends=None):
+    backends = find_backends() if backends is None else backends
+    return [option for backend in backends.values() for option in backend.pack_options]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -249,9 +250,10 @@ def _pack(args, out: Path | None):
         raise DistrenError("--fps, --codec and --crf go with --video")
     if not args.source.is_file():
         raise DistrenError(f"{args.source}: no such file")
-    backend = backend_for(args.source)
+    backends = find_backends()
+    backend = backend_for(args.source, backends)
     own = {option.dest for option in backend.pack_options}
-    foreign = sorted({option.flag for option in _backend_pack_options()
+    foreign = sorted({option.flag for option in _backend_pack_options(backends)
                       if option.dest not in own and getattr(args, option.dest, None) is not None})
     if foreign:
         raise DistrenError(f"{', '.join(foreign)}: not an option of the {backend.name} backend, "
