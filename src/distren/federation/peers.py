@@ -60,11 +60,16 @@ class Peer:
     # the backends it renders, as it last said (claims, hello); None: not known yet
     backends: frozenset[str] | None = None
 
+    @property
+    def healthy(self) -> bool:
+        """Verified, and its last request succeeded (`GET /peers`, `distren_peers_up`)."""
+        return self.verified and self.failures == 0
+
     def to_json(self) -> dict:
         return {
             "name": self.name, "url": self.url, "verified": self.verified,
             "last_contact": self.last_contact, "failures": self.failures, "last_error": self.last_error,
-            "healthy": self.verified and self.failures == 0, "down_since": self.down_since,
+            "healthy": self.healthy, "down_since": self.down_since,
             "backends": None if self.backends is None else sorted(self.backends),
         }
 

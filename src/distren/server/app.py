@@ -372,7 +372,7 @@ def _metrics_snapshot(core: Core, runner: Runner, fed) -> dict:
     peers = list(fed.peers.peers.values()) if fed is not None else []
     return {"frames": core.scheduler.frame_totals(), "slots": runner.concurrency.limit if runner.slots else 0,
             "slots_busy": runner.concurrency.rendering, "peers": len(peers),
-            "peers_up": sum(1 for p in peers if p.verified and p.failures == 0)}
+            "peers_up": sum(1 for p in peers if p.healthy)}
 
 
 async def small_json(request: Request) -> dict:
