@@ -11,7 +11,6 @@ the writing of the package.
 
 from __future__ import annotations
 
-import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import TYPE_CHECKING
 
 from .backends.ffmpeg import add_video
 from .errors import DistrenError, PackError
+from .files import atomic_file
 from .job.spec import JOB_XML_NAME, JobSpec, parse_job_xml
 from .tarballs import write_tar
 
@@ -81,23 +81,16 @@ def write_job(spec: JobSpec, root: Path, files: list[str], out: Path | None, ste
 
 def _write_package(target: Path, xml: bytes, entries: list[tuple[str, Path]]) -> None:
     """Write distrenjob.xml and the files into a gzip tarball at target, atomically."""
-    target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="distren-pack-") as scratch:
         xml_path = Path(scratch, JOB_XML_NAME)
         xml_path.write_bytes(xml)
-        fd, partial = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
         try:
-            with os.fdopen(fd, "wb") as fh:
+            with atomic_file(target) as fh:
                 write_tar(fh, [(JOB_XML_NAME, xml_path), *entries], compress="gz")
-            os.chmod(partial, 0o644)
-            os.replace(partial, target)
-        except BaseException as exc:
-            Path(partial).unlink(missing_ok=True)
-            if isinstance(exc, DistrenError):
-                raise PackError(f"cannot write {target}: {exc.message}") from None
-            if isinstance(exc, OSError):
-                raise PackError(f"cannot write {target}: {exc}") from None
-            raise
+        except DistrenError as exc:
+            raise PackError(f"cannot write {target}: {exc.message}") from None
+        except OSError as exc:
+            raise PackError(f"cannot write {target}: {exc}") from None
 
 
 def backend_for(source: Path, backends: dict[str, "Backend"] | None = None) -> "Backend":

@@ -6,11 +6,11 @@ own Python, where distren is not importable, so it is never imported here, only 
 
 from __future__ import annotations
 
-import os
-import tempfile
 import zipfile
 from importlib import resources
 from pathlib import Path
+
+from ..files import atomic_file
 
 ADDON_MODULE = "distren_blender"
 ADDON_FILES = ("__init__.py", "blender_manifest.toml")
@@ -31,18 +31,10 @@ def write_addon(target: Path) -> Path:
     target = Path(target)
     if target.is_dir():
         target = target / DEFAULT_ZIP
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, partial = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh, zipfile.ZipFile(fh, "w", zipfile.ZIP_DEFLATED) as zf:
-            for name in ADDON_FILES:
-                info = zipfile.ZipInfo(f"{ADDON_MODULE}/{name}", date_time=_EPOCH)
-                info.external_attr = 0o644 << 16
-                info.compress_type = zipfile.ZIP_DEFLATED
-                zf.writestr(info, addon_source(name))
-        os.chmod(partial, 0o644)
-        os.replace(partial, target)
-    except BaseException:
-        Path(partial).unlink(missing_ok=True)
-        raise
+    with atomic_file(target) as fh, zipfile.ZipFile(fh, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name in ADDON_FILES:
+            info = zipfile.ZipInfo(f"{ADDON_MODULE}/{name}", date_time=_EPOCH)
+            info.external_attr = 0o644 << 16
+            info.compress_type = zipfile.ZIP_DEFLATED
+            zf.writestr(info, addon_source(name))
     return target

@@ -22,6 +22,7 @@ from pathlib import Path
 from .. import __version__, failpoints, previews
 from ..backends.base import Backend, find_backends
 from ..backends.sandbox import prepare_scene
+from ..files import atomic_file
 from ..errors import BadJob, BadJobXML, BadPackage, DistrenError, StorageFull
 from ..metrics import Metrics
 from ..job.spec import JOB_XML_NAME, MAX_XML_BYTES, RESERVED_NAMES, parse_job_xml
@@ -389,15 +390,8 @@ def _preview_worker_init() -> None:
 
 
 def _write_atomically(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".preview-")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(path) as f:
+        f.write(data)
 
 
 def check_package(path: Path, tmp_dir: Path, tar_limits, server: str, job: int, max_frames: int,
