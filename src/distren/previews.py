@@ -16,9 +16,9 @@ image, gets NoPreview (HTTP 404, code `no_preview`) naming why.
 
 from __future__ import annotations
 
+import asyncio
 import io
 import os
-import subprocess
 import tempfile
 import warnings
 from pathlib import Path, PurePosixPath
@@ -81,7 +81,7 @@ def _extract_member(output_tar: Path, scratch: Path) -> Path:
 def _video_still(video: Path, scratch: Path) -> Path:
     """The video's first frame as PNG, by ffmpeg in the render sandbox (no network, the video
     read-only), within VIDEO_TIMEOUT."""
-    from .backends.base import kill_group
+    from .backends.base import run_process
     from .backends.sandbox import JOB_DIR, OUT_DIR, Sandbox, SandboxUnavailable, prepare_scene
 
     scene, out = scratch / "scene", scratch / "out"
@@ -95,19 +95,16 @@ def _video_still(video: Path, scratch: Path) -> Path:
              f"{OUT_DIR}/still.png"])
     except SandboxUnavailable as exc:
         raise NoPreview(f"cannot run ffmpeg: {exc}") from None
+    # the renderers' own runner: its process group, killed whole at the timeout
     try:
-        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+        rc, log, timed_out = asyncio.run(run_process(argv, VIDEO_TIMEOUT))
     except OSError as exc:
         raise NoPreview(f"cannot run ffmpeg: {exc}") from None
-    try:
-        _, err = proc.communicate(timeout=VIDEO_TIMEOUT)
-    except subprocess.TimeoutExpired:
-        kill_group(proc.pid)
-        proc.wait()
-        raise NoPreview(f"ffmpeg took more than {VIDEO_TIMEOUT:g} s for a still of the video") from None
+    if timed_out:
+        raise NoPreview(f"ffmpeg took more than {VIDEO_TIMEOUT:g} s for a still of the video")
     still = out / "still.png"
-    if proc.returncode != 0 or not still.is_file():
-        why = err.decode("utf-8", "replace").strip().splitlines()[-1:] or [f"exit code {proc.returncode}"]
+    if rc != 0 or not still.is_file():
+        why = log.strip().splitlines()[-1:] or [f"exit code {rc}"]
         raise NoPreview(f"ffmpeg could not read the video: {why[0][:300]}")
     return still
 
