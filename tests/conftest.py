@@ -5,9 +5,11 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -90,22 +92,87 @@ plane {{ z, 0 pigment {{ image_map {{ png "_distren/deps/{u.server}/{u.job}/{u.f
     return pkg
 
 
+@dataclass(frozen=True)
+class TLSFiles:
+    """A certificate authority made for a test, and a server certificate it signed for
+    127.0.0.1 and localhost (PEM files)."""
+
+    ca: Path
+    cert: Path
+    key: Path
+
+
+def make_tls(folder: Path) -> TLSFiles:
+    """A CA and a server certificate, made now with `cryptography` (EC P-256: fast to make)."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    folder.mkdir(parents=True, exist_ok=True)
+    now = datetime.datetime.now(datetime.timezone.utc)
+
+    def name(text: str) -> x509.Name:
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, text)])
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca = (x509.CertificateBuilder().subject_name(name("distren test CA")).issuer_name(name("distren test CA"))
+          .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
+          .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+          .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
+                                       content_commitment=False, key_encipherment=False, data_encipherment=False,
+                                       key_agreement=False, encipher_only=False, decipher_only=False), critical=True)
+          .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
+          .sign(ca_key, hashes.SHA256()))
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (x509.CertificateBuilder().subject_name(name("127.0.0.1")).issuer_name(ca.subject)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"),
+                                                        x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                           critical=False)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    files = TLSFiles(folder / "ca.pem", folder / "server.pem", folder / "server.key")
+    files.ca.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    files.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    files.key.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                            serialization.NoEncryption()))
+    files.key.chmod(0o600)
+    return files
+
+
+@pytest.fixture(scope="session")
+def tls_files(tmp_path_factory) -> TLSFiles:
+    return make_tls(tmp_path_factory.mktemp("tls"))
+
+
 class ServerProcess:
-    """`distren serve` in a subprocess, on a free loopback port, with its own data folder."""
+    """`distren serve` in a subprocess, on a free loopback port, with its own data folder;
+    with `tls`, over HTTPS with that certificate, trusting that CA for its peers."""
 
     def __init__(self, data: Path, name: str = "alpha", slots: int = 2, extra: list[str] | None = None,
-                 env: dict[str, str] | None = None, prefix: list[str] | None = None):
+                 env: dict[str, str] | None = None, prefix: list[str] | None = None, tls: TLSFiles | None = None):
         self.data, self.name, self.slots, self.extra = data, name, slots, extra or []
         self.env = env
         self.prefix = prefix or []  # e.g. prlimit
+        self.tls = tls
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen | None = None
         self.log = data.parent / f"{name}-{self.port}.log"
 
     def start(self) -> "ServerProcess":
+        tls = [] if self.tls is None else ["--tls-cert", str(self.tls.cert), "--tls-key", str(self.tls.key),
+                                           "--ca-file", str(self.tls.ca)]
         cmd = self.prefix + DISTREN + ["serve", "--name", self.name, "--listen", f"127.0.0.1:{self.port}",
-                         "--data", str(self.data), "--slots", str(self.slots), *self.extra]
+                         "--data", str(self.data), "--slots", str(self.slots), *tls, *self.extra]
         self._logf = open(self.log, "ab")
         self.proc = subprocess.Popen(cmd, stdout=self._logf, stderr=subprocess.STDOUT, start_new_session=True,
                                      env={**os.environ, **(self.env or {})})
@@ -114,14 +181,15 @@ class ServerProcess:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited: {self.log.read_text()[-2000:]}")
             try:
-                if httpx.get(self.url + "/api/v1/server", timeout=1).status_code == 200:
+                verify = True if self.tls is None else ssl.create_default_context(cafile=str(self.tls.ca))
+                if httpx.get(self.url + "/api/v1/server", timeout=1, verify=verify).status_code == 200:
                     return self
             except httpx.HTTPError:
                 time.sleep(0.05)
         raise RuntimeError("server did not start")
 
     def client(self) -> Client:
-        return Client(self.url)
+        return Client(self.url, ca_file=None if self.tls is None else self.tls.ca)
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         if self.proc and self.proc.poll() is None:
@@ -139,8 +207,8 @@ def server_factory(tmp_path):
     started: list[ServerProcess] = []
 
     def factory(name: str = "alpha", slots: int = 2, data: Path | None = None, extra=None,
-                env: dict[str, str] | None = None) -> ServerProcess:
-        s = ServerProcess(data or tmp_path / f"data-{name}", name, slots, extra, env).start()
+                env: dict[str, str] | None = None, tls: TLSFiles | None = None) -> ServerProcess:
+        s = ServerProcess(data or tmp_path / f"data-{name}", name, slots, extra, env, tls=tls).start()
         started.append(s)
         return s
 
@@ -188,8 +256,8 @@ class Farm:
         self.servers: dict[str, ServerProcess] = {}
 
     def add(self, name: str, slots: int, peers: list[str], extra: list[str] = (),
-            env: dict[str, str] | None = None) -> ServerProcess:
-        s = ServerProcess(self.tmp / f"data-{name}", name, slots, env=env)
+            env: dict[str, str] | None = None, tls: TLSFiles | None = None) -> ServerProcess:
+        s = ServerProcess(self.tmp / f"data-{name}", name, slots, env=env, tls=tls)
         self.servers[name] = s
         s.peer_names = peers
         s.extra = ["--federation-secret-file", str(self.secret), *LEASE, *extra]

@@ -110,6 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     def server_opt(p: argparse.ArgumentParser) -> None:
         p.add_argument("--server", help="server address, e.g. http://127.0.0.1:7780 (default: $DISTREN_SERVER)")
+        p.add_argument("--ca-file", type=Path,
+                       help="CA certificates (PEM) that an https:// server's certificate must chain to, instead of "
+                            "the system's (default: $DISTREN_CA_FILE)")
         p.add_argument("--json", action="store_true", help="print JSON")
 
     p = sub.add_parser("pack", help="make a job package from a scene (scene.ini, scene.pov, scene.blend, or what a plug-in backend packs)")
@@ -188,6 +191,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="empty claims a second this server answers; idle peers are paced to it (20)")
     p.add_argument("--peer-timeout", type=_positive_float,
                    help="a peer not heard from for this long is asked how it is (15)")
+    p.add_argument("--tls-cert", type=Path, help="serve HTTPS with this certificate (PEM, its chain after it)")
+    p.add_argument("--tls-key", type=Path, help="the private key of --tls-cert (PEM, no passphrase)")
+    p.add_argument("--ca-file", type=Path,
+                   help="CA certificates (PEM) that https:// peers' certificates must chain to, instead of the "
+                        "system's (default: $DISTREN_CA_FILE)")
+    p.add_argument("--log-format", choices=("text", "json"),
+                   help="log lines as text, or as JSON objects, one a line (text)")
+    p.add_argument("--access-log", action="store_true", default=None,
+                   help="log every HTTP request (off; JSON too with --log-format json)")
 
     p = sub.add_parser("peers", help="a server's peers and their health")
     server_opt(p)
@@ -275,8 +287,13 @@ def cmd_pack(args) -> int:
     return EXIT_OK
 
 
+def _client(args) -> Client:
+    """The client of a command's --server and --ca-file."""
+    return Client(args.server, ca_file=args.ca_file)
+
+
 def cmd_submit(args) -> int:
-    with Client(args.server) as client, Progress() as progress:
+    with _client(args) as client, Progress() as progress:
         size = args.package.stat().st_size if args.package.is_file() else None
         upload = progress.bytes("upload", size)
         job = client.submit(args.package, on_bytes=upload)
@@ -294,7 +311,7 @@ def cmd_submit(args) -> int:
 
 
 def cmd_status(args) -> int:
-    with Client(args.server) as client:
+    with _client(args) as client:
         data = client.status(args.url)
     if "jobs" in data:
         s = data["server"]
@@ -310,7 +327,7 @@ def cmd_status(args) -> int:
 
 
 def cmd_download(args) -> int:
-    with Client(args.server) as client, Progress() as progress:
+    with _client(args) as client, Progress() as progress:
         received = progress.bytes("download", None)
         path = client.download(args.url, args.output, on_bytes=received)
         received.finish()
@@ -321,7 +338,7 @@ def cmd_download(args) -> int:
 def _job_command(action: str):
     """A command that does `action` (a Client method) to a job and prints the job."""
     def run(args) -> int:
-        with Client(args.server) as client:
+        with _client(args) as client:
             job = getattr(client, action)(args.url)
         _print(args, job, _job_line(job))
         return EXIT_OK
@@ -332,21 +349,21 @@ cmd_cancel, cmd_pause, cmd_resume = _job_command("cancel"), _job_command("pause"
 
 
 def cmd_retry(args) -> int:
-    with Client(args.server) as client:
+    with _client(args) as client:
         job = client.retry(args.url)
     _print(args, job, f"{_job_line(job)}  (requeued {job.get('requeued', 0)})")
     return EXIT_OK
 
 
 def cmd_priority(args) -> int:
-    with Client(args.server) as client:
+    with _client(args) as client:
         job = client.set_priority(args.url, args.priority)
     _print(args, job, f"{_job_line(job)}  priority {job['priority']}")
     return EXIT_OK
 
 
 def cmd_drain(args) -> int:
-    with Client(args.server) as client:
+    with _client(args) as client:
         info = client.drain(not args.off)
     if info["draining"]:
         text = (f"{info['url']} draining: {info['renders']['rendering']} renders running"
@@ -358,7 +375,7 @@ def cmd_drain(args) -> int:
 
 
 def cmd_delete(args) -> int:
-    with Client(args.server) as client:
+    with _client(args) as client:
         data = client.delete(args.url)
     _print(args, data, f"deleted {data['deleted']}")
     return EXIT_OK
@@ -372,6 +389,7 @@ SERVE_DEFAULTS = {
     "render_memory": 16 * 1024**3, "render_file_size": 16 * 1024**3, "render_cpu_seconds": None,
     "render_processes": 4096, "header_timeout": 10.0, "retry_elsewhere_seconds": 30.0,
     "remote_dep_timeout": 3600.0, "idle_claims_per_second": 20.0, "peer_timeout": 15.0,
+    "tls_cert": None, "tls_key": None, "ca_file": None, "log_format": "text", "access_log": False,
 }
 
 
@@ -452,6 +470,8 @@ def _server_config(s: dict, path):
         header_timeout=float(s["header_timeout"]), retry_elsewhere=float(s["retry_elsewhere_seconds"]),
         remote_dep_timeout=float(s["remote_dep_timeout"]), idle_claims_per_second=float(s["idle_claims_per_second"]),
         peer_timeout=float(s["peer_timeout"]),
+        tls_cert=path(s["tls_cert"]), tls_key=path(s["tls_key"]), ca_file=path(s["ca_file"]),
+        log_format=s["log_format"], access_log=bool(s["access_log"]),
     )
 
 
@@ -460,7 +480,7 @@ def _opt_int(value) -> int | None:
 
 
 def cmd_peers(args) -> int:
-    with Client(args.server) as client:
+    with _client(args) as client:
         peers = client.peers()
     lines = [f"{p['name']:<12} {p['url']:<30} {'healthy' if p['healthy'] else 'unhealthy'}"
              f"  failures {p['failures']}  last contact {p['last_contact'] or 'never'}"

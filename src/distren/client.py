@@ -2,7 +2,8 @@
 control jobs (priority, pause, resume, cancel, retry, delete) and drain a server.
 
 One module serves the CLI, the embedded renderer and the tests. It talks HTTP to one server
-(`DISTREN_SERVER`, default http://127.0.0.1:7780); `distren://` URLs name jobs and frames.
+(`DISTREN_SERVER`, default http://127.0.0.1:7780, or an https:// URL: its certificate is checked
+against the CA file given or `DISTREN_CA_FILE`, tls.py); `distren://` URLs name jobs and frames.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Callable, Iterator
 
 import httpx
 
+from . import tls
 from .errors import (
     BadPackage, Conflict, DistrenError, NotFound, ServerError, TooLarge, Unauthorized,
 )
@@ -49,11 +51,14 @@ class Client:
         token: str | None = None,
         transport: httpx.BaseTransport | None = None,
         timeout: float = 60.0,
+        ca_file: Path | str | None = None,
     ):
         self.base = (server or os.environ.get("DISTREN_SERVER") or DEFAULT_SERVER).rstrip("/")
         token = token or os.environ.get("DISTREN_TOKEN") or None
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self.http = httpx.Client(base_url=self.base, transport=transport, timeout=timeout, headers=headers)
+        verify = True if transport is not None else tls.client_verify(ca_file)
+        self.http = httpx.Client(base_url=self.base, transport=transport, timeout=timeout, headers=headers,
+                                 verify=verify)
         self._name: str | None = None
 
     def close(self) -> None:
@@ -77,7 +82,7 @@ class Client:
                 # safe to send again, once, on a new connection
                 resp = self.http.request(method, "/api/v1" + path, **kw)
         except httpx.HTTPError as exc:
-            raise ServerError(f"cannot reach the server at {self.base}: {exc}") from None
+            raise ServerError(f"cannot reach the server at {self.base}: {tls.connection_problem(exc)}") from None
         self._check(resp)
         return resp
 
@@ -227,7 +232,7 @@ class Client:
                             on_bytes(len(chunk), total)
         except httpx.HTTPError as exc:
             tmp.unlink(missing_ok=True)
-            raise ServerError(f"download from {self.base} failed: {exc}") from None
+            raise ServerError(f"download from {self.base} failed: {tls.connection_problem(exc)}") from None
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise

@@ -16,6 +16,7 @@ from typing import Any, AsyncIterator
 
 import httpx
 
+from .. import tls
 from ..errors import DistrenError
 from ..url import check_server_name
 from . import auth
@@ -78,18 +79,21 @@ def parse_peer(text: str) -> tuple[str, str]:
     """`NAME=URL` as given to --peer."""
     name, sep, url = text.partition("=")
     if not sep or not url.startswith(("http://", "https://")):
-        raise DistrenError(f"--peer {text!r}: expected NAME=http://HOST:PORT")
+        raise DistrenError(f"--peer {text!r}: expected NAME=http://HOST:PORT or NAME=https://HOST:PORT")
     return check_server_name(name), url.rstrip("/")
 
 
 class PeerClient:
     """Signed HTTP requests from this server to its peers."""
 
-    def __init__(self, me: str, secret: bytes, peers: dict[str, str], timeout: float = 10.0):
+    def __init__(self, me: str, secret: bytes, peers: dict[str, str], timeout: float = 10.0,
+                 ca_file: Path | None = None):
         self.me = me
         self.secret = secret
         self.peers = {name: Peer(name, url) for name, url in peers.items()}
-        self.http = httpx.AsyncClient(timeout=timeout)
+        # https:// peers: their certificates are checked as the CLI's are (tls.py); the
+        # signatures (auth.py) are checked as over plain HTTP
+        self.http = httpx.AsyncClient(timeout=timeout, verify=tls.client_verify(ca_file))
 
     async def close(self) -> None:
         await self.http.aclose()
@@ -181,8 +185,9 @@ class PeerClient:
             extra = {} if timeout is None else {"timeout": timeout}
             resp = await self.http.request(method, peer.url + path, content=body, headers=hdrs, **extra)
         except httpx.HTTPError as exc:
-            self._failed(peer, f"{type(exc).__name__}: {exc}")
-            raise PeerError(f"peer {peer.name} at {peer.url} unreachable: {exc}") from None
+            problem = tls.connection_problem(exc)
+            self._failed(peer, f"{type(exc).__name__}: {problem}")
+            raise PeerError(f"peer {peer.name} at {peer.url} unreachable: {problem}") from None
         if resp.status_code not in ok:
             message = _error_message(resp)
             if resp.status_code >= 500 or resp.status_code == 401:

@@ -13,6 +13,7 @@ import time
 from collections import deque
 from dataclasses import dataclass
 
+from .. import logs
 from ..errors import DistrenError, NotFound
 from ..liveness import RendererView
 from ..scheduler import Lease
@@ -140,9 +141,11 @@ class Federation:
                 try:
                     await self.check_remote_dep(server, job, frame)
                 except PeerError as exc:
-                    log.info("cannot check distren://%s/%d/%d yet: %s", server, job, frame, exc.message)
+                    log.info("cannot check distren://%s/%d/%d yet: %s", server, job, frame, exc.message,
+                             extra=logs.about(server, job, frame))
                 except Exception:
-                    log.exception("checking distren://%s/%d/%d failed", server, job, frame)
+                    log.exception("checking distren://%s/%d/%d failed", server, job, frame,
+                                  extra=logs.about(server, job, frame))
 
         await asyncio.gather(*(one(j, f) for j, f in frames))
         self._start_chase(server, frames)
@@ -204,12 +207,13 @@ class Federation:
             try:
                 cycle = await self.chase(DistrenURL(server, job, frame), memo)
             except Exception:
-                log.exception("chasing distren://%s/%d/%d failed", server, job, frame)
+                log.exception("chasing distren://%s/%d/%d failed", server, job, frame,
+                              extra=logs.about(server, job, frame))
                 continue
             if cycle is not None:
                 cycles += 1
                 error = "dependency cycle: " + " → ".join(str(u) for u in cycle)
-                log.warning("distren://%s/%d/%d: %s", server, job, frame, error)
+                log.warning("distren://%s/%d/%d: %s", server, job, frame, error, extra=logs.about(server, job, frame))
                 self.core.scheduler.set_remote_dep(server, job, frame, "failed", error=error)
                 self._waits.pop((server, job, frame), None)
         log.info("chased %d dependencies on %s: %d on a cycle (%d frontiers asked)",

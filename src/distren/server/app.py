@@ -19,7 +19,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response, StreamingRes
 from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from .. import __version__
+from .. import __version__, logs
 from ..errors import BadRequest, DistrenError, NotFound, RequestTimeout, StorageFull, TooLarge
 from ..federation.auth import Verifier, check_client_token, load_secret
 from ..federation.peers import PeerClient, PeerError
@@ -223,7 +223,9 @@ def create_app(config: ServerConfig, core: Core | None = None) -> FastAPI:
             if upload is not None:
                 upload.abort()
             raise
-        return await c.submit(writer)
+        job = await c.submit(writer)
+        log.info("job %s submitted: %d frames", job["url"], job["total_frames"], extra=logs.about(c.name, job["id"]))
+        return job
 
     @api.get("/events", summary="Server-sent events: job and frame changes (text/event-stream); see docs/api.md",
              responses={200: {"content": {"text/event-stream": {}}, "description": "the stream"}})
@@ -336,6 +338,7 @@ def create_app(config: ServerConfig, core: Core | None = None) -> FastAPI:
         c = core_()
         for j, f, a in await c.job_operations.run(job, c.scheduler.cancel_steps(job)):
             state["runner"].kill(j, f, a)
+        log.info("job %s cancelled", format_url(c.name, job), extra=logs.about(c.name, job))
         return c.scheduler.job(job)
 
     @api.post("/jobs/{job}/retry", summary="Requeue a job's failed and cancelled frames")
@@ -353,6 +356,7 @@ def create_app(config: ServerConfig, core: Core | None = None) -> FastAPI:
         c = core_()
         for j, f, a in await c.job_operations.run(job, c.scheduler.delete_steps(job)):
             state["runner"].kill(j, f, a)
+        log.info("job %s deleted", format_url(c.name, job), extra=logs.about(c.name, job))
         return {"deleted": format_url(c.name, job)}
 
     @app.get("/metrics", summary="Prometheus metrics (text format); see docs/api.md", tags=["metrics"],
@@ -416,7 +420,8 @@ def make_federation(core: Core, config: ServerConfig):
         claim_backoff_max=config.claim_backoff_max, watch_seconds=config.watch_seconds,
         idle_claims_per_second=config.idle_claims_per_second, peer_timeout=config.peer_timeout,
     )
-    return Federation(core, PeerClient(core.name, secret, config.peers), settings, Verifier(secret, core.name))
+    peers = PeerClient(core.name, secret, config.peers, ca_file=config.ca_file)
+    return Federation(core, peers, settings, Verifier(secret, core.name))
 
 
 async def proxy_get(peers, server: str, path: str, headers: dict | None = None):

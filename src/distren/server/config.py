@@ -75,6 +75,14 @@ class ServerConfig:
 
     # When set, submit, cancel, retry and delete need "Authorization: Bearer <token>".
     client_token_file: Path | None = None
+    # TLS: this server's certificate and key (HTTPS when both are set); the CA file its
+    # requests to https:// peers trust (None: $DISTREN_CA_FILE, else the system's CAs; tls.py).
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    ca_file: Path | None = None
+    # Logs: "text" or "json" (one object a line, logs.py); every HTTP request logged too.
+    log_format: str = "text"
+    access_log: bool = False
 
     def __post_init__(self) -> None:
         """Settings that would break liveness are refused (also from a config file)."""
@@ -88,6 +96,8 @@ class ServerConfig:
         if self.heartbeat_seconds is not None and not 0 < self.heartbeat_seconds < self.lease_seconds:
             raise DistrenError(f"heartbeat-seconds must be > 0 and below lease-seconds ({self.lease_seconds}),"
                                f" got {self.heartbeat_seconds!r}")
+        if self.log_format not in ("text", "json"):
+            raise DistrenError(f"log-format must be \"text\" or \"json\", got {self.log_format!r}")
         if not 0 <= self.retry_elsewhere < float("inf"):
             raise DistrenError(f"retry-elsewhere-seconds must be >= 0, got {self.retry_elsewhere!r}")
 

@@ -91,6 +91,16 @@ class GuardedH11Protocol(H11Protocol):
             self._head_timer = None
         super().connection_lost(exc)
 
+    def shutdown(self) -> None:
+        """uvicorn's, and an idle connection over TLS is dropped, not closed: TLS's close waits
+        for the client's close_notify, which a client idle on a kept-alive connection does not
+        send (it is not reading), and asyncio waits 30 s for it: the server took that long to
+        stop. Between requests nothing is lost by not waiting."""
+        idle = self.cycle is None or self.cycle.response_complete
+        super().shutdown()
+        if idle and self.transport.get_extra_info("sslcontext") is not None:
+            self.transport.abort()
+
     def _head_expired(self) -> None:
         self._head_timer = None
         if not self.transport.is_closing():
@@ -120,13 +130,13 @@ class DistrenServer(uvicorn.Server):
 
 
 def uvicorn_config(app, head_timeout: float = 10.0, **kw) -> uvicorn.Config:
+    kw.setdefault("access_log", False)
     return uvicorn.Config(
         app,
         log_level="warning",
         # h11 (the header-size cap below is h11's; httptools would ignore it), with a deadline
         # for request heads
         http=guarded_protocol(head_timeout),
-        access_log=False,
         lifespan="on",
         timeout_keep_alive=KEEP_ALIVE_SECONDS,
         limit_concurrency=MAX_CONNECTIONS,
@@ -136,6 +146,7 @@ def uvicorn_config(app, head_timeout: float = 10.0, **kw) -> uvicorn.Config:
 
 
 def serve(config: ServerConfig, listen: str) -> None:
+    from .. import logs, tls
     from .app import load_token
     from .core import check_data_folder, check_database
     from ..federation.auth import load_secret
@@ -149,9 +160,14 @@ def serve(config: ServerConfig, listen: str) -> None:
         load_secret(config.federation_secret_file)
     elif config.peers:
         raise DistrenError("--peer needs --federation-secret-file")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    server = DistrenServer(uvicorn_config(create_app(config), config.header_timeout, host=host, port=port))
-    logging.getLogger("distren.server").info("server %s listening on http://%s:%d", config.name, host, port)
+    ssl_settings = tls.server_ssl(config.tls_cert, config.tls_key)
+    tls.client_verify(config.ca_file)   # a CA file that cannot be used: refused now, not at the first peer
+    # uvicorn's loggers go through distren's handler (log_config=None), in its format
+    server = DistrenServer(uvicorn_config(create_app(config), config.header_timeout, host=host, port=port,
+                                          log_config=None, access_log=config.access_log, **ssl_settings))
+    logs.configure(config.log_format, config.access_log)
+    scheme = "https" if ssl_settings else "http"
+    logging.getLogger("distren.server").info("server %s listening on %s://%s:%d", config.name, scheme, host, port)
     server.run()
     if not server.started:
         raise DistrenError(f"server could not start on {listen} (port in use?)")

@@ -13,7 +13,7 @@ import shutil
 import time
 from pathlib import Path
 
-from .. import failpoints
+from .. import failpoints, logs
 from ..backends.base import FrameTask, RenderResult
 from ..chunks import FrameTimes, chunk_size
 from ..concurrency import Concurrency
@@ -313,6 +313,9 @@ class Runner:
                 home, lease, "", f"interrupted: {self.core.name}: {why}", interrupted=True), 5)
 
     async def _local_failure(self, lease: Lease, log_text: str, error: str, counts: bool = True) -> None:
+        if counts:
+            log.warning("distren://%s/%d/%d attempt %d failed: %s", self.core.name, lease.job, lease.frame,
+                        lease.attempt, error, extra=logs.about(self.core.name, lease.job, lease.frame))
         await self._settle(lambda: self.core.scheduler.fail(
             lease.job, lease.frame, lease.attempt, log_text, error, counts=counts, owner=self.core.lease_owner))
 
@@ -455,7 +458,8 @@ class Runner:
         except DistrenError as exc:
             # 409: our lease expired or was superseded; the home server has moved on
             log.warning("result of distren://%s/%d/%d attempt %d not taken: %s",
-                        home, lease.job, lease.frame, lease.attempt, exc.message)
+                        home, lease.job, lease.frame, lease.attempt, exc.message,
+                        extra=logs.about(home, lease.job, lease.frame))
 
     async def _heartbeat(self, home: str | None, unsettled: dict[int, Lease], render: asyncio.Task,
                          rendering: list[bool]) -> None:
@@ -480,7 +484,8 @@ class Runner:
                     status = getattr(exc, "http_status", None) or exc.status
                     if status in (404, 409):
                         log.warning("lease of distren://%s/%d/%d lost: %s", home or self.core.name, lease.job,
-                                    lease.frame, exc.message)
+                                    lease.frame, exc.message,
+                                    extra=logs.about(home or self.core.name, lease.job, lease.frame))
                         unsettled.pop(lease.frame, None)
                         if rendering[0]:
                             render.cancel()
