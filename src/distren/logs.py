@@ -1,5 +1,6 @@
 """The server's log: text lines, or JSON lines (`distren serve --log-format json`), and the
-optional access log (`--access-log`, uvicorn's, one line per HTTP request).
+optional access log (`--access-log`: uvicorn's line for each HTTP request answered, httpx's
+for each request sent to a peer).
 
 A JSON line is one object: `time` (UTC, ISO 8601), `level`, `logger`, `message`, and, when the
 record is about one job or frame, `job` and `frame` as distren:// URLs (given by the code that
@@ -66,3 +67,6 @@ def configure(log_format: str = "text", access_log: bool = False) -> None:
     # uvicorn's own start-up chatter at INFO adds nothing to distren's line; its warnings stay
     logging.getLogger("uvicorn.error").setLevel(logging.WARNING)
     logging.getLogger(ACCESS_LOGGER).setLevel(logging.INFO if access_log else logging.CRITICAL + 1)
+    # httpx logs each request this server sends (to peers) at INFO: the other half of the
+    # access log, with it only (an idle farm asks its peers for work several times a second)
+    logging.getLogger("httpx").setLevel(logging.INFO if access_log else logging.WARNING)

@@ -224,7 +224,7 @@ def create_app(config: ServerConfig, core: Core | None = None) -> FastAPI:
                 upload.abort()
             raise
         job = await c.submit(writer)
-        log.info("job %s submitted: %d frames", job["url"], job["total_frames"], extra=logs.about(c.name, job["id"]))
+        log.info("job %s submitted (%d frames)", job["url"], job["total_frames"], extra=logs.about(c.name, job["id"]))
         return job
 
     @api.get("/events", summary="Server-sent events: job and frame changes (text/event-stream); see docs/api.md",
