@@ -43,6 +43,7 @@ try:
     prefs = bpy.context.preferences.addons["distren_blender"].preferences
     prefs.server = spec["server"]
     prefs.token = spec["token"]
+    prefs.ca_file = spec["ca_file"]
     scene = bpy.context.scene
     for key, value in spec["render"].items():
         setattr(scene.render, key, value)
@@ -97,7 +98,7 @@ def scenes(request) -> Path:
 
 def submit_in_blender(blend: Path, addon: Path, server_url: str, tmp_path: Path, *, token: str = "",
                       options: dict | None = None, render: dict | None = None, package: Path | None = None,
-                      images: dict | None = None, follow: bool = False) -> dict:
+                      images: dict | None = None, follow: bool = False, ca_file: str = "") -> dict:
     """Open `blend` in a headless Blender whose user folders are private to the test, install
     and enable the add-on, and call bpy.ops.distren.submit(). Returns what SUBMIT wrote."""
     home = tmp_path / f"blender-home-{len(list(tmp_path.glob('blender-home-*')))}"
@@ -106,7 +107,7 @@ def submit_in_blender(blend: Path, addon: Path, server_url: str, tmp_path: Path,
            "PATH": "/usr/bin:/bin"}
     result = home / "result.json"
     home.mkdir()
-    spec = {"zip": str(addon), "server": server_url, "token": token, "options": options or {},
+    spec = {"zip": str(addon), "server": server_url, "token": token, "ca_file": ca_file, "options": options or {},
             "render": render or {}, "images": images or {}, "package": str(package or ""), "follow": follow, "result": str(result)}
     proc = subprocess.run(["blender", "-b", "-noaudio", "--factory-startup", str(blend), "--python-exit-code", "1",
                            "--python-expr", SUBMIT, "--", json.dumps(spec)],
@@ -135,7 +136,7 @@ def test_cli_writes_a_deterministic_addon_zip(addon_zip, tmp_path):
     # self-contained: the add-on imports nothing of distren, and no third-party module
     imports = {line.split()[1].split(".")[0] for line in source.splitlines()
                if line.startswith(("import ", "from "))}
-    assert imports <= {"bpy", "gzip", "http", "io", "ipaddress", "json", "os", "re", "shutil", "tarfile", "tempfile",
+    assert imports <= {"bpy", "gzip", "http", "io", "ipaddress", "json", "os", "re", "shutil", "ssl", "tarfile", "tempfile",
                        "threading", "urllib", "xml"}, imports
 
 
@@ -199,6 +200,22 @@ def test_submit_with_token_engine_samples_and_frames(server_factory, scenes, add
     assert job["backend"] == "blender" and job["total_frames"] == 2
     assert_matches_direct(folder, {n: f"shot_1_co_{n:06d}.png" for n in (1, 3)},
                           scenes / "scene" / "ref_cycles.blend", tmp_path)
+
+
+def test_submit_over_tls_with_the_farm_ca(server_factory, scenes, addon_zip, tls_files, tmp_path):
+    """An https:// server whose certificate the farm's own CA signed: with the CA File
+    preference the job is submitted and renders; without it, the add-on says the certificate is
+    not trusted and where to set the CA."""
+    server = server_factory("alpha", tls=tls_files)
+    assert server.url.startswith("https://")
+    small = {"resolution_percentage": 100, "resolution_x": 32, "resolution_y": 24}
+    refused = submit_in_blender(scenes / "scene" / "scene.blend", addon_zip, server.url, tmp_path, render=small)
+    assert "TLS certificate" in refused["error"] and "CA File" in refused["error"], refused
+    data = submit_in_blender(scenes / "scene" / "scene.blend", addon_zip, server.url, tmp_path, render=small,
+                             options={"use_scene_range": False, "frames": "1"}, ca_file=str(tls_files.ca))
+    assert "error" not in data, data
+    info, frames, _ = render_job_url(server, data["status"]["url"], tmp_path)
+    assert info["state"] == "done" and sorted(frames) == [1], frames
 
 
 def render_job_url(server, url: str, tmp_path: Path):

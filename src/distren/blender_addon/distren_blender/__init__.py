@@ -35,6 +35,7 @@ import json
 import os
 import re
 import shutil
+import ssl
 import tarfile
 import tempfile
 import threading
@@ -392,18 +393,33 @@ def is_loopback(url):
         return False
 
 
-def request(method, url, token, package=None, timeout=POLL_TIMEOUT):
+def tls_context(ca_file):
+    """The certificate check of an https:// server: the CA file of the preferences, else
+    $DISTREN_CA_FILE, else the system's authorities (as the distren CLI does). A CA file
+    replaces the system's authorities: a farm with its own CA trusts only that CA."""
+    ca_file = ca_file or os.environ.get("DISTREN_CA_FILE", "")
+    try:
+        return ssl.create_default_context(cafile=ca_file or None)
+    except (OSError, ValueError) as exc:
+        raise Refused(f"cannot use the CA file {ca_file}: {getattr(exc, 'strerror', None) or exc}") from None
+
+
+def request(method, url, access, package=None, timeout=POLL_TIMEOUT):
     """An HTTP request to the server (with `package`, the path of a job package: its bytes as
-    the body); the answer's JSON. Raises Refused with the server's own message (its JSON body
+    the body); the answer's JSON. `access` is (token, CA file) from the preferences, read
+    by the caller in Blender's main thread (`_access()`). Raises Refused with the server's own message (its JSON body
     {"error": {"code", "message"}}), or saying why it cannot be reached.
 
     A server that refuses an upload (a wrong token, a package too large) answers before it
     has read the body and closes the connection: the answer is read even when sending the rest
     of the body fails."""
     parts = urllib.parse.urlsplit(url)
-    kind = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+    token, ca_file = access
     target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-    conn = kind(parts.hostname, parts.port, timeout=timeout)
+    if parts.scheme == "https":
+        conn = http.client.HTTPSConnection(parts.hostname, parts.port, timeout=timeout, context=tls_context(ca_file))
+    else:
+        conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
     try:
         conn.putrequest(method, target)
         conn.putheader("Accept", "application/json")
@@ -428,6 +444,9 @@ def request(method, url, token, package=None, timeout=POLL_TIMEOUT):
             if unsent is not None:
                 raise unsent from None
             raise
+    except ssl.SSLCertVerificationError as exc:
+        raise Refused(f"the distren server at {url} has a TLS certificate this Blender does not trust "
+                      f"({exc.verify_message}): set the CA File in the add-on's preferences") from None
     except (OSError, http.client.HTTPException) as exc:
         raise Refused(f"cannot reach the distren server at {url}: {exc}") from None
     finally:
@@ -468,8 +487,10 @@ def _apply(job):
                   failed=int(counts.get("failed", 0)), total=int(job.get("total_frames", 0)), error="")
 
 
-def _token():
-    return addon_prefs().token.strip()
+def _access():
+    """(token, CA file) of the preferences, for `request`."""
+    prefs = addon_prefs()
+    return prefs.token.strip(), bpy.path.abspath(prefs.ca_file.strip()) if prefs.ca_file.strip() else ""
 
 
 def refresh():
@@ -477,16 +498,16 @@ def refresh():
     if not STATUS["api"]:
         raise Refused("no job was submitted from this Blender session")
     try:
-        _apply(request("GET", STATUS["api"], _token()))
+        _apply(request("GET", STATUS["api"], _access()))
     except Refused as exc:
         STATUS["error"] = str(exc)
         raise
     _redraw()
 
 
-def _fetch(api, token, box):
+def _fetch(api, access, box):
     try:
-        box["answer"] = ("job", request("GET", api, token))
+        box["answer"] = ("job", request("GET", api, access))
     except Refused as exc:
         box["answer"] = ("error", str(exc))
 
@@ -499,7 +520,7 @@ def _timer():
     thread = _POLL["thread"]
     if thread is None:
         box = {"answer": None}
-        thread = threading.Thread(target=_fetch, args=(STATUS["api"], _token(), box), daemon=True)
+        thread = threading.Thread(target=_fetch, args=(STATUS["api"], _access(), box), daemon=True)
         _POLL.update(thread=thread, api=STATUS["api"], box=box)
         thread.start()
         return 0.2
@@ -615,7 +636,7 @@ def submit(context, keep=""):
     scene = context.scene
     settings, frames, warnings = job_settings(scene, scene.distren)
     settings = {"blend": blend, **settings}
-    refusal, warning = farm_blender_problem(request("GET", server + "/api/v1/server", prefs.token.strip()),
+    refusal, warning = farm_blender_problem(request("GET", server + "/api/v1/server", _access()),
                                             bpy.app.version)
     if refusal:
         raise Refused(refusal)
@@ -643,7 +664,7 @@ def submit(context, keep=""):
         package = keep or os.path.join(scratch, "package.tar.gz")
         members = [(blend, copy)] + [(rel, os.path.join(root, rel)) for rel in sorted(found)]
         write_package(package, xml, members)
-        job = request("POST", server + "/api/v1/jobs", prefs.token.strip(), package=package,
+        job = request("POST", server + "/api/v1/jobs", _access(), package=package,
                       timeout=SUBMIT_TIMEOUT)
     except OSError as exc:
         raise Refused(f"cannot write the package: {exc}") from None
@@ -667,10 +688,14 @@ class DistrenPreferences(bpy.types.AddonPreferences):
     token: StringProperty(name="Token", subtype="PASSWORD", default="",
                           description="The server's client token (distren serve --client-token-file); "
                                       "empty when the server needs none")
+    ca_file: StringProperty(name="CA File", subtype="FILE_PATH", default="",
+                            description="For an https:// server whose certificate a farm CA signed: that CA's "
+                                        "certificate (PEM). Empty: $DISTREN_CA_FILE, else the system's authorities")
 
     def draw(self, context):
         self.layout.prop(self, "server")
         self.layout.prop(self, "token")
+        self.layout.prop(self, "ca_file")
 
 
 class DistrenSettings(bpy.types.PropertyGroup):
