@@ -12,6 +12,7 @@ import multiprocessing
 import os
 import shutil
 import signal
+import sqlite3
 import tarfile
 import tempfile
 import threading
@@ -374,7 +375,10 @@ def check_database(data: Path) -> None:
     """An existing database opens (and is upgraded to this distren's schema) before the server
     starts: a version problem is one line, not a failed start-up."""
     if (data / DB_NAME).is_file():
-        db.connect(data / DB_NAME).close()
+        try:
+            db.connect(data / DB_NAME).close()
+        except sqlite3.Error as exc:   # not a database, a locked or read-only one
+            raise DistrenError(f"--data {data}: cannot open the database {DB_NAME}: {exc}") from None
 
 
 def _intake_worker_init() -> None:
