@@ -15,11 +15,13 @@ from pathlib import Path
 from . import __version__
 from .backends.base import find_backends, positive_int
 from .client import Client, ClientError
-from .errors import DistrenError, ServerError
+from .errors import DistrenError, ServerError, ServerUnreachable
 from .frames import parse_frames
 from .progress import Progress
 
 EXIT_OK, EXIT_JOB_FAILED, EXIT_USAGE, EXIT_REFUSED, EXIT_SERVER = 0, 1, 2, 3, 4
+# how long submit --wait and status keep asking a server that cannot be reached (a restart)
+RETRY_SECONDS = 300.0
 
 
 _positive_int = positive_int
@@ -29,6 +31,16 @@ def _chunk_arg(text: str) -> int:
     value = _positive_int(text)
     if value > 1000:
         raise argparse.ArgumentTypeError(f"expected a chunk of 1 to 1000 frames, got {text}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number of seconds >= 0, got {text!r}")
     return value
 
 
@@ -99,14 +111,21 @@ def build_parser(serve_flags: bool = True) -> argparse.ArgumentParser:
     _add_pack_options(p)
     p.add_argument("--json", action="store_true", help="print JSON")
 
+    def retry_opt(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--retry-seconds", type=_non_negative_float, default=RETRY_SECONDS, metavar="S",
+                       help="while the server cannot be reached (a restart), keep asking it for up to S seconds "
+                            f"(default {RETRY_SECONDS:g}; 0: give up at once); then exit 4")
+
     p = sub.add_parser("submit", help="submit a job package; prints the job's distren:// URL")
     p.add_argument("package", type=Path)
     p.add_argument("--wait", action="store_true", help="show progress until the job ends")
     server_opt(p)
+    retry_opt(p)
 
     p = sub.add_parser("status", help="state of a server, job or frame URL")
     p.add_argument("url", help="distren://server, distren://server/job or distren://server/job/frame")
     server_opt(p)
+    retry_opt(p)
 
     p = sub.add_parser("download", help="a job URL: the bundle; a frame URL: the frame's tarball")
     p.add_argument("url")
@@ -228,8 +247,16 @@ def cmd_pack(args) -> int:
     return EXIT_OK
 
 
+def _retrying_client(args, say) -> Client:
+    """A client whose reads outlast a server restart (`--retry-seconds`), saying so with `say`."""
+    def told(reason: str | None) -> None:
+        say(f"{reason}; asking again for up to {args.retry_seconds:g} s" if reason else "the server answers again")
+    return Client(args.server, retry_seconds=args.retry_seconds, on_unreachable=told)
+
+
 def cmd_submit(args) -> int:
-    with Client(args.server) as client, Progress() as progress:
+    progress = Progress()
+    with _retrying_client(args, progress.say) as client, progress:
         size = args.package.stat().st_size if args.package.is_file() else None
         upload = progress.bytes("upload", size)
         job = client.submit(args.package, on_bytes=upload)
@@ -240,14 +267,17 @@ def cmd_submit(args) -> int:
             _print(args, job)
             return EXIT_OK
         frames = progress.frames(job["name"] or job["url"])
-        job = client.wait(job["url"], on_update=frames)
+        try:
+            job = client.wait(job["url"], on_update=frames)
+        except ServerUnreachable as exc:
+            raise ServerUnreachable(f"{exc.message}; the job goes on there: distren status {job['url']}") from None
         frames.end(job)
     _print(args, job)
     return EXIT_OK if job["state"] == "done" else EXIT_JOB_FAILED
 
 
 def cmd_status(args) -> int:
-    with Client(args.server) as client:
+    with _retrying_client(args, lambda text: print(f"distren: {text}", file=sys.stderr, flush=True)) as client:
         data = client.status(args.url)
     if "jobs" in data:
         s = data["server"]
