@@ -109,9 +109,10 @@ class ServerConfig(BaseModel):
               "as root)", gt=0)
     render_threads: int | None = setting(None, "POV-Ray threads per render", shown="usable cores / `--slots`, at least 1",
                                          gt=0)
-    intake_processes: int = setting(
-        1, "worker processes that unpack and check submitted packages, at `nice` 5, killed with the server "
-           "(`0`: a thread of the server, as `distren render` does)", ge=0)
+    # Worker processes that unpack and check submitted packages (0: a thread of the server, as
+    # the embedded server of `distren render` does). Not for users: hostile packages are parsed
+    # outside the server's interpreter (docs/security.md).
+    intake_processes: int = setting(1, internal=True, ge=0)
     header_timeout: float = setting(
         10.0, "seconds a client may take to send a request's head; silent and slow clients are disconnected",
         **SECONDS)
