@@ -143,7 +143,7 @@ class ServerConfig(BaseModel):
                 "(naming it)", **SECONDS)
     idle_claims_per_second: float = setting(
         20.0, "empty claims a second this server is willing to answer: idle peers are told to wait peers / this "
-              "many seconds (`Retry-After`), and are told when work comes", **SECONDS)
+              "many seconds (`Retry-After`), and are told when work comes", metavar="N", **SECONDS)
     peer_timeout: float = setting(
         15.0, "a peer not heard from for this long is asked who it is (health shown in `GET /peers`, "
               "`waiting_for`)", **SECONDS)

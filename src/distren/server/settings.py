@@ -41,7 +41,9 @@ def _plain_type(annotation: Any) -> Any:
 def _help(name: str) -> str:
     f = ServerConfig.model_fields[name]
     text = (f.description or "").replace("`", "").replace("%", "%%")
-    return f"{text} (default: {describe_default(name).replace('`', '')}; ${env_var(name)})"
+    default = describe_default(name).replace("`", "")
+    default = "required" if default == "(required)" else f"default: {default}"
+    return f"{text} ({default}; ${env_var(name)})"
 
 
 def add_flags(parser: argparse.ArgumentParser) -> None:
