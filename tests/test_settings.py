@@ -89,7 +89,7 @@ def test_name_and_data_are_required(tmp_path):
         "distren: error: setting name is required: give --name, name = ... in --config, or DISTREN_NAME"
 
 
-def test_print_config_gives_a_file_that_gives_the_same_settings(tmp_path):
+def test_print_config_gives_a_file_that_gives_the_same_settings(tmp_path, monkeypatch):
     conf = tmp_path / "c.toml"
     conf.write_text(f'data = "{tmp_path / "d"}"\nmax_failures = 5\n[peers]\nb = "http://b:1"\n')
     env = clean_env(DISTREN_NAME="envname", DISTREN_SLOTS="auto", DISTREN_WATCH_SECONDS="0.25")
@@ -104,8 +104,15 @@ def test_print_config_gives_a_file_that_gives_the_same_settings(tmp_path):
         assert line in r.stdout, r.stdout
     again = run_cli("serve", "--config", str(printed), "--print-config", env=clean_env(), timeout=60)
     assert again.returncode == 0 and again.stdout == r.stdout
-    first = load(serve_args("--config", str(printed)), printed)
-    assert first.model_dump() == load(serve_args("--config", str(printed)), printed).model_dump()
+    # the settings themselves: from flags, file and environment, and from the printed file alone
+    for key in [k for k in os.environ if k.startswith("DISTREN_")]:
+        monkeypatch.delenv(key)
+    from_printed = load(serve_args("--config", str(printed)), printed)
+    for key, value in env.items():
+        if key.startswith("DISTREN_"):
+            monkeypatch.setenv(key, value)
+    args = serve_args("--config", str(conf), "--render-cpu-seconds", "90", "--peer", "c=http://c:2")
+    assert load(args, conf).model_dump() == from_printed.model_dump()
     assert not (tmp_path / "d").exists()   # printing starts nothing
 
 
