@@ -1,6 +1,7 @@
-"""Data folders made by the schemas that landed before (versions 3, 4 and 5) open, are upgraded
-in place, and their jobs go on. tests/fixtures/v3.sqlite3, v4.sqlite3 and v5.sqlite3 were made by
-that code (tests/fixtures/make_v3.py, make_v4.py, make_v5.py)."""
+"""Data folders made by the schemas that landed before (versions 3 to 6) open, are upgraded in
+place, and their jobs go on. tests/fixtures/v3.sqlite3, v4.sqlite3 and v5.sqlite3 and the data
+folder tests/fixtures/v6/ were made by that code (tests/fixtures/make_v3.py ... make_v6.py).
+Up to schema 6 the version was a `meta` row; since, it is PRAGMA user_version."""
 
 from __future__ import annotations
 
@@ -17,11 +18,17 @@ FIXTURES = __import__("pathlib").Path(__file__).parent / "fixtures"
 FIXTURE = FIXTURES / "v3.sqlite3"
 
 
+def assert_current(conn: sqlite3.Connection) -> None:
+    """The schema is this distren's, its version in PRAGMA user_version, the old meta row gone."""
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == db.SCHEMA_VERSION
+    assert conn.execute("SELECT COUNT(*) FROM meta WHERE key='schema_version'").fetchone()[0] == 0
+
+
 def test_a_version_3_database_is_upgraded_and_its_jobs_go_on(tmp_path):
     path = tmp_path / "distren.sqlite3"
     shutil.copy(FIXTURE, path)
     conn = db.connect(path)
-    assert conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0] == str(db.SCHEMA_VERSION)
+    assert_current(conn)
     s = Scheduler(conn, "alpha")
     video = s.job(1)
     assert video["frames"] == {"waiting": 1, "ready": 2, "running": 1, "done": 1, "failed": 0, "cancelled": 0}
@@ -42,11 +49,16 @@ def test_a_version_3_database_is_upgraded_and_its_jobs_go_on(tmp_path):
     assert db.connect(path).execute("SELECT COUNT(*) FROM frames").fetchone()[0] == 7
 
 
-def test_a_newer_database_is_refused_with_a_clear_error(tmp_path):
+@pytest.mark.parametrize("how", ["user_version", "meta row"])
+def test_a_newer_database_is_refused_with_a_clear_error(tmp_path, how):
     path = tmp_path / "distren.sqlite3"
     db.connect(path).close()
     c = sqlite3.connect(path)
-    c.execute("UPDATE meta SET value='99' WHERE key='schema_version'")
+    if how == "user_version":
+        c.execute("PRAGMA user_version = 99")
+    else:   # as a distren of schema 6 and before kept it
+        c.execute("PRAGMA user_version = 0")
+        c.execute("INSERT INTO meta(key, value) VALUES ('schema_version', '99')")
     c.commit()
     c.close()
     with pytest.raises(db.DatabaseVersionError, match="newer"):
@@ -54,7 +66,52 @@ def test_a_newer_database_is_refused_with_a_clear_error(tmp_path):
     from conftest import run_cli
 
     r = run_cli("serve", "--name", "x", "--data", str(tmp_path), timeout=60)
-    assert r.returncode != 0 and "newer than this distren" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert r.returncode == 2 and r.stderr == (f"distren: error: database {path} has schema version 99, newer than "
+                                              f"this distren's {db.SCHEMA_VERSION}: upgrade distren\n"), r.stderr
+
+
+def set_user_version(path, version: int) -> None:
+    c = sqlite3.connect(path)
+    c.execute(f"PRAGMA user_version = {version}")
+    c.commit()
+    c.close()
+
+
+def test_a_database_of_no_known_version_is_refused(tmp_path):
+    path = tmp_path / "distren.sqlite3"
+    db.connect(path).close()
+    set_user_version(path, 2)
+    with pytest.raises(db.DatabaseVersionError, match="version 2, which this distren cannot upgrade"):
+        db.connect(path)
+    set_user_version(path, 0)
+    with pytest.raises(db.DatabaseVersionError, match="no schema version"):
+        db.connect(path)
+
+
+def test_a_data_folder_of_schema_6_is_upgraded_and_its_job_renders_to_the_end(tmp_path, server_factory):
+    """tests/fixtures/v6/: a real server of schema 6 was stopped with 2 of the 4 frames of
+    distren://alpha/1 done (make_v6.py). A server of this distren upgrades the folder, renders
+    the 2 frames left (the scene extracted again from the seed blob) and bundles all 4."""
+    data = tmp_path / "data"
+    shutil.copytree(FIXTURES / "v6", data)
+    before = sqlite3.connect(data / "distren.sqlite3")
+    assert before.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0] == "6"
+    assert before.execute("PRAGMA user_version").fetchone()[0] == 0
+    before.close()
+    server = server_factory("alpha", slots=2, data=data)
+    c = server.client()
+    assert c.job("distren://alpha/1")["frames"]["done"] == 2
+    job = c.wait("distren://alpha/1", interval=0.2, timeout=120)
+    assert job["state"] == "done" and job["frames"]["done"] == 4, job
+    # the frames done before the upgrade were not rendered again
+    assert [c.frame(f"distren://alpha/1/{i}")["attempts"] for i in (0, 1)] == [1, 1]
+    bundle = c.download("distren://alpha/1", tmp_path / "bundle.tar")
+    from conftest import bundle_images
+
+    images = bundle_images(bundle)
+    assert len(images) == 4 and {size for size, _mode, _pixels in images.values()} == {(48, 36)}, sorted(images)
+    server.stop()
+    assert_current(db.connect(data / "distren.sqlite3"))
 
 
 def test_a_version_4_database_finishes_the_cancel_and_retry_a_stop_interrupted(tmp_path):
@@ -82,7 +139,7 @@ def test_a_version_5_database_has_no_paused_job_and_its_jobs_can_be_paused(tmp_p
     path = tmp_path / "distren.sqlite3"
     shutil.copy(FIXTURES / "v5.sqlite3", path)
     conn = db.connect(path)
-    assert conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0] == str(db.SCHEMA_VERSION)
+    assert_current(conn)
     s = Scheduler(conn, "alpha")
     jobs = {j["id"]: j for j in s.jobs()}
     assert [jobs[i]["paused"] for i in (1, 2, 3)] == [False, False, False]

@@ -15,12 +15,13 @@ from pathlib import Path
 from . import __version__
 from .backends.base import find_backends, positive_int
 from .client import Client, ClientError
-from .errors import DistrenError, ServerError
+from .errors import DistrenError, ServerError, ServerUnreachable
 from .frames import parse_frames
 from .progress import Progress
-from .server.config import usable_cores
 
 EXIT_OK, EXIT_JOB_FAILED, EXIT_USAGE, EXIT_REFUSED, EXIT_SERVER = 0, 1, 2, 3, 4
+# how long submit --wait and status keep asking a server that cannot be reached (a restart)
+RETRY_SECONDS = 300.0
 
 
 _positive_int = positive_int
@@ -33,17 +34,13 @@ def _chunk_arg(text: str) -> int:
     return value
 
 
-def _slots_arg(text: str) -> int | str:
-    return "auto" if text == "auto" else _non_negative_int(text)
-
-
-def _positive_float(text: str) -> float:
+def _non_negative_float(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
         value = float("nan")
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a number of seconds > 0, got {text!r}")
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number of seconds >= 0, got {text!r}")
     return value
 
 
@@ -55,12 +52,6 @@ def _priority_arg(text: str) -> int:
     if value is None or not -1000 <= value <= 1000:
         raise argparse.ArgumentTypeError(f"expected a priority from -1000 to 1000, got {text!r}")
     return value
-
-
-def _non_negative_int(text: str) -> int:
-    if not text.isdigit():
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
-    return int(text)
 
 
 def _frames_arg(text: str) -> str:
@@ -103,7 +94,9 @@ def _backend_pack_options(backends=None):
     return [option for backend in backends.values() for option in backend.pack_options]
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(serve_flags: bool = True) -> argparse.ArgumentParser:
+    """The whole command line; `serve_flags=False` leaves out serve's settings (which cost the
+    settings model's import: only `serve` and `completion` need them)."""
     parser = argparse.ArgumentParser(prog="distren", description="distren: a distributed render farm.")
     parser.add_argument("--version", action="version", version=f"distren {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -121,14 +114,21 @@ def build_parser() -> argparse.ArgumentParser:
     _add_pack_options(p)
     p.add_argument("--json", action="store_true", help="print JSON")
 
+    def retry_opt(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--retry-seconds", type=_non_negative_float, default=RETRY_SECONDS, metavar="S",
+                       help="while the server cannot be reached (a restart), keep asking it for up to S seconds "
+                            f"(default {RETRY_SECONDS:g}; 0: give up at once); then exit 4")
+
     p = sub.add_parser("submit", help="submit a job package; prints the job's distren:// URL")
     p.add_argument("package", type=Path)
     p.add_argument("--wait", action="store_true", help="show progress until the job ends")
     server_opt(p)
+    retry_opt(p)
 
     p = sub.add_parser("status", help="state of a server, job or frame URL")
     p.add_argument("url", help="distren://server, distren://server/job or distren://server/job/frame")
     server_opt(p)
+    retry_opt(p)
 
     p = sub.add_parser("download", help="a job URL: the bundle; a frame URL: the frame's tarball")
     p.add_argument("url")
@@ -155,51 +155,14 @@ def build_parser() -> argparse.ArgumentParser:
     server_opt(p)
 
     p = sub.add_parser("serve", help="run a server")
-    p.add_argument("--config", type=Path, help="TOML file with any of the settings below (flags win)")
-    p.add_argument("--name", help="this server's name, [A-Za-z0-9]+ (required here or in --config)")
-    p.add_argument("--listen", help="HOST:PORT (default 127.0.0.1:7780)")
-    p.add_argument("--data", type=Path, help="data folder: database, blobs, scenes (required here or in --config)")
-    p.add_argument("--slots", type=_slots_arg,
-                   help="concurrent renders; 0 renders nothing; 'auto': as many as keep the CPU busy, up to 8 per "
-                        "core (default: cores)")
-    p.add_argument("--max-failures", type=_positive_int, help="failed attempts before a frame fails (3)")
-    p.add_argument("--frame-timeout", type=float, help="seconds one render may take (3600)")
-    p.add_argument("--max-job-bytes", type=_positive_int, help="largest package accepted (2 GiB)")
-    p.add_argument("--max-frames", type=_positive_int, help="most frames in one job (100000)")
-    p.add_argument("--max-members", type=_positive_int, help="most files in one package (10000)")
-    p.add_argument("--max-unpacked-bytes", type=_positive_int, help="largest unpacked size of a package (2 GiB)")
-    p.add_argument("--render-memory", type=_positive_int, help="address-space limit of one render, bytes (16 GiB)")
-    p.add_argument("--render-file-size", type=_positive_int, help="largest file one render may write, bytes (16 GiB)")
-    p.add_argument("--render-cpu-seconds", type=_positive_int, help="CPU-time limit of one render (frame timeout x threads)")
-    p.add_argument("--render-processes", type=_positive_int, help="process limit (RLIMIT_NPROC, per user; 4096; not for root)")
-    p.add_argument("--header-timeout", type=float, help="seconds a client may take to send a request head (10)")
-    p.add_argument("--peer", action="append", metavar="NAME=URL", help="a peer server (repeatable)")
-    p.add_argument("--federation-secret-file", type=Path, help="file holding the secret shared by all peers")
-    p.add_argument("--client-token-file", type=Path, help="file holding the token that submit/cancel/retry/delete need")
-    p.add_argument("--lease-seconds", type=_positive_float,
-                   help="lease length of a frame, for this server's slots and its peers (60)")
-    p.add_argument("--heartbeat-seconds", type=_positive_float, help="heartbeat period of leases held (lease / 3)")
-    p.add_argument("--claim-backoff-max", type=_positive_float,
-                   help="longest wait before asking an idle peer again (5)")
-    p.add_argument("--watch-seconds", type=_positive_float,
-                   help="how often frames on peers that jobs here wait for are checked (2)")
-    p.add_argument("--retry-elsewhere-seconds", type=float,
-                   help="a frame that failed on a peer goes back to that peer only after this long (30)")
-    p.add_argument("--remote-dep-timeout", type=_positive_float,
-                   help="seconds a dependency's server may stay unreachable before its dependents fail (3600)")
-    p.add_argument("--idle-claims-per-second", type=_positive_float,
-                   help="empty claims a second this server answers; idle peers are paced to it (20)")
-    p.add_argument("--peer-timeout", type=_positive_float,
-                   help="a peer not heard from for this long is asked how it is (15)")
-    p.add_argument("--tls-cert", type=Path, help="serve HTTPS with this certificate (PEM, its chain after it)")
-    p.add_argument("--tls-key", type=Path, help="the private key of --tls-cert (PEM, no passphrase)")
-    p.add_argument("--ca-file", type=Path,
-                   help="CA certificates (PEM) that https:// peers' certificates must chain to, instead of the "
-                        "system's (default: $DISTREN_CA_FILE)")
-    p.add_argument("--log-format", choices=("text", "json"),
-                   help="log lines as text, or as JSON objects, one a line (text)")
-    p.add_argument("--access-log", action="store_true", default=None,
-                   help="log every HTTP request (off; JSON too with --log-format json)")
+    p.add_argument("--config", type=Path, help="TOML file with any of the settings below (flags win over it, "
+                                               "it wins over DISTREN_* environment variables)")
+    p.add_argument("--print-config", action="store_true",
+                   help="print the effective settings as TOML (a file for --config) and exit")
+    if serve_flags:
+        from .server.settings import add_flags
+
+        add_flags(p)
 
     p = sub.add_parser("peers", help="a server's peers and their health")
     server_opt(p)
@@ -292,8 +255,17 @@ def _client(args) -> Client:
     return Client(args.server, ca_file=args.ca_file)
 
 
+def _retrying_client(args, say) -> Client:
+    """The client of --server and --ca-file, whose reads outlast a server restart
+    (`--retry-seconds`), saying so with `say`."""
+    def told(reason: str | None) -> None:
+        say(f"{reason}; asking again for up to {args.retry_seconds:g} s" if reason else "the server answers again")
+    return Client(args.server, ca_file=args.ca_file, retry_seconds=args.retry_seconds, on_unreachable=told)
+
+
 def cmd_submit(args) -> int:
-    with _client(args) as client, Progress() as progress:
+    progress = Progress()
+    with _retrying_client(args, progress.say) as client, progress:
         size = args.package.stat().st_size if args.package.is_file() else None
         upload = progress.bytes("upload", size)
         job = client.submit(args.package, on_bytes=upload)
@@ -304,14 +276,17 @@ def cmd_submit(args) -> int:
             _print(args, job)
             return EXIT_OK
         frames = progress.frames(job["name"] or job["url"])
-        job = client.wait(job["url"], on_update=frames)
+        try:
+            job = client.wait(job["url"], on_update=frames)
+        except ServerUnreachable as exc:
+            raise ServerUnreachable(f"{exc.message}; the job goes on there: distren status {job['url']}") from None
         frames.end(job)
     _print(args, job)
     return EXIT_OK if job["state"] == "done" else EXIT_JOB_FAILED
 
 
 def cmd_status(args) -> int:
-    with _client(args) as client:
+    with _retrying_client(args, lambda text: print(f"distren: {text}", file=sys.stderr, flush=True)) as client:
         data = client.status(args.url)
     if "jobs" in data:
         s = data["server"]
@@ -381,102 +356,17 @@ def cmd_delete(args) -> int:
     return EXIT_OK
 
 
-SERVE_DEFAULTS = {
-    "listen": "127.0.0.1:7780", "slots": usable_cores(), "max_failures": 3, "frame_timeout": 3600.0,
-    "max_job_bytes": 2 * 1024**3, "max_frames": 100_000, "max_members": 10_000, "max_unpacked_bytes": 2 * 1024**3,
-    "lease_seconds": 60.0, "heartbeat_seconds": None, "claim_backoff_max": 5.0, "watch_seconds": 2.0,
-    "federation_secret_file": None, "client_token_file": None, "name": None, "data": None,
-    "render_memory": 16 * 1024**3, "render_file_size": 16 * 1024**3, "render_cpu_seconds": None,
-    "render_processes": 4096, "header_timeout": 10.0, "retry_elsewhere_seconds": 30.0,
-    "remote_dep_timeout": 3600.0, "idle_claims_per_second": 20.0, "peer_timeout": 15.0,
-    "tls_cert": None, "tls_key": None, "ca_file": None, "log_format": "text", "access_log": False,
-}
-
-
-def serve_settings(args) -> dict:
-    """Flags, then the --config file, then the defaults."""
-    import tomllib
-
-    from .federation.peers import parse_peer
-
-    conf: dict = {}
-    if args.config is not None:
-        try:
-            conf = tomllib.loads(args.config.read_text())
-        except (OSError, tomllib.TOMLDecodeError) as exc:
-            raise DistrenError(f"cannot read config {args.config}: {exc}") from None
-        unknown = set(conf) - set(SERVE_DEFAULTS) - {"peers"}
-        if unknown:
-            raise DistrenError(f"config {args.config}: unknown settings {', '.join(sorted(unknown))}")
-    out = {}
-    for key, default in SERVE_DEFAULTS.items():
-        flag = getattr(args, key)
-        out[key] = flag if flag is not None else conf.get(key, default)
-    for key in ("name", "data"):
-        if out[key] is None:
-            raise DistrenError(f"serve needs --{key} (or {key} in --config)")
-    peers = dict(conf.get("peers", {}))
-    for text in args.peer or []:
-        name, url = parse_peer(text)
-        peers[name] = url
-    for name, url in peers.items():
-        parse_peer(f"{name}={url}")
-    out["peers"] = {name: url.rstrip("/") for name, url in peers.items()}
-    return out
-
-
 def cmd_serve(args) -> int:
+    from .server.settings import load, to_toml
+
+    config = load(args, args.config)
+    if args.print_config:
+        sys.stdout.write(to_toml(config))
+        return EXIT_OK
     from .server.main import serve
 
-    s = serve_settings(args)
-    path = lambda v: None if v is None else Path(v)  # noqa: E731
-    try:
-        config = _server_config(s, path)
-    except (TypeError, ValueError) as exc:
-        raise DistrenError(f"bad server setting: {exc}") from None
-    serve(config, s["listen"])
+    serve(config)
     return EXIT_OK
-
-
-def _slots(value) -> int:
-    """`slots` from a flag or the config file: a number, or "auto" (up to 8 renders per core)."""
-    from .render import SLOTS_PER_CORE
-
-    if value == "auto":
-        return SLOTS_PER_CORE * usable_cores()
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise DistrenError(f"slots must be a whole number >= 0 or \"auto\", not {value!r}")
-    return value
-
-
-def _server_config(s: dict, path):
-    from .server.config import ServerConfig
-    from .tarballs import TarLimits
-
-    return ServerConfig(
-        name=s["name"], data=Path(s["data"]), slots=_slots(s["slots"]), slots_auto=s["slots"] == "auto",
-        max_failures=int(s["max_failures"]),
-        frame_timeout=float(s["frame_timeout"]), max_job_bytes=int(s["max_job_bytes"]),
-        max_frames=int(s["max_frames"]),
-        tar_limits=TarLimits(max_members=int(s["max_members"]), max_total_size=int(s["max_unpacked_bytes"]),
-                             max_file_size=int(s["max_unpacked_bytes"])),
-        peers=s["peers"], federation_secret_file=path(s["federation_secret_file"]),
-        client_token_file=path(s["client_token_file"]), lease_seconds=float(s["lease_seconds"]),
-        heartbeat_seconds=None if s["heartbeat_seconds"] is None else float(s["heartbeat_seconds"]),
-        claim_backoff_max=float(s["claim_backoff_max"]),
-        watch_seconds=float(s["watch_seconds"]),
-        render_memory=_opt_int(s["render_memory"]), render_file_size=_opt_int(s["render_file_size"]),
-        render_cpu_seconds=_opt_int(s["render_cpu_seconds"]), render_processes=_opt_int(s["render_processes"]),
-        header_timeout=float(s["header_timeout"]), retry_elsewhere=float(s["retry_elsewhere_seconds"]),
-        remote_dep_timeout=float(s["remote_dep_timeout"]), idle_claims_per_second=float(s["idle_claims_per_second"]),
-        peer_timeout=float(s["peer_timeout"]),
-        tls_cert=path(s["tls_cert"]), tls_key=path(s["tls_key"]), ca_file=path(s["ca_file"]),
-        log_format=s["log_format"], access_log=bool(s["access_log"]),
-    )
-
-
-def _opt_int(value) -> int | None:
-    return None if value is None else int(value)
 
 
 def cmd_peers(args) -> int:
@@ -523,7 +413,8 @@ COMMANDS = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(serve_flags="serve" in argv).parse_args(argv)
     try:
         return COMMANDS[args.command](args)
     except ClientError as exc:

@@ -17,11 +17,13 @@ import httpx
 
 from . import tls
 from .errors import (
-    BadPackage, Conflict, DistrenError, NotFound, ServerError, TooLarge, Unauthorized,
+    BadPackage, Conflict, DistrenError, NotFound, ServerError, ServerUnreachable, TooLarge, Unauthorized,
 )
 from .url import DistrenURL, parse_url
 
 DEFAULT_SERVER = "http://127.0.0.1:7780"
+# reads retried while the server is unreachable: the first wait, then twice as long up to the last
+RETRY_FIRST, RETRY_MAX = 0.25, 5.0
 CHUNK = 1024 * 1024
 _BY_STATUS = {401: Unauthorized, 404: NotFound, 409: Conflict, 413: TooLarge}
 
@@ -52,7 +54,12 @@ class Client:
         transport: httpx.BaseTransport | None = None,
         timeout: float = 60.0,
         ca_file: Path | str | None = None,
+        retry_seconds: float = 0.0,
+        on_unreachable: Callable[[str | None], None] | None = None,
     ):
+        """`retry_seconds`: how long reads (GET) keep being tried again while the server cannot
+        be reached (a restart), with growing waits; then ServerUnreachable. `on_unreachable` is
+        told when an outage starts (the reason) and when the server answers again (None)."""
         self.base = (server or os.environ.get("DISTREN_SERVER") or DEFAULT_SERVER).rstrip("/")
         token = token or os.environ.get("DISTREN_TOKEN") or None
         headers = {"Authorization": f"Bearer {token}"} if token else {}
@@ -60,6 +67,8 @@ class Client:
         self.http = httpx.Client(base_url=self.base, transport=transport, timeout=timeout, headers=headers,
                                  verify=verify)
         self._name: str | None = None
+        self.retry_seconds = retry_seconds
+        self.on_unreachable = on_unreachable
 
     def close(self) -> None:
         self.http.close()
@@ -72,19 +81,52 @@ class Client:
 
     # -- plumbing --------------------------------------------------------------------------
     def _request(self, method: str, path: str, **kw) -> httpx.Response:
+        if method == "GET" and self.retry_seconds > 0:
+            resp = self._retrying(lambda: self._send(method, path, **kw))
+        else:
+            resp = self._send(method, path, **kw)
+        self._check(resp)
+        return resp
+
+    def _send(self, method: str, path: str, **kw) -> httpx.Response:
         try:
             try:
-                resp = self.http.request(method, "/api/v1" + path, **kw)
+                return self.http.request(method, "/api/v1" + path, **kw)
             except (httpx.ReadError, httpx.RemoteProtocolError):
                 if method != "GET":
                     raise
                 # a kept-alive connection that the server closed as we reused it: a GET is
                 # safe to send again, once, on a new connection
-                resp = self.http.request(method, "/api/v1" + path, **kw)
+                return self.http.request(method, "/api/v1" + path, **kw)
+        except httpx.TransportError as exc:
+            # a certificate not trusted is not cured by waiting: not tried again
+            problem = tls.tls_problem(exc)
+            if problem is not None:
+                raise ServerError(f"cannot reach the server at {self.base}: {problem}") from None
+            raise ServerUnreachable(f"cannot reach the server at {self.base}: {exc}") from None
         except httpx.HTTPError as exc:
-            raise ServerError(f"cannot reach the server at {self.base}: {tls.connection_problem(exc)}") from None
-        self._check(resp)
-        return resp
+            raise ServerError(f"cannot reach the server at {self.base}: {exc}") from None
+
+    def _retrying(self, send: Callable[[], httpx.Response]) -> httpx.Response:
+        """send(), tried again while the server is unreachable, for up to retry_seconds."""
+        deadline, wait = None, RETRY_FIRST
+        while True:
+            try:
+                resp = send()
+            except ServerUnreachable as exc:
+                now = time.monotonic()
+                if deadline is None:
+                    deadline = now + self.retry_seconds
+                    if self.on_unreachable is not None:
+                        self.on_unreachable(exc.message)
+                if now >= deadline:
+                    raise ServerUnreachable(f"{exc.message} (tried for {self.retry_seconds:g} s)") from None
+                time.sleep(min(wait, deadline - now))
+                wait = min(wait * 2, RETRY_MAX)
+                continue
+            if deadline is not None and self.on_unreachable is not None:
+                self.on_unreachable(None)
+            return resp
 
     @staticmethod
     def _check(resp: httpx.Response) -> None:

@@ -113,3 +113,10 @@ class ServerError(DistrenError):
 
     status = 502
     code = "server_error"
+
+
+class ServerUnreachable(ServerError):
+    """Raised when the server cannot be reached (connection refused or reset, timed out)."""
+
+    status = 503
+    code = "server_unreachable"

@@ -109,6 +109,13 @@ class Progress:
         self.stream.write(f"distren: {text}\n")
         self.stream.flush()
 
+    def say(self, text: str) -> None:
+        """A message among the bars (above them while rich draws them)."""
+        if self.rich is not None:
+            self.rich.console.print(f"distren: {text}", markup=False, highlight=False)
+        else:
+            self.line(text)
+
     def bytes(self, label: str, total: float | None) -> "_Bytes":
         return _Bytes(self, label, total)
 

@@ -57,6 +57,12 @@ def server_ssl(cert: Path | None, key: Path | None) -> dict:
 
 def connection_problem(exc: BaseException) -> str:
     """Why a connection failed, with what to do when it is TLS's doing."""
+    return tls_problem(exc) or str(exc)
+
+
+def tls_problem(exc: BaseException) -> str | None:
+    """What to do when a connection failed by TLS's doing (an untrusted certificate, a plain
+    HTTP server), else None: a problem that waiting does not cure."""
     text = str(exc)
     cause: BaseException | None = exc
     while cause is not None and not isinstance(cause, ssl.SSLError):
@@ -67,4 +73,4 @@ def connection_problem(exc: BaseException) -> str:
                 f"or ${CA_FILE_ENV}")
     if "WRONG_VERSION_NUMBER" in text or "record layer failure" in text:
         return f"it does not speak TLS here ({text}); is it an http:// server?"
-    return text
+    return None

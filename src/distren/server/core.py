@@ -12,6 +12,7 @@ import multiprocessing
 import os
 import shutil
 import signal
+import sqlite3
 import tarfile
 import tempfile
 import threading
@@ -357,11 +358,27 @@ def check_data_folder(data: Path) -> None:
                            "give a new or empty folder")
 
 
+def prepare_data_folder(data: Path) -> None:
+    """The data folder, checked (see check_data_folder), made if new, and written to once: a
+    folder the server cannot use is refused before it starts, naming what failed."""
+    check_data_folder(data)
+    try:
+        data.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-test-", dir=data)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise DistrenError(f"--data {data}: cannot write to the data folder: {exc.strerror or exc}") from None
+
+
 def check_database(data: Path) -> None:
     """An existing database opens (and is upgraded to this distren's schema) before the server
     starts: a version problem is one line, not a failed start-up."""
     if (data / DB_NAME).is_file():
-        db.connect(data / DB_NAME).close()
+        try:
+            db.connect(data / DB_NAME).close()
+        except sqlite3.Error as exc:   # not a database, a locked or read-only one
+            raise DistrenError(f"--data {data}: cannot open the database {DB_NAME}: {exc}") from None
 
 
 def _intake_worker_init() -> None:

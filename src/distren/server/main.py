@@ -3,7 +3,9 @@ that `distren render` starts in its own process (on a Unix socket in a private f
 
 from __future__ import annotations
 
+import errno
 import logging
+import socket
 import tempfile
 import threading
 import time
@@ -17,7 +19,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from ..client import Client
 from ..errors import DistrenError
 from .app import create_app
-from .config import ServerConfig
+from .config import ServerConfig, parse_listen  # noqa: F401 (parse_listen: here before)
 
 # Limits of the HTTP layer (uvicorn alone keeps stalled connections and huge headers).
 MAX_HEADER_BYTES = 16 * 1024
@@ -111,13 +113,6 @@ def guarded_protocol(head_timeout: float) -> type[GuardedH11Protocol]:
     return type("GuardedH11", (GuardedH11Protocol,), {"head_timeout": head_timeout})
 
 
-def parse_listen(text: str) -> tuple[str, int]:
-    host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise DistrenError(f"--listen {text!r}: expected HOST:PORT, e.g. 127.0.0.1:7780")
-    return host.strip("[]"), int(port)
-
-
 class DistrenServer(uvicorn.Server):
     """uvicorn's server, which first ends the event streams when it stops: uvicorn waits for
     open responses to finish, and a stream of events never does."""
@@ -145,15 +140,17 @@ def uvicorn_config(app, head_timeout: float = 10.0, **kw) -> uvicorn.Config:
     )
 
 
-def serve(config: ServerConfig, listen: str) -> None:
+def serve(config: ServerConfig) -> None:
+    """Run the server until it is stopped. What keeps it from starting (a data folder it may not
+    use, a database it cannot open, a port it cannot listen on, a missing secret, TLS files that
+    do not load) is raised as one DistrenError before anything starts."""
     from .. import logs, tls
     from .app import load_token
-    from .core import check_data_folder, check_database
+    from .core import check_database, prepare_data_folder
     from ..federation.auth import load_secret
 
-    host, port = parse_listen(listen)
-    # Settings problems are reported before anything starts, as one line.
-    check_data_folder(Path(config.data))
+    host, port = parse_listen(config.listen)
+    prepare_data_folder(Path(config.data))
     check_database(Path(config.data))
     load_token(config.client_token_file)
     if config.federation_secret_file is not None:
@@ -162,15 +159,46 @@ def serve(config: ServerConfig, listen: str) -> None:
         raise DistrenError("--peer needs --federation-secret-file")
     ssl_settings = tls.server_ssl(config.tls_cert, config.tls_key)
     tls.client_verify(config.ca_file)   # a CA file that cannot be used: refused now, not at the first peer
+    sock = listen_socket(host, port)
     # uvicorn's loggers go through distren's handler (log_config=None), in its format
     server = DistrenServer(uvicorn_config(create_app(config), config.header_timeout, host=host, port=port,
                                           log_config=None, access_log=config.access_log, **ssl_settings))
     logs.configure(config.log_format, config.access_log)
     scheme = "https" if ssl_settings else "http"
     logging.getLogger("distren.server").info("server %s listening on %s://%s:%d", config.name, scheme, host, port)
-    server.run()
+    try:
+        server.run(sockets=[sock])
+    except SystemExit:
+        # uvicorn exits when the app's start-up fails; it has logged why
+        raise DistrenError(f"server {config.name} did not start: the error is logged above") from None
+    finally:
+        sock.close()
     if not server.started:
-        raise DistrenError(f"server could not start on {listen} (port in use?)")
+        raise DistrenError(f"server {config.name} did not start: the error is logged above")
+
+
+def listen_socket(host: str, port: int) -> socket.socket:
+    """The server's listening socket, bound before anything starts: a port that is taken or an
+    address this machine does not have is one line, not a failed start-up."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        sock = socket.socket(family, socket.SOCK_STREAM)
+    except OSError as exc:
+        raise DistrenError(f"--listen {host}:{port}: cannot make a socket: {exc.strerror}") from None
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(2048)
+    except OSError as exc:
+        sock.close()
+        reason = "the port is taken (another server listens on it)" if exc.errno == errno.EADDRINUSE \
+            else exc.strerror or str(exc)
+        raise DistrenError(f"cannot listen on {host}:{port}: {reason}") from None
+    except OverflowError as exc:
+        sock.close()
+        raise DistrenError(f"cannot listen on {host}:{port}: {exc}") from None
+    sock.set_inheritable(True)
+    return sock
 
 
 class EmbeddedServer:

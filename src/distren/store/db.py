@@ -18,10 +18,9 @@ class DatabaseVersionError(DistrenError):
 
     code = "database_version"
 
-SCHEMA_VERSION = 6
-
 SCHEMA = """
--- schema_version; 'draining' ('1' while the server is drained: it renders nothing new)
+-- 'draining' ('1' while the server is drained: it renders nothing new); until schema 6 also
+-- 'schema_version', which is PRAGMA user_version now
 CREATE TABLE IF NOT EXISTS meta (
     key TEXT PRIMARY KEY,
     value TEXT NOT NULL
@@ -162,22 +161,39 @@ END;
 def connect(path: Path) -> sqlite3.Connection:
     """Open (creating if needed) the database at `path`, upgrading an older schema in place."""
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
-    conn.row_factory = sqlite3.Row
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=NORMAL")
-    conn.execute("PRAGMA foreign_keys=ON")
-    # a 100,000-frame job's rows and indexes stay in memory (the default cache is 2 MB)
-    conn.execute("PRAGMA cache_size=-65536")
-    version = _version(conn)
-    if version is not None and version > SCHEMA_VERSION:
-        raise DatabaseVersionError(f"database {path} has schema version {version}, newer than this distren's "
-                           f"{SCHEMA_VERSION}: upgrade distren")
-    if version is not None and version < SCHEMA_VERSION:
-        _migrate(conn, path, version)
-    conn.executescript(SCHEMA)
-    if version is None:
-        conn.execute("INSERT INTO meta(key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+    try:
+        conn.row_factory = sqlite3.Row
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute("PRAGMA foreign_keys=ON")
+        # a 100,000-frame job's rows and indexes stay in memory (the default cache is 2 MB)
+        conn.execute("PRAGMA cache_size=-65536")
+        _upgrade(conn, path)
+    except BaseException:
+        conn.close()
+        raise
     return conn
+
+
+def _upgrade(conn: sqlite3.Connection, path: Path) -> None:
+    """Bring the schema to SCHEMA_VERSION: an older database gets the migration steps from its
+    version on (one transaction), a new one the schema; a newer one is refused."""
+    version, legacy = _version(conn)
+    if version > SCHEMA_VERSION:
+        raise DatabaseVersionError(f"database {path} has schema version {version}, newer than this distren's "
+                                   f"{SCHEMA_VERSION}: upgrade distren")
+    if 0 < version < OLDEST_SCHEMA:
+        raise DatabaseVersionError(f"database {path} has schema version {version}, which this distren "
+                                   f"cannot upgrade (it upgrades versions {OLDEST_SCHEMA} and later)")
+    if version == 0 and conn.execute("SELECT 1 FROM sqlite_master WHERE name='jobs'").fetchone() is not None:
+        raise DatabaseVersionError(f"database {path} has distren's tables but no schema version: not upgraded")
+    if legacy or 0 < version < SCHEMA_VERSION:
+        _migrate(conn, version, legacy)
+    # new tables, indexes and triggers (all IF NOT EXISTS: a database interrupted here is
+    # finished the next time)
+    conn.executescript(SCHEMA)
+    if version == 0:
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
 
 def get_meta(conn: sqlite3.Connection, key: str) -> str | None:
@@ -194,11 +210,16 @@ def set_meta(conn: sqlite3.Connection, key: str, value: str | None) -> None:
                      (key, value))
 
 
-def _version(conn: sqlite3.Connection) -> int | None:
-    if conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='meta'").fetchone() is None:
-        return None
-    row = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
-    return None if row is None else int(row["value"])
+def _version(conn: sqlite3.Connection) -> tuple[int, bool]:
+    """The schema version (0: a new database) and whether it is still kept the way of schema 6
+    and before, in the `meta` row 'schema_version' (moved to PRAGMA user_version by the upgrade)."""
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    row = None
+    if conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='meta'").fetchone() is not None:
+        row = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+    if row is None:
+        return version, False
+    return version or int(row["value"]), True
 
 
 def _to_4(conn: sqlite3.Connection) -> None:
@@ -244,21 +265,24 @@ def _to_6(conn: sqlite3.Connection) -> None:
     conn.execute("ALTER TABLE jobs ADD COLUMN paused INTEGER NOT NULL DEFAULT 0")
 
 
-# Ordered upgrade steps: MIGRATIONS[v] turns schema v into v + 1.
-MIGRATIONS = {3: _to_4, 4: _to_5, 5: _to_6}
+# The upgrade steps, in order: MIGRATIONS[i] turns schema OLDEST_SCHEMA + i into the next one.
+# A schema change appends its step here (SCHEMA_VERSION follows) and changes SCHEMA above to
+# match; tests/fixtures/make_v<N>.py records how a fixture of the schema before it was made.
+OLDEST_SCHEMA = 3
+MIGRATIONS = [_to_4, _to_5, _to_6]
+SCHEMA_VERSION = OLDEST_SCHEMA + len(MIGRATIONS)
 
 
-def _migrate(conn: sqlite3.Connection, path: Path, version: int) -> None:
+def _migrate(conn: sqlite3.Connection, version: int, legacy: bool) -> None:
+    """The steps from `version` on, and the version itself moved to PRAGMA user_version, in one
+    transaction (SQLite's DDL and the header's user_version are transactional)."""
     conn.execute("BEGIN IMMEDIATE")
     try:
-        while version < SCHEMA_VERSION:
-            step = MIGRATIONS.get(version)
-            if step is None:
-                raise DatabaseVersionError(f"database {path} has schema version {version}, which this distren "
-                                   "cannot upgrade")
+        for step in MIGRATIONS[version - OLDEST_SCHEMA:]:
             step(conn)
-            version += 1
-        conn.execute("UPDATE meta SET value=? WHERE key='schema_version'", (str(version),))
+        if legacy:
+            conn.execute("DELETE FROM meta WHERE key='schema_version'")
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
     except BaseException:
         conn.execute("ROLLBACK")
         raise
