@@ -170,6 +170,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--render-cpu-seconds", type=_positive_int, help="CPU-time limit of one render (frame timeout x threads)")
     p.add_argument("--render-processes", type=_positive_int, help="process limit (RLIMIT_NPROC, per user; 4096; not for root)")
     p.add_argument("--header-timeout", type=float, help="seconds a client may take to send a request head (10)")
+    p.add_argument("--body-timeout", type=_positive_float,
+                   help="seconds a request body (package, peer upload) may go without data before 408 (30)")
     p.add_argument("--peer", action="append", metavar="NAME=URL", help="a peer server (repeatable)")
     p.add_argument("--federation-secret-file", type=Path, help="file holding the secret shared by all peers")
     p.add_argument("--client-token-file", type=Path, help="file holding the token that submit/cancel/retry/delete need")
@@ -370,7 +372,7 @@ SERVE_DEFAULTS = {
     "lease_seconds": 60.0, "heartbeat_seconds": None, "claim_backoff_max": 5.0, "watch_seconds": 2.0,
     "federation_secret_file": None, "client_token_file": None, "name": None, "data": None,
     "render_memory": 16 * 1024**3, "render_file_size": 16 * 1024**3, "render_cpu_seconds": None,
-    "render_processes": 4096, "header_timeout": 10.0, "retry_elsewhere_seconds": 30.0,
+    "render_processes": 4096, "header_timeout": 10.0, "body_timeout": 30.0, "retry_elsewhere_seconds": 30.0,
     "remote_dep_timeout": 3600.0, "idle_claims_per_second": 20.0, "peer_timeout": 15.0,
 }
 
@@ -449,7 +451,8 @@ def _server_config(s: dict, path):
         watch_seconds=float(s["watch_seconds"]),
         render_memory=_opt_int(s["render_memory"]), render_file_size=_opt_int(s["render_file_size"]),
         render_cpu_seconds=_opt_int(s["render_cpu_seconds"]), render_processes=_opt_int(s["render_processes"]),
-        header_timeout=float(s["header_timeout"]), retry_elsewhere=float(s["retry_elsewhere_seconds"]),
+        header_timeout=float(s["header_timeout"]), body_timeout=float(s["body_timeout"]),
+        retry_elsewhere=float(s["retry_elsewhere_seconds"]),
         remote_dep_timeout=float(s["remote_dep_timeout"]), idle_claims_per_second=float(s["idle_claims_per_second"]),
         peer_timeout=float(s["peer_timeout"]),
     )

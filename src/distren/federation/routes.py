@@ -23,9 +23,10 @@ from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 from starlette.requests import ClientDisconnect
 
-from ..errors import BadJob, Conflict, NotFound, TooLarge, Unauthorized
+from ..errors import BadJob, Conflict, NotFound, Unauthorized
 from ..chunks import MAX_CHUNK
 from ..scheduler import with_depends
+from ..server.bodies import body_chunks, small_body
 from ..store.blobs import StreamWriter
 from ..url import MAX_ID, format_url
 from . import auth
@@ -63,12 +64,8 @@ def create_peer_router(get_core: Callable, get_fed: Callable) -> APIRouter:
 
     async def signed_json(request: Request) -> tuple[str, dict]:
         peer, body_sha = verify(request)
-        body = b""
         try:
-            async for chunk in request.stream():
-                body += chunk
-                if len(body) > MAX_JSON_BYTES:
-                    raise TooLarge(f"peer request body exceeds {MAX_JSON_BYTES} bytes")
+            body = await small_body(request, MAX_JSON_BYTES, get_core().config.body_timeout, "peer request body")
         except ClientDisconnect:
             raise BadJob("the peer went away before its request body arrived") from None
         auth.check_body(body_sha, hashlib.sha256(body).hexdigest())
@@ -152,7 +149,7 @@ def create_peer_router(get_core: Callable, get_fed: Callable) -> APIRouter:
         # fsync in a thread): the event loop serves everyone else meanwhile
         upload = StreamWriter(await asyncio.to_thread(core.blobs.writer, core.config.max_job_bytes))
         try:
-            async for chunk in request.stream():
+            async for chunk in body_chunks(request, core.config.body_timeout):
                 await upload.write(chunk)
             writer = await upload.finish()
         except BaseException:

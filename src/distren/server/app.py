@@ -20,7 +20,7 @@ from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
-from ..errors import BadRequest, DistrenError, NotFound, RequestTimeout, StorageFull, TooLarge
+from ..errors import BadRequest, DistrenError, NotFound, StorageFull, TooLarge
 from ..federation.auth import Verifier, check_client_token, load_secret
 from ..federation.peers import PeerClient, PeerError
 from ..federation.routes import BlobFileResponse, create_peer_router
@@ -31,6 +31,7 @@ from ..metrics import ByteCounter
 from ..store.blobs import StreamWriter
 from ..url import MAX_ID, format_url
 from ..web import add_dashboard
+from .bodies import body_chunks, small_body
 from .config import ServerConfig
 from ..scheduler import MAX_PAGE, PAGE
 from .core import Core
@@ -51,10 +52,6 @@ TARBALL_BODY = {
         },
     }
 }
-# A client that stops sending a body for this long is cut off (408): stalled uploads do not
-# hold a connection, a file and a slot of the concurrency limit for ever.
-BODY_STALL_SECONDS = 30.0
-
 TARBALL_RESPONSE = {200: {"content": {"application/x-tar": {}}, "description": "a tarball"}}
 PATCH_BODY = {
     "requestBody": {
@@ -197,17 +194,8 @@ def create_app(config: ServerConfig, core: Core | None = None) -> FastAPI:
             if int(length) > c.config.max_job_bytes:
                 raise TooLarge(f"package of {length} bytes exceeds the limit of {c.config.max_job_bytes} bytes")
         upload: StreamWriter | None = None
-        stream = request.stream().__aiter__()
         try:
-            while True:
-                try:
-                    chunk = await asyncio.wait_for(stream.__anext__(), BODY_STALL_SECONDS)
-                except StopAsyncIteration:
-                    break
-                except asyncio.TimeoutError:
-                    raise RequestTimeout(f"no body data for {BODY_STALL_SECONDS} s; upload abandoned") from None
-                if not chunk:  # the stream ends with an empty chunk
-                    continue
+            async for chunk in body_chunks(request, c.config.body_timeout):
                 if upload is None:  # no file for a client that sends nothing
                     upload = StreamWriter(await asyncio.to_thread(c.new_upload))
                 # hashed and written in a thread, a batch at a time, while the next batch arrives
@@ -306,7 +294,7 @@ def create_app(config: ServerConfig, core: Core | None = None) -> FastAPI:
     @api.patch("/jobs/{job}", openapi_extra=PATCH_BODY, summary="Change a job's priority")
     async def patch_job(request: Request, job: int = JobId) -> dict:
         client_auth(request)
-        body = await small_json(request)
+        body = await small_json(request, core_().config.body_timeout)
         unknown = sorted(set(body) - {"priority"})
         if unknown or "priority" not in body:
             raise BadRequest("PATCH takes {\"priority\": -1000..1000}" +
@@ -375,13 +363,10 @@ def _metrics_snapshot(core: Core, runner: Runner, fed) -> dict:
             "peers_up": sum(1 for p in peers if p.healthy)}
 
 
-async def small_json(request: Request) -> dict:
-    """A client's JSON object body, at most MAX_JSON_BODY bytes; 400 (413 beyond) otherwise."""
-    body = b""
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > MAX_JSON_BODY:
-            raise TooLarge(f"request body exceeds {MAX_JSON_BODY} bytes")
+async def small_json(request: Request, stall: float) -> dict:
+    """A client's JSON object body, at most MAX_JSON_BODY bytes; 400 (413 beyond, 408 when it
+    stalls for `stall` seconds) otherwise."""
+    body = await small_body(request, MAX_JSON_BODY, stall)
     try:
         data = json.loads(body)
     except (ValueError, RecursionError):

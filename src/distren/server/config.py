@@ -39,6 +39,8 @@ class ServerConfig:
     tar_limits: TarLimits = field(default_factory=TarLimits)
     # Seconds a client may take to send a request's head (slow clients are cut off).
     header_timeout: float = 10.0
+    # Seconds a request body (package, peer upload, JSON) may go without data (then 408).
+    body_timeout: float = 30.0
     # Worker processes that unpack and check submitted packages (0: a thread of the server).
     intake_processes: int = 1
     # POV-Ray threads per render; None: cores / slots, at least 1.
@@ -81,7 +83,7 @@ class ServerConfig:
         from ..errors import DistrenError
 
         for key in ("lease_seconds", "claim_backoff_max", "watch_seconds", "remote_dep_timeout",
-                    "idle_claims_per_second", "peer_timeout", "frame_timeout"):
+                    "idle_claims_per_second", "peer_timeout", "frame_timeout", "body_timeout"):
             value = getattr(self, key)
             if not isinstance(value, (int, float)) or not 0 < value < float("inf"):
                 raise DistrenError(f"{key.replace('_', '-')} must be a number of seconds > 0, got {value!r}")
