@@ -150,7 +150,7 @@ class ServerProcess:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited: {self.log.read_text()[-2000:]}")
             try:
-                if httpx.get(self.url + "/api/v1/server", timeout=1).status_code == 200:
+                if httpx.get(self.url + "/api/v1/server", timeout=1).status_code in (200, 401):  # 401: it protects reads
                     return self
             except httpx.HTTPError:
                 time.sleep(0.05)

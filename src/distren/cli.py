@@ -175,6 +175,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--peer", action="append", metavar="NAME=URL", help="a peer server (repeatable)")
     p.add_argument("--federation-secret-file", type=Path, help="file holding the secret shared by all peers")
     p.add_argument("--client-token-file", type=Path, help="file holding the token that submit/cancel/retry/delete need")
+    p.add_argument("--protect-reads", action="store_true", default=None,
+                   help="reads (jobs, frames, outputs, bundles, events, metrics, dashboard data) need the client "
+                        "token too (off)")
     p.add_argument("--lease-seconds", type=_positive_float,
                    help="lease length of a frame, for this server's slots and its peers (60)")
     p.add_argument("--heartbeat-seconds", type=_positive_float, help="heartbeat period of leases held (lease / 3)")
@@ -370,7 +373,7 @@ SERVE_DEFAULTS = {
     "listen": "127.0.0.1:7780", "slots": usable_cores(), "max_failures": 3, "frame_timeout": 3600.0,
     "max_job_bytes": 2 * 1024**3, "max_frames": 100_000, "max_members": 10_000, "max_unpacked_bytes": 2 * 1024**3,
     "lease_seconds": 60.0, "heartbeat_seconds": None, "claim_backoff_max": 5.0, "watch_seconds": 2.0,
-    "federation_secret_file": None, "client_token_file": None, "name": None, "data": None,
+    "federation_secret_file": None, "client_token_file": None, "protect_reads": False, "name": None, "data": None,
     "render_memory": 16 * 1024**3, "render_file_size": 16 * 1024**3, "render_cpu_seconds": None,
     "render_processes": 4096, "header_timeout": 10.0, "body_timeout": 30.0, "retry_elsewhere_seconds": 30.0,
     "remote_dep_timeout": 3600.0, "idle_claims_per_second": 20.0, "peer_timeout": 15.0,
@@ -445,7 +448,8 @@ def _server_config(s: dict, path):
         tar_limits=TarLimits(max_members=int(s["max_members"]), max_total_size=int(s["max_unpacked_bytes"]),
                              max_file_size=int(s["max_unpacked_bytes"])),
         peers=s["peers"], federation_secret_file=path(s["federation_secret_file"]),
-        client_token_file=path(s["client_token_file"]), lease_seconds=float(s["lease_seconds"]),
+        client_token_file=path(s["client_token_file"]), protect_reads=_flag(s["protect_reads"], "protect_reads"),
+        lease_seconds=float(s["lease_seconds"]),
         heartbeat_seconds=None if s["heartbeat_seconds"] is None else float(s["heartbeat_seconds"]),
         claim_backoff_max=float(s["claim_backoff_max"]),
         watch_seconds=float(s["watch_seconds"]),
@@ -456,6 +460,13 @@ def _server_config(s: dict, path):
         remote_dep_timeout=float(s["remote_dep_timeout"]), idle_claims_per_second=float(s["idle_claims_per_second"]),
         peer_timeout=float(s["peer_timeout"]),
     )
+
+
+def _flag(value, name: str) -> bool:
+    """A true/false setting (a flag, or a TOML boolean in --config)."""
+    if not isinstance(value, bool):
+        raise DistrenError(f"{name} must be true or false, not {value!r}")
+    return value
 
 
 def _opt_int(value) -> int | None:

@@ -46,21 +46,24 @@ def _target(request: Request) -> str:
     return request.url.path + (f"?{q}" if q else "")
 
 
+def verify_peer(fed, me: str, request: Request, known_only: bool = True) -> tuple[str, str]:
+    """The signed peer's name and body hash; only servers in the peer table are served (hello
+    answers any holder of the secret, so that it can learn a mismatch). 401 otherwise."""
+    if fed is None:
+        raise Unauthorized("this server has no federation secret: peer requests are refused")
+    receiver = None if known_only else auth.ANY_RECEIVER
+    peer, body_sha = fed.verifier.verify(request.method, _target(request), request.headers, receiver)
+    if known_only and peer not in fed.peers.peers:
+        raise Unauthorized(f"server {peer!r} is not a peer of {me!r}")
+    fed.peers.heard_from(peer)
+    return peer, body_sha
+
+
 def create_peer_router(get_core: Callable, get_fed: Callable) -> APIRouter:
     router = APIRouter(prefix="/api/v1/peer", tags=["peer"])
 
     def verify(request: Request, known_only: bool = True) -> tuple[str, str]:
-        """The signed peer's name and body hash; only servers in the peer table are served
-        (hello answers any holder of the secret, so that it can learn a mismatch)."""
-        fed = get_fed()
-        if fed is None:
-            raise Unauthorized("this server has no federation secret: peer requests are refused")
-        receiver = None if known_only else auth.ANY_RECEIVER
-        peer, body_sha = fed.verifier.verify(request.method, _target(request), request.headers, receiver)
-        if known_only and peer not in fed.peers.peers:
-            raise Unauthorized(f"server {peer!r} is not a peer of {get_core().name!r}")
-        fed.peers.heard_from(peer)
-        return peer, body_sha
+        return verify_peer(get_fed(), get_core().name, request, known_only)
 
     async def signed_json(request: Request) -> tuple[str, dict]:
         peer, body_sha = verify(request)

@@ -11,8 +11,9 @@ import contextlib
 import json
 import logging
 from pathlib import Path
+from urllib.parse import unquote
 
-from fastapi import APIRouter, FastAPI, Query, Request
+from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
@@ -20,10 +21,11 @@ from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
-from ..errors import BadRequest, DistrenError, NotFound, StorageFull, TooLarge
-from ..federation.auth import Verifier, check_client_token, load_secret
+from ..errors import BadRequest, DistrenError, NotFound, StorageFull, TooLarge, Unauthorized
+from ..federation.auth import (H_SIG, TOKEN_COOKIE, Verifier, bearer_token, check_client_token, load_secret,
+                              token_matches)
 from ..federation.peers import PeerClient, PeerError
-from ..federation.routes import BlobFileResponse, create_peer_router
+from ..federation.routes import BlobFileResponse, create_peer_router, verify_peer
 from ..federation.service import Federation, FederationSettings
 from ..events import EventBus
 from ..metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -126,8 +128,6 @@ def create_app(config: ServerConfig, core: Core | None = None) -> FastAPI:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         return error_response(exc.status_code, code, str(exc.detail))
 
-    api = APIRouter(prefix="/api/v1")
-
     def core_() -> Core:
         return state["core"]
 
@@ -136,6 +136,28 @@ def create_app(config: ServerConfig, core: Core | None = None) -> FastAPI:
 
     def client_auth(request: Request) -> None:
         check_client_token(token, request.headers.get("authorization"))
+
+    def may_read(request: Request) -> bool:
+        """Whether the request may read: always, unless --protect-reads; then with the client
+        token (header, or the dashboard's cookie: browsers send no header with page loads,
+        images and event streams), or signed by a peer (a query it forwards for a client)."""
+        if not config.protect_reads or token is None:
+            return True
+        if token_matches(token, bearer_token(request.headers.get("authorization"))):
+            return True
+        if token_matches(token, unquote(request.cookies[TOKEN_COOKIE]) if TOKEN_COOKIE in request.cookies else None):
+            return True
+        if H_SIG in request.headers:
+            verify_peer(fed_(), core_().name, request)  # 401 unless a peer signed it
+            return True
+        return False
+
+    def read_auth(request: Request) -> None:
+        if not may_read(request):
+            raise Unauthorized("this server needs a client token for reads too (--protect-reads): "
+                               "Authorization: Bearer <token>")
+
+    api = APIRouter(prefix="/api/v1", dependencies=[Depends(read_auth)])
 
     def peers_json() -> list[dict]:
         fed = fed_()
@@ -344,14 +366,15 @@ def create_app(config: ServerConfig, core: Core | None = None) -> FastAPI:
         return {"deleted": format_url(c.name, job)}
 
     @app.get("/metrics", summary="Prometheus metrics (text format); see docs/api.md", tags=["metrics"],
-             responses={200: {"content": {"text/plain": {}}, "description": "the metrics"}})
+             responses={200: {"content": {"text/plain": {}}, "description": "the metrics"}},
+             dependencies=[Depends(read_auth)])
     async def metrics() -> Response:
         body = await asyncio.to_thread(core_().metrics.exposition)
         return Response(body, media_type=METRICS_CONTENT_TYPE)
 
     app.include_router(api)
     app.include_router(create_peer_router(core_, fed_))
-    add_dashboard(app, core_, fed_)
+    add_dashboard(app, core_, fed_, may_read)
     app.add_middleware(ByteCounter, metrics=lambda: state["core"].metrics if "core" in state else None)
     return app
 

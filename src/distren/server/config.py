@@ -77,6 +77,9 @@ class ServerConfig:
 
     # When set, submit, cancel, retry and delete need "Authorization: Bearer <token>".
     client_token_file: Path | None = None
+    # With a client token: reads (jobs, frames, logs, outputs, bundles, previews, events,
+    # metrics, the server's status) need it too (docs/security.md: why it is off by default).
+    protect_reads: bool = False
 
     def __post_init__(self) -> None:
         """Settings that would break liveness are refused (also from a config file)."""
@@ -90,6 +93,8 @@ class ServerConfig:
         if self.heartbeat_seconds is not None and not 0 < self.heartbeat_seconds < self.lease_seconds:
             raise DistrenError(f"heartbeat-seconds must be > 0 and below lease-seconds ({self.lease_seconds}),"
                                f" got {self.heartbeat_seconds!r}")
+        if self.protect_reads and self.client_token_file is None:
+            raise DistrenError("protect-reads needs a client token (client-token-file)")
         if not 0 <= self.retry_elsewhere < float("inf"):
             raise DistrenError(f"retry-elsewhere-seconds must be >= 0, got {self.retry_elsewhere!r}")
 
