@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what distren needs on Debian: POV-Ray, Blender, ffmpeg and bubblewrap (apt, only
 # when missing), a virtual environment in .venv with distren and its Python dependencies (and
-# test tools with --test: chromium and chromium-driver from apt, pytest, selenium and the rest
+# test tools with --test: chromium, chromium-driver, zsh and povray-examples from apt, pytest, selenium and the rest
 # from PyPI). Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,6 +18,8 @@ if [ "${1:-}" = "--test" ]; then
     command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
     # the zsh completion script is checked by zsh itself
     command -v zsh >/dev/null 2>&1 || need+=(zsh)
+    # POV-Ray's own sample animations: tests/test_povray_ini.py plans every one of them
+    [ -d /usr/share/doc/povray/examples/animations ] || need+=(povray-examples)
 fi
 if [ ${#need[@]} -gt 0 ]; then
     mapfile -t need < <(printf '%s\n' "${need[@]}" | sort -u)

@@ -49,6 +49,42 @@ Antialias=on
 """
 
 
+# DISTREN_TEST_UNCONFINED=1 switches the render sandbox's file-system confinement off, to show
+# that the sandbox tests (tests/test_hostile_scenes.py, the Blender one in tests/test_blender.py)
+# fail without it: every `bwrap` this test session starts (in-process and in server processes,
+# found on PATH) is this stand-in, which runs the real bwrap with every top-level folder of the
+# host (its /tmp, /etc, /root, the data folders, ...) mounted over the sandbox's view, as a
+# renderer without a sandbox would see them. Never set it outside such a demonstration.
+UNCONFINED_BWRAP = """#!{python}
+import os, sys
+args = sys.argv[1:]
+end = args.index("--")
+host = []
+for entry in sorted(os.listdir("/")):
+    path = "/" + entry
+    if entry not in ("proc", "dev", "sys") and os.path.isdir(path) and not os.path.islink(path):
+        host += ["--bind", path, path]
+os.execv({bwrap!r}, [{bwrap!r}, *args[:end], *host, *args[end:]])
+"""
+
+
+@pytest.fixture(scope="session", autouse=True)
+def unconfined_sandbox(tmp_path_factory):
+    """With DISTREN_TEST_UNCONFINED=1, put the unconfined bwrap first on PATH (see above)."""
+    if os.environ.get("DISTREN_TEST_UNCONFINED") != "1":
+        yield
+        return
+    import shutil
+
+    folder = tmp_path_factory.mktemp("unconfined-bin")
+    shim = folder / "bwrap"
+    shim.write_text(UNCONFINED_BWRAP.format(python=sys.executable, bwrap=shutil.which("bwrap")))
+    shim.chmod(0o755)
+    old = os.environ["PATH"]
+    os.environ["PATH"] = f"{folder}{os.pathsep}{old}"
+    yield
+    os.environ["PATH"] = old
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -182,7 +218,8 @@ class ServerProcess:
                 raise RuntimeError(f"server exited: {self.log.read_text()[-2000:]}")
             try:
                 verify = True if self.tls is None else ssl.create_default_context(cafile=str(self.tls.ca))
-                if httpx.get(self.url + "/api/v1/server", timeout=1, verify=verify).status_code == 200:
+                # 401: the server protects reads
+                if httpx.get(self.url + "/api/v1/server", timeout=1, verify=verify).status_code in (200, 401):
                     return self
             except httpx.HTTPError:
                 time.sleep(0.05)

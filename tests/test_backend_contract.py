@@ -4,8 +4,10 @@ group `distren.backends` (the built-ins register there like any plug-in)."""
 from __future__ import annotations
 
 import asyncio
+import random
 import shutil
 import subprocess
+import time
 from importlib.metadata import entry_points
 from pathlib import Path
 
@@ -113,3 +115,48 @@ def test_timeout_kills_the_render(name, tmp_path):
     backend, task = task_for(name, tmp_path, timeout=0.001)
     result = asyncio.run(backend.render(task))
     assert not result.ok and "timed out" in result.error
+
+
+def processes() -> dict[int, tuple[str, int, list[bytes]]]:
+    """Every process of the machine: pid -> (state, session id, argv), from /proc."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+                argv = (entry / "cmdline").read_bytes().split(b"\0")[:-1]
+            except OSError:  # ended meanwhile
+                continue
+            fields = stat[stat.rindex(")") + 2:].split()
+            found[int(entry.name)] = (fields[0], int(fields[3]), argv)
+    return found
+
+
+def test_timeout_kills_the_whole_process_group(name, tmp_path, monkeypatch):
+    """At the timeout every process of the render goes, not only the one distren started: the
+    renderer runs beside a child (`sleep`, named by a number only this test uses) that keeps
+    the render's output open, as a renderer's helper process would; once the timeout has
+    fired, no process of the render's session is left."""
+    backend, task = task_for(name, tmp_path, timeout=1.5)
+    token = f"{600 + random.random():.9f}"
+    command = backend.command
+    monkeypatch.setattr(backend, "command", lambda t: ["/bin/sh", "-c", f'sleep {token} & "$@"; wait', "sh", *command(t)])
+
+    async def render_and_watch() -> tuple[object, tuple[int, int] | None]:
+        render = asyncio.ensure_future(backend.render(task))
+        child = None
+        while child is None and not render.done():
+            child = next(((pid, session) for pid, (_, session, argv) in processes().items()
+                          if argv == [b"sleep", token.encode()]), None)
+            await asyncio.sleep(0.01)
+        return await render, child
+
+    result, child = asyncio.run(render_and_watch())
+    assert not result.ok and "timed out" in result.error
+    assert child is not None, "the render's child never ran"
+    pid, session = child
+    deadline = time.monotonic() + 5  # SIGKILL is sent at once; the kernel takes a moment
+    while (left := [p for p, (state, s, _) in processes().items() if s == session and state != "Z"]) \
+            and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert left == [], f"processes of the render's session {session} survived its timeout"

@@ -191,6 +191,13 @@ def shows_texture(path: Path) -> bool:
     return any(r > g + 60 and r > b + 30 for r, g, b in zip(data[0::3], data[1::3], data[2::3]))
 
 
+def shows_missing_image(path: Path) -> bool:
+    """Whether Blender drew an image it could not load (magenta)."""
+    with Image.open(path) as im:
+        data = im.convert("RGB").tobytes()
+    return any(r > g + 60 and b > g + 60 and abs(r - b) < 30 for r, g, b in zip(data[0::3], data[1::3], data[2::3]))
+
+
 # ---------------------------------------------------------------------------------------------
 # pack_blender
 
@@ -341,6 +348,31 @@ def test_autorun_scripts_in_the_blend_do_not_run(server, blends, tmp_path):
     shutil.rmtree(blends / "escape")
     marker.unlink()
     driver_marker.unlink()
+
+
+def test_blend_cannot_read_host_files(server, blends, tmp_path):
+    """outside.blend's image texture is a file outside the job, by absolute path (`distren pack`
+    refuses it, so the package is made by hand). Blender loads images as it renders, with
+    auto-run off too: only the sandbox keeps the host's file out. The frame renders, without
+    the texture (Blender draws a missing image magenta); with the file readable it shows."""
+    texture = blends / "elsewhere" / "sky.png"
+    xml = tmp_path / "distrenjob.xml"
+    xml.write_text('<distrenjob><name>outside</name><backend name="blender"><blend>outside.blend</blend>'
+                   "<engine>BLENDER_WORKBENCH</engine><width>32</width><height>24</height></backend>"
+                   '<frames><frame id="2"/></frames></distrenjob>')
+    pkg = tmp_path / "outside.tar"
+    with open(pkg, "wb") as fh:
+        write_tar(fh, [("distrenjob.xml", xml), ("outside.blend", blends / "outside" / "outside.blend")])
+    info, frames, folder = render_job(server, pkg, tmp_path)
+    assert info["state"] == "done", frames
+    assert not shows_texture(folder / "2" / "outside_000002.png"), f"{texture} was read"
+    assert shows_missing_image(folder / "2" / "outside_000002.png")  # Blender tried to load it
+    # the leak would show: Blender outside the sandbox renders the same file with the texture
+    direct = tmp_path / "direct"
+    subprocess.run(["blender", "-b", "-noaudio", "--factory-startup", str(blends / "outside" / "outside.blend"),
+                    "--disable-autoexec", "-E", "BLENDER_WORKBENCH", "-o", f"{direct}/d_#", "-F", "PNG", "-f", "2"],
+                   check=True, capture_output=True, timeout=120)
+    assert shows_texture(direct / "d_2.png")
 
 
 def test_corrupt_blend_is_refused_or_fails_with_blenders_message(server_factory, blends, tmp_path):

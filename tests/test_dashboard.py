@@ -141,6 +141,32 @@ def test_the_token_guards_the_controls_on_the_page(server_factory, browser, tmp_
 
 
 
+def test_a_server_that_protects_reads_shows_its_jobs_once_the_token_is_entered(server_factory, browser, tmp_path):
+    """--protect-reads: the page comes without data; with the token entered, the script reads
+    with it, and the previews (<img>) and the event stream, which cannot send a header, pass
+    with the dashboard's cookie."""
+    from distren.client import Client
+
+    token = tmp_path / "token"
+    token.write_text("read-token\n")
+    server = server_factory(slots=1, extra=["--client-token-file", str(token), "--protect-reads"])
+    with Client(server.url, token="read-token") as client:
+        job = client.submit(slow_package(tmp_path, "secret", final=1))
+        client.wait(job["url"], interval=0.2, timeout=120)
+    browser.get(f"{server.url}/jobs/1")
+    wait(browser, "the refusal", lambda d: "token" in d.find_element(By.ID, "message").text)
+    assert not browser.find_elements(By.CSS_SELECTOR, "#grid .cell")
+    assert browser.find_element(By.ID, "live").text != "live"
+    field = browser.find_element(By.ID, "token")
+    field.send_keys("read-token")
+    browser.execute_script("arguments[0].dispatchEvent(new Event('change'))", field)
+    wait(browser, "two previews", lambda d: loaded_images(d) == 2)
+    wait(browser, "the live badge", lambda d: d.find_element(By.ID, "live").text == "live")
+    assert browser.find_element(By.ID, "job-state").text == "done"
+    browser.get(server.url + "/")     # a page load sends the cookie: the jobs are in the page
+    wait(browser, "the job", lambda d: "secret" in d.find_element(By.ID, "jobs-body").text)
+
+
 def test_a_large_job_pages_and_a_peers_jobs_are_shown(farm, browser, tmp_path):
     """3,000 frames: 200 a page, next and "go to frame"; a peer's job page read through this
     server (nothing renders: both servers have no slots)."""

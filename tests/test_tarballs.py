@@ -716,3 +716,93 @@ def test_write_tar_writes_large_members_as_tarfile_does(tmp_path: Path) -> None:
             with open(path, "rb") as f:
                 tar.addfile(info, f)
     assert bytes(ours.data) == reference.getvalue()
+
+
+# --- the header guard walks the archive as tarfile does (public APIs only) ---
+
+
+def test_tarballs_uses_no_private_python_internals() -> None:
+    """No `import _module` and no `obj._name` on anything but our own objects: a private part
+    of tarfile or lzma that a Python release moves would make every package unreadable."""
+    import ast
+
+    tree = ast.parse(Path(tarballs.__file__).read_text())
+    private = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            private += [alias.name for alias in node.names if alias.name.startswith("_")]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").startswith("_") \
+                and node.module != "__future__":
+            private.append(node.module)
+        elif isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__"):
+            if not (isinstance(node.value, ast.Name) and node.value.id in ("self", "cls")):
+                private.append(ast.unparse(node))
+        elif isinstance(node, ast.FunctionDef) and node.name.startswith("_") and not node.name.startswith("__"):
+            # overriding a private method of a stdlib class is using its internals too
+            parent = next((c for c in ast.walk(tree) if isinstance(c, ast.ClassDef) and node in c.body), None)
+            if parent is not None and any(ast.unparse(base).startswith(("tarfile.", "lzma.", "gzip.", "bz2."))
+                                          for base in parent.bases):
+                private.append(f"{parent.name}.{node.name}")
+    assert private == []
+
+
+def test_pax_size_record_moves_the_next_header(tmp_path: Path, scratch: Path) -> None:
+    """A pax "size" record replaces the header's size (tarfile writes one past 8 GiB): the guard
+    must find the next header where tarfile does, or it vets the wrong bytes."""
+    raw = bytearray(tar_bytes([reg("a", b"", size="600"), reg("b", b"bee")]))
+    # the pax header (2 blocks), a's header, then b's header where a's 600 bytes (2 blocks) go
+    assert raw[1536:1537] == b"b"
+    raw[1536:1536] = bytes(range(256)) * 2 + b"\x01" * 88 + bytes(424)  # a's data, padded
+    archive = tmp_path / "paxsize.tar"
+    archive.write_bytes(bytes(raw))
+    with tarfile.open(archive) as tar:
+        assert [(m.name, m.size) for m in tar] == [("a", 600), ("b", 3)]
+    dest = safe_extract(archive, scratch)
+    assert (dest / "a").read_bytes() == bytes(range(256)) * 2 + b"\x01" * 88
+    assert (dest / "b").read_bytes() == b"bee"
+
+
+def test_global_pax_size_is_refused(tmp_path: Path, scratch: Path) -> None:
+    """tarfile applies a global "size" to each member's size but not to where the next header
+    lies; such an archive has no single reading."""
+    archive = tmp_path / "gsize.tar"
+    with tarfile.open(archive, "w", format=tarfile.PAX_FORMAT, pax_headers={"size": "5"}) as tar:
+        info, data = reg("f", b"0123456789")
+        tar.addfile(info, io.BytesIO(data))
+    refused(archive, scratch, "pax header: a global header may not set the size")
+
+
+def test_refusals_come_in_archive_order(tmp_path: Path, scratch: Path) -> None:
+    """The guard reads ahead of tarfile but raises only when tarfile reaches the refused header:
+    the first bad member is the one named."""
+    raw = bytearray(tar_bytes([reg("/abs"), reg("neg", b"")], format=tarfile.USTAR_FORMAT))
+    header = raw[1024:1536]
+    header[124:136] = b"\xff" * 12
+    set_checksum(header)
+    raw[1024:1536] = header
+    archive = tmp_path / "order.tar"
+    archive.write_bytes(bytes(raw))
+    refused(archive, scratch, "member '/abs': absolute path")
+    del raw[:1024]  # without the first member, the second one's header is refused
+    archive.write_bytes(bytes(raw))
+    refused(archive, scratch, "member 'neg': negative size")
+
+
+def test_concatenated_xz_streams(tmp_path: Path, scratch: Path) -> None:
+    """As lzma.LZMAFile: streams one after the other are one archive; bytes after the last
+    stream that are no xz stream are ignored (the tar trailer is checked)."""
+    raw = tar_bytes([reg("f", b"x" * 5000)])
+    archive = tmp_path / "cat.tar.xz"
+    archive.write_bytes(lzma.compress(raw[:3000]) + lzma.compress(raw[3000:]) + b"not an xz stream, ignored")
+    with lzma.open(archive) as xz:
+        assert xz.read() == raw  # what lzma.LZMAFile makes of it
+    assert (safe_extract(archive, scratch) / "f").read_bytes() == b"x" * 5000
+
+
+def test_xz_decoder_memory_is_capped(tmp_path: Path, scratch: Path, monkeypatch) -> None:
+    raw = tar_bytes([reg("f", b"x")])
+    archive = tmp_path / "dict.tar.xz"
+    archive.write_bytes(lzma.compress(raw, filters=[{"id": lzma.FILTER_LZMA2, "dict_size": 64 * 1024**2}]))
+    assert (safe_extract(archive, tmp_path) / "f").read_bytes() == b"x"
+    monkeypatch.setattr(tarballs, "XZ_MEMLIMIT", 16 * 1024**2)
+    refused(archive, scratch, "Memory usage limit")

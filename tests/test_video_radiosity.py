@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import subprocess
@@ -11,8 +12,9 @@ from pathlib import Path
 import pytest
 
 from conftest import make_scene, run_cli
-from distren.backends.base import FrameTask
+from distren.backends.base import FrameTask, RenderLimits
 from distren.backends.ffmpeg import FfmpegBackend
+from distren.backends.sandbox import prepare_scene
 from distren.backends.povray import PovrayBackend
 from distren.errors import BadSettings
 
@@ -91,6 +93,31 @@ def test_encode_refuses_ambiguous_and_mixed_inputs(tmp_path):
     task = encode_task(tmp_path / "b", {0: ["a.png"], 1: ["b.jpg"]})
     with pytest.raises(Exception, match="mix image types"):
         FfmpegBackend().prepare(task)
+
+
+def test_the_video_is_counted_in_the_sandbox(tmp_path):
+    """ffprobe counts the video's frames in the frame's sandbox, under the render's limits. The
+    video is the output of ffmpeg fed with the job's images: a "video" that is an HLS playlist
+    naming a host file (as an ffmpeg subverted by a hostile image could write) makes an
+    ffprobe on the host read that file, and count its frames as the video's."""
+    host = tmp_path / "host"
+    host.mkdir()
+    task = encode_task(tmp_path / "job", {0: ["a.png"], 1: ["b.png"], 2: ["c.png"]})
+    prepare_scene(task.scene)  # as intake does
+    for path in (host / "secret.ts", task.out / "real.mp4"):
+        subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "color=c=red:s=16x12:r=10", "-frames:v", "3",
+                        "-c:v", "libx264", "-pix_fmt", "yuv420p", str(path)], check=True)
+    playlist = task.out / "video.mp4"
+    playlist.write_text(f"#EXTM3U\n#EXT-X-TARGETDURATION:1\n#EXTINF:1,\n{host / 'secret.ts'}\n#EXT-X-ENDLIST\n")
+    assert probe(playlist)["nb_read_frames"] == "3"  # on the host, the playlist reads the host's file
+    backend = FfmpegBackend()
+    assert backend.verify(task, [task.out / "real.mp4"]) is None
+    problem = backend.verify(task, [playlist])
+    assert problem is not None and problem.startswith("cannot count the frames of video.mp4"), problem
+    # the render's limits hold for ffprobe too: an address space too small for it stops it
+    small = dataclasses.replace(task, limits=RenderLimits(memory=16 * 1024**2))
+    problem = backend.verify(small, [task.out / "real.mp4"])
+    assert problem is not None and problem.startswith("cannot count the frames of real.mp4"), problem
 
 
 @pytest.mark.parametrize("settings, word", [

@@ -7,11 +7,14 @@ never calls TarFile.extract/extractall. safe_extract admits only regular files
 and directories with plain relative names, and creates every file and directory
 itself, into a fresh scratch directory that is removed again on any error.
 
-Header parsing is hardened as well. Extended headers (pax and GNU long names)
-are size-capped before tarfile reads them, and pax records are checked with a
+Header parsing is hardened as well: tarfile reads the archive as a stream
+through a guard that walks the headers first. Extended headers (pax and GNU
+long names) are size-capped before tarfile reads them, and pax records are checked with a
 linear-time parser before tarfile's own regular expressions see them (3.11.7
 backtracks badly on some inputs, CVE-2024-6232). Negative sizes and GNU sparse
-members are refused before tarfile acts on them (CVE-2025-8194).
+members are refused before tarfile acts on them (CVE-2025-8194). The xz
+decoder's memory is capped. Only public APIs of tarfile, gzip, bz2 and lzma are
+used.
 
 write_tar writes byte-for-byte reproducible PAX archives: fixed order, mtime 0,
 owner 0/"" and mode 0o644 for every member, and compression headers without
@@ -132,18 +135,20 @@ def _split_name(name: str) -> list[str]:
 # Hardened header parsing
 
 
-def _check_pax_records(data: bytes, padding: bytes) -> None:
-    """Check pax header data in linear time; raise BadPackage if malformed.
+def _check_pax_records(data: bytes, padding: bytes) -> dict[bytes, bytes]:
+    """Check pax header data in linear time and return its records; raise BadPackage if malformed.
 
     Each record is "<length> <keyword>=<value>\\n", where length counts the
     whole record. Also refuses long digit runs (tarfile's hdrcharset search
     is quadratic in them), GNU sparse keywords, and non-zero padding (tarfile
-    would parse it as more records).
+    would parse it as more records). A keyword given twice keeps its last
+    value, as in tarfile.
     """
     if padding.strip(b"\0"):
         raise BadPackage("pax header: non-zero padding after the records")
     if re.search(rb"[0-9]{%d}" % (_MAX_DIGIT_RUN + 1), data):
         raise BadPackage(f"pax header: a number longer than {_MAX_DIGIT_RUN} digits")
+    records: dict[bytes, bytes] = {}
     pos = 0
     while pos < len(data):
         space = data.find(b" ", pos, pos + 21)
@@ -153,7 +158,7 @@ def _check_pax_records(data: bytes, padding: bytes) -> None:
         end = pos + int(length_text)
         if end <= space + 1 or end > len(data) or data[end - 1 : end] != b"\n":
             raise BadPackage(f"pax header: bad record length at byte {pos}")
-        keyword, equals, _ = data[space + 1 : end - 1].partition(b"=")
+        keyword, equals, value = data[space + 1 : end - 1].partition(b"=")
         if not equals or not keyword:
             raise BadPackage(f"pax header: malformed record at byte {pos}")
         try:
@@ -162,68 +167,276 @@ def _check_pax_records(data: bytes, padding: bytes) -> None:
             raise BadPackage(f"pax header: keyword is not UTF-8 at byte {pos}") from None
         if keyword.startswith(b"GNU.sparse."):
             raise BadPackage("pax header: GNU sparse files are not allowed")
+        records[keyword] = value
         pos = end
+    return records
+
+
+def _pax_size(value: bytes) -> int:
+    """The size a pax "size" record gives, read as tarfile reads it (a bad number is 0)."""
+    try:
+        return int(value.decode("utf-8", "surrogateescape"))
+    except ValueError:
+        return 0
+
+
+def _blocks(size: int) -> int:
+    """size rounded up to whole tar blocks."""
+    return -(-size // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
+
+
+# The member types the tarfile documentation lists; tarfile skips the data of regular files and
+# of any type not in this list, and reads none after the others (directories, links, devices).
+_TARFILE_TYPES = (
+    tarfile.REGTYPE, tarfile.AREGTYPE, tarfile.LNKTYPE, tarfile.SYMTYPE, tarfile.DIRTYPE,
+    tarfile.FIFOTYPE, tarfile.CONTTYPE, tarfile.CHRTYPE, tarfile.BLKTYPE,
+    tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK, tarfile.GNUTYPE_SPARSE,
+)
+
+# What may follow the last member: the end-of-archive marker (two zero blocks) and zero padding
+# up to the record size (10 KiB for tar, more for some writers). Anything else is refused.
+MAX_TRAILER = 1024 * 1024
+
+# What the _HeaderGuard expects next in the stream.
+_HEADER, _PAX_DATA, _DATA, _TRAILER = "header", "pax data", "data", "trailer"
 
 
 class _HeaderGuard:
-    """A read-through wrapper over the decompressed archive that vets headers.
+    """Reads the decompressed archive for tarfile, walking and vetting its headers first.
 
-    _CheckedTarInfo tells it about every header before tarfile processes it;
-    it refuses negative sizes and sparse members, caps the extended headers in
-    front of one member at MAX_HEADER_SIZE, and checks pax data on its way to
-    tarfile's parser.
+    tarfile reads the archive through this object, in order: it reads headers and data and
+    skips forward, never back (seeking back is refused). The guard keeps its
+    own account of where each header block lies, the way tarfile computes it (a member's data
+    follows its header, rounded up to 512 bytes; a pax "size" record replaces the header's
+    size), and checks every header and pax record before the bytes that complete it are handed
+    on, so tarfile never parses one that the guard refuses: negative sizes and sparse members,
+    extended headers over MAX_HEADER_SIZE in front of one member, malformed pax records and a
+    "size" in a global pax header (tarfile would apply it to the member's size but not to where
+    the next header lies). A refusal is raised at the read that would hand on the refused
+    header's first byte, so refusals come in archive order. Where tarfile sees the end (an
+    all-zero or unreadable header block), the guard counts what follows: see check_end.
+
+    Hand-written because it is the security boundary of intake and tarfile has no public hook
+    between reading a header and acting on it; it uses public APIs only (TarInfo.frombuf and
+    the documented type constants), so it does not break when tarfile's internals change.
     """
 
-    def __init__(self, stream: BinaryIO):
-        self._stream = stream
-        self._metadata_bytes = 0
-        self._pending_pax: int | None = None
-
-    def check_header(self, info: tarfile.TarInfo) -> None:
-        """Vet a header that tarfile has decoded but not yet acted on."""
-        if info.size < 0:
-            raise _refuse(info.name, "negative size")
-        if info.type == tarfile.GNUTYPE_SPARSE:
-            raise _refuse(info.name, "GNU sparse files are not allowed")
-        if info.type not in _METADATA_TYPES:
-            self._metadata_bytes = 0
-            return
-        self._metadata_bytes += info.size
-        if self._metadata_bytes > MAX_HEADER_SIZE:
-            raise BadPackage(f"extended headers larger than {MAX_HEADER_SIZE} bytes")
-        if info.type in _PAX_TYPES:
-            self._pending_pax = info.size  # the next read is this header's data
+    def __init__(self, source: BinaryIO):
+        self._source = source
+        self._offset = 0  # bytes handed on so far
+        self._state = _HEADER
+        self._left = tarfile.BLOCKSIZE  # bytes of the current unit still to come
+        self._unit_start = 0  # offset of the current unit's first byte
+        self._unit = bytearray()  # the header block or pax data being collected
+        self._pax_type = b""
+        self._pax_length = 0
+        self._metadata_bytes = 0  # extended headers in front of the coming member
+        self._next_size: int | None = None  # a pax "size" for the coming member
+        self._refusal: BadPackage | None = None
+        self._trailer = 0  # bytes from tarfile's end of the archive on
+        self._trailer_clean = True  # and all of them zero
 
     def read(self, size: int = -1) -> bytes:
-        data = self._stream.read(size)
-        if self._pending_pax is not None:
-            length, self._pending_pax = self._pending_pax, None
-            _check_pax_records(data[:length], data[length:])
-        return data
+        """Return the next size bytes of the archive (fewer only at its end), vetted."""
+        if size < 0:
+            size = CHUNK_SIZE
+        pieces = []
+        while size > 0:
+            piece = self._read_some(size)
+            if not piece:
+                break
+            pieces.append(piece)
+            size -= len(piece)
+        return pieces[0] if len(pieces) == 1 else b"".join(pieces)
 
-    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
-        return self._stream.seek(offset, whence)
+    def _read_some(self, size: int) -> bytes:
+        if self._refusal is not None:
+            raise self._refusal
+        data = self._source.read(size)
+        if not data:
+            if self._state == _HEADER:  # a cut header block: tarfile takes it for the end
+                self._count_trailer(bytes(self._unit))
+                self._unit.clear()
+                self._state = _TRAILER
+            return data
+        cut = self._walk(data)
+        self._offset += cut
+        if cut == 0:
+            assert self._refusal is not None
+            raise self._refusal
+        return data[:cut] if cut < len(data) else data
 
     def tell(self) -> int:
-        return self._stream.tell()
+        return self._offset
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        """Skip forward to offset (tarfile skips the data of members it is not asked for)."""
+        if whence == os.SEEK_CUR:
+            offset += self._offset
+        elif whence != os.SEEK_SET:
+            raise io.UnsupportedOperation("the archive is read in order")
+        if offset < self._offset:
+            raise io.UnsupportedOperation("the archive is read in order: no seeking back")
+        while offset > self._offset and self._read_some(min(offset - self._offset, CHUNK_SIZE)):
+            pass
+        return self._offset
 
     def readable(self) -> bool:
         return True
 
     def seekable(self) -> bool:
-        return self._stream.seekable()
+        return True
+
+    def _walk(self, data: bytes) -> int:
+        """Follow the archive's structure through data; return how much of it may be handed on."""
+        pos = 0
+        while pos < len(data):
+            if self._state == _TRAILER:
+                self._count_trailer(data[pos:])
+                break
+            take = min(self._left, len(data) - pos)
+            if self._state != _DATA:
+                self._unit += data[pos : pos + take]
+            pos += take
+            self._left -= take
+            if self._left == 0:
+                try:
+                    self._unit_done()
+                except BadPackage as exc:
+                    self._refusal = exc
+                    return max(0, self._unit_start - self._offset)
+                self._unit_start = self._offset + pos
+        return len(data)
+
+    def _unit_done(self) -> None:
+        """Vet the header block, pax data or member data just completed; choose what comes next."""
+        unit, self._unit = bytes(self._unit), bytearray()
+        if self._state == _HEADER:
+            self._header_done(unit)
+        elif self._state == _PAX_DATA:
+            records = _check_pax_records(unit[: self._pax_length], unit[self._pax_length :])
+            if b"size" in records:
+                if self._pax_type == tarfile.XGLTYPE:
+                    raise BadPackage("pax header: a global header may not set the size")
+                if self._next_size is None:  # the first of chained headers wins, as in tarfile
+                    self._next_size = _pax_size(records[b"size"])
+            self._expect(_HEADER, tarfile.BLOCKSIZE)
+        else:
+            self._expect(_HEADER, tarfile.BLOCKSIZE)
+
+    def _header_done(self, block: bytes) -> None:
+        """Vet a complete header block."""
+        try:
+            info = tarfile.TarInfo.frombuf(block, "utf-8", "surrogateescape")
+        except tarfile.HeaderError:  # zeros or no header: tarfile ends the archive here
+            self._state = _TRAILER
+            self._count_trailer(block)
+            return
+        if info.size < 0:
+            raise _refuse(info.name, "negative size")
+        if info.type == tarfile.GNUTYPE_SPARSE:
+            raise _refuse(info.name, "GNU sparse files are not allowed")
+        if info.type in _METADATA_TYPES:
+            self._metadata_bytes += info.size
+            if self._metadata_bytes > MAX_HEADER_SIZE:
+                raise BadPackage(f"extended headers larger than {MAX_HEADER_SIZE} bytes")
+            if info.type in _PAX_TYPES:
+                self._pax_type, self._pax_length = info.type, info.size
+                self._expect(_PAX_DATA, _blocks(info.size))
+            else:  # a GNU long name or link: tarfile reads it as a name
+                self._expect(_DATA, _blocks(info.size))
+            return
+        size = info.size if self._next_size is None else self._next_size
+        if size < 0:
+            raise _refuse(info.name, "negative size")
+        self._metadata_bytes, self._next_size = 0, None
+        if info.isreg() or info.type not in _TARFILE_TYPES:
+            self._expect(_DATA, _blocks(size))
+        else:
+            self._expect(_HEADER, tarfile.BLOCKSIZE)
+
+    def _expect(self, state: str, length: int) -> None:
+        if length == 0:  # no data: the next header follows at once
+            state, length = _HEADER, tarfile.BLOCKSIZE
+        self._state, self._left = state, length
+
+    def _count_trailer(self, data: bytes) -> None:
+        self._trailer += len(data)
+        if self._trailer_clean and data.count(0) != len(data):
+            self._trailer_clean = False
+
+    def check_end(self) -> None:
+        """Read what follows the last member and refuse it unless it is a proper end.
+
+        tarfile takes a cut or damaged header after the first member, or a missing end marker,
+        for the end of the archive, and never reads a compressed stream to its end (so gzip's
+        and bzip2's checksums go unchecked). What follows the last member must be zeros, at
+        least the end-of-archive marker (two zero blocks), ending within MAX_TRAILER bytes, and
+        the decompressor must reach the end of its stream cleanly (its checksum verified).
+        """
+        while True:
+            if not self._trailer_clean:
+                raise BadPackage("data after the last member that is not the end of the archive "
+                                 "(a damaged or truncated header?)")
+            if self._trailer > MAX_TRAILER:
+                raise BadPackage(f"more than {MAX_TRAILER} bytes after the end of the archive")
+            if not self.read(64 * 1024):
+                break
+        if self._state != _TRAILER:
+            raise BadPackage("the archive ends inside a member (truncated?)")
+        if self._trailer < 2 * tarfile.BLOCKSIZE:
+            raise BadPackage("the archive ends without its end-of-archive marker (truncated?)")
 
 
-class _CheckedTarInfo(tarfile.TarInfo):
-    """TarInfo that lets the _HeaderGuard vet each header before it is processed.
+# The xz format lets the archive choose the decoder's dictionary (up to 1.5 GiB): cap the
+# decoder's memory. `xz -9` needs 65 MiB.
+XZ_MEMLIMIT = 128 * 1024 * 1024
 
-    _proc_member is the hook tarfile documents for subclasses; it runs for
-    every header, including those chained behind pax and GNU long-name headers.
+
+class _XzReader(io.RawIOBase):
+    """Decompresses xz with a decoder that refuses streams needing more than XZ_MEMLIMIT.
+
+    lzma.LZMAFile takes no memory limit, so this drives lzma.LZMADecompressor itself, as
+    LZMAFile does: concatenated streams are read one after the other, output is produced at most
+    as much as asked for (no bomb is ever whole in memory), a stream cut short is an EOFError,
+    and what follows the last stream is ignored when it is no xz stream. Closing it leaves raw
+    open.
     """
 
-    def _proc_member(self, tar: tarfile.TarFile) -> tarfile.TarInfo:
-        tar.fileobj.check_header(self)
-        return super()._proc_member(tar)
+    def __init__(self, raw: BinaryIO):
+        self._raw = raw
+        self._decoder = self._new_decoder()
+        self._ended = False
+
+    @staticmethod
+    def _new_decoder() -> lzma.LZMADecompressor:
+        return lzma.LZMADecompressor(format=lzma.FORMAT_XZ, memlimit=XZ_MEMLIMIT)
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        while not self._ended:
+            if self._decoder.eof:  # the next stream, or the end
+                compressed = self._decoder.unused_data or self._raw.read(CHUNK_SIZE)
+                if not compressed:
+                    self._ended = True
+                    break
+                self._decoder = self._new_decoder()
+                try:
+                    data = self._decoder.decompress(compressed, len(buffer))
+                except lzma.LZMAError:  # trailing bytes that are no xz stream
+                    self._ended = True
+                    break
+            else:
+                compressed = self._raw.read(CHUNK_SIZE) if self._decoder.needs_input else b""
+                if self._decoder.needs_input and not compressed:
+                    raise EOFError("the xz data ends before its end-of-stream marker")
+                data = self._decoder.decompress(compressed, len(buffer))
+            if data:
+                buffer[: len(data)] = data
+                return len(data)
+        return 0
 
 
 def _decompressed(raw: BinaryIO) -> BinaryIO:
@@ -236,31 +449,16 @@ def _decompressed(raw: BinaryIO) -> BinaryIO:
     if magic.startswith(b"BZh"):
         return bz2.BZ2File(raw, mode="rb")
     if magic.startswith(b"\xfd7zXZ\x00"):
-        return _xz_reader(raw)
+        return io.BufferedReader(_XzReader(raw), CHUNK_SIZE)
     return raw
 
 
-# The xz format lets the archive choose the decoder's dictionary (up to 1.5 GiB): cap the
-# decoder's memory. `xz -9` needs 65 MiB.
-XZ_MEMLIMIT = 128 * 1024 * 1024
-
-
-def _xz_reader(raw: BinaryIO) -> BinaryIO:
-    """An LZMAFile whose decoder refuses archives that need more than XZ_MEMLIMIT.
-    LZMAFile itself takes no memory limit; its reader does (Python 3.11's _compression)."""
-    import _compression
-
-    reader = lzma.LZMAFile(raw, mode="rb")
-    reader._buffer = io.BufferedReader(_compression.DecompressReader(
-        raw, lzma.LZMADecompressor, trailing_error=lzma.LZMAError, memlimit=XZ_MEMLIMIT))
-    return reader
-
-
 @contextlib.contextmanager
-def _open_checked(archive: Path | BinaryIO) -> Iterator[tarfile.TarFile]:
-    """Open a plain, gzip, bzip2 or xz tarball for reading with hardened headers.
+def _open_checked(archive: Path | BinaryIO) -> Iterator[tuple[tarfile.TarFile, _HeaderGuard]]:
+    """Open a plain, gzip, bzip2 or xz tarball for reading in order, with vetted headers.
 
-    archive is a path or a seekable binary file, which is left open.
+    archive is a path or a seekable binary file, which is left open. The archive is read in
+    order, once: a member's data can be read only while it is the current member.
     """
     with contextlib.ExitStack() as stack:
         raw = archive
@@ -269,14 +467,13 @@ def _open_checked(archive: Path | BinaryIO) -> Iterator[tarfile.TarFile]:
         stream = _decompressed(raw)
         if stream is not raw:
             stack.enter_context(stream)  # closing a decompressor leaves raw open
+        guard = _HeaderGuard(stream)
         try:
-            tar = tarfile.open(
-                fileobj=_HeaderGuard(stream), mode="r:", tarinfo=_CheckedTarInfo
-            )
+            tar = tarfile.open(fileobj=guard, mode="r:")
         except tarfile.ReadError:
             raise BadPackage(_NOT_A_TARBALL) from None
         with tar:
-            yield tar
+            yield tar, guard
 
 
 def _corrupt(exc: Exception) -> BadPackage:
@@ -404,29 +601,6 @@ class _Extractor:
         self.written += copied
 
 
-# What may follow the last member: the end-of-archive marker (two zero blocks) and zero padding
-# up to the record size (10 KiB for tar, more for some writers). Anything else is refused.
-MAX_TRAILER = 1024 * 1024
-
-
-def _check_end(tar: tarfile.TarFile) -> None:
-    """tarfile takes a cut or damaged header after the first member, or a missing end marker,
-    for the end of the archive, and never reads a compressed stream to its end (so gzip's and
-    bzip2's checksums go unchecked). Read what follows the last member: it must be zeros, at
-    least the end-of-archive marker, ending within MAX_TRAILER bytes, and the decompressor must
-    reach the end of its stream cleanly (its checksum verified)."""
-    stream = tar.fileobj
-    stream.seek(tar.offset)
-    rest = 0
-    while chunk := stream.read(64 * 1024):
-        rest += len(chunk)
-        if chunk.count(0) != len(chunk):
-            raise BadPackage("data after the last member that is not the end of the archive "
-                             "(a damaged or truncated header?)")
-        if rest > MAX_TRAILER:
-            raise BadPackage(f"more than {MAX_TRAILER} bytes after the end of the archive")
-    if rest < 2 * tarfile.BLOCKSIZE:
-        raise BadPackage("the archive ends without its end-of-archive marker (truncated?)")
 
 
 def safe_extract(
@@ -453,9 +627,9 @@ def safe_extract(
     else:
         dest = Path(tempfile.mkdtemp(dir=parent))
     try:
-        with _open_checked(archive) as tar:
+        with _open_checked(archive) as (tar, guard):
             _Extractor(dest, limits, reserved).extract(tar)
-            _check_end(tar)
+            guard.check_end()
     except BaseException as exc:
         shutil.rmtree(dest, ignore_errors=True)
         if isinstance(exc, BadPackage) or not isinstance(exc, Exception):
@@ -578,6 +752,8 @@ class _MemberData(io.RawIOBase):
     def readinto(self, buffer) -> int:
         try:
             chunk = self._data.read(len(buffer))
+        except BadPackage:
+            raise
         except Exception as exc:  # EOFError, zlib.error, lzma.LZMAError, tarfile.ReadError
             raise _corrupt(exc) from exc
         buffer[: len(chunk)] = chunk
@@ -598,7 +774,7 @@ def iter_tar_files(
     can be read only while the iteration is still running.
     """
     try:
-        with _open_checked(archive) as tar:
+        with _open_checked(archive) as (tar, _guard):
             for member in tar:
                 if member.isdir():
                     continue

@@ -154,7 +154,8 @@ class Backend:
         return sorted(p for p in out.rglob("*") if p.is_file() and not p.is_symlink())
 
     def verify(self, task: FrameTask, outputs: list[Path]) -> str | None:
-        """A reason to refuse outputs that the renderer made without complaint, or None."""
+        """A reason to refuse outputs that the renderer made without complaint, or None. Runs in
+        a thread; a program that reads the outputs runs through run_sandboxed, never on the host."""
         return None
 
     def chunkable(self, settings: dict[str, str]) -> bool:
@@ -167,12 +168,23 @@ class Backend:
         untrustworthy: its frames then render one by one."""
         raise NotImplementedError
 
+    def _sandbox(self, task: FrameTask) -> Sandbox:
+        """The frame's sandbox (its /tmp: the scratch folder beside the output folder)."""
+        scratch = task.out.parent / "tmp"
+        scratch.mkdir(exist_ok=True)
+        return Sandbox(task.scene, task.out, task.deps, self.ro_paths, dict(self.env), scratch)
+
     def _argv(self, task: FrameTask) -> list[str]:
         """prepare() and command(): file checks and scene parsing, so off the event loop."""
         self.prepare(task)
-        scratch = task.out.parent / "tmp"
-        scratch.mkdir(exist_ok=True)
-        return Sandbox(task.scene, task.out, task.deps, self.ro_paths, dict(self.env), scratch).argv(self.command(task))
+        return self._sandbox(task).argv(self.command(task))
+
+    def run_sandboxed(self, task: FrameTask, command: list[str], timeout: float) -> tuple[int, str, bool]:
+        """Run a helper program as the renderer runs: in the frame's sandbox, under the
+        render's resource limits, in a process group killed at `timeout` seconds. For checks
+        of the outputs in verify() (which runs in a thread: this blocks). Paths are the
+        sandbox's (`task.sandbox_path`). Returns (exit code, output, timed out)."""
+        return asyncio.run(run_process(self._sandbox(task).argv(command), timeout, task.limits))
 
     async def render(self, task: FrameTask) -> RenderResult:
         """Render one frame in the sandbox, with the timeout; never raises for renderer faults."""

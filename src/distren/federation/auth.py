@@ -124,10 +124,24 @@ def check_body(signed_sha256: str, actual_sha256: str) -> None:
         raise Unauthorized("body does not match its signed hash (tampered?)")
 
 
+# The dashboard keeps the client token in this cookie too (set by its script, SameSite=Strict):
+# browsers send no Authorization header with page loads, images and event streams. Only reads
+# (--protect-reads) accept it; changes need the header, which another site cannot make a browser send.
+TOKEN_COOKIE = "distren_token"
+
+
+def bearer_token(authorization: str | None) -> str | None:
+    """The token of an `Authorization: Bearer <token>` header, or None."""
+    scheme, _, token = (authorization or "").partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else None
+
+
+def token_matches(expected: str, presented: str | None) -> bool:
+    """Whether `presented` is the client token (compared in constant time)."""
+    return presented is not None and hmac.compare_digest(presented.encode(), expected.encode())
+
+
 def check_client_token(expected: str | None, authorization: str | None) -> None:
     """Routes that change things need `Authorization: Bearer <token>` when a token is set."""
-    if expected is None:
-        return
-    scheme, _, token = (authorization or "").partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), expected.encode()):
+    if expected is not None and not token_matches(expected, bearer_token(authorization)):
         raise Unauthorized("this server needs a client token: Authorization: Bearer <token>")

@@ -23,9 +23,10 @@ from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 from starlette.requests import ClientDisconnect
 
-from ..errors import BadJob, Conflict, NotFound, TooLarge, Unauthorized
+from ..errors import BadJob, Conflict, NotFound, Unauthorized
 from ..chunks import MAX_CHUNK
 from ..scheduler import with_depends
+from ..server.bodies import body_chunks, small_body
 from ..store.blobs import StreamWriter
 from ..url import MAX_ID, format_url
 from . import auth
@@ -45,30 +46,29 @@ def _target(request: Request) -> str:
     return request.url.path + (f"?{q}" if q else "")
 
 
+def verify_peer(fed, me: str, request: Request, known_only: bool = True) -> tuple[str, str]:
+    """The signed peer's name and body hash; only servers in the peer table are served (hello
+    answers any holder of the secret, so that it can learn a mismatch). 401 otherwise."""
+    if fed is None:
+        raise Unauthorized("this server has no federation secret: peer requests are refused")
+    receiver = None if known_only else auth.ANY_RECEIVER
+    peer, body_sha = fed.verifier.verify(request.method, _target(request), request.headers, receiver)
+    if known_only and peer not in fed.peers.peers:
+        raise Unauthorized(f"server {peer!r} is not a peer of {me!r}")
+    fed.peers.heard_from(peer)
+    return peer, body_sha
+
+
 def create_peer_router(get_core: Callable, get_fed: Callable) -> APIRouter:
     router = APIRouter(prefix="/api/v1/peer", tags=["peer"])
 
     def verify(request: Request, known_only: bool = True) -> tuple[str, str]:
-        """The signed peer's name and body hash; only servers in the peer table are served
-        (hello answers any holder of the secret, so that it can learn a mismatch)."""
-        fed = get_fed()
-        if fed is None:
-            raise Unauthorized("this server has no federation secret: peer requests are refused")
-        receiver = None if known_only else auth.ANY_RECEIVER
-        peer, body_sha = fed.verifier.verify(request.method, _target(request), request.headers, receiver)
-        if known_only and peer not in fed.peers.peers:
-            raise Unauthorized(f"server {peer!r} is not a peer of {get_core().name!r}")
-        fed.peers.heard_from(peer)
-        return peer, body_sha
+        return verify_peer(get_fed(), get_core().name, request, known_only)
 
     async def signed_json(request: Request) -> tuple[str, dict]:
         peer, body_sha = verify(request)
-        body = b""
         try:
-            async for chunk in request.stream():
-                body += chunk
-                if len(body) > MAX_JSON_BYTES:
-                    raise TooLarge(f"peer request body exceeds {MAX_JSON_BYTES} bytes")
+            body = await small_body(request, MAX_JSON_BYTES, get_core().config.body_timeout, "peer request body")
         except ClientDisconnect:
             raise BadJob("the peer went away before its request body arrived") from None
         auth.check_body(body_sha, hashlib.sha256(body).hexdigest())
@@ -152,7 +152,7 @@ def create_peer_router(get_core: Callable, get_fed: Callable) -> APIRouter:
         # fsync in a thread): the event loop serves everyone else meanwhile
         upload = StreamWriter(await asyncio.to_thread(core.blobs.writer, core.config.max_job_bytes))
         try:
-            async for chunk in request.stream():
+            async for chunk in body_chunks(request, core.config.body_timeout):
                 await upload.write(chunk)
             writer = await upload.finish()
         except BaseException:

@@ -11,8 +11,9 @@ import contextlib
 import json
 import logging
 from pathlib import Path
+from urllib.parse import unquote
 
-from fastapi import APIRouter, FastAPI, Query, Request
+from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
@@ -20,10 +21,11 @@ from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__, logs
-from ..errors import BadRequest, DistrenError, NotFound, RequestTimeout, StorageFull, TooLarge
-from ..federation.auth import Verifier, check_client_token, load_secret
+from ..errors import BadRequest, DistrenError, NotFound, StorageFull, TooLarge, Unauthorized
+from ..federation.auth import (H_SIG, TOKEN_COOKIE, Verifier, bearer_token, check_client_token, load_secret,
+                              token_matches)
 from ..federation.peers import PeerClient, PeerError
-from ..federation.routes import BlobFileResponse, create_peer_router
+from ..federation.routes import BlobFileResponse, create_peer_router, verify_peer
 from ..federation.service import Federation, FederationSettings
 from ..events import EventBus
 from ..metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -31,6 +33,7 @@ from ..metrics import ByteCounter
 from ..store.blobs import StreamWriter
 from ..url import MAX_ID, format_url
 from ..web import add_dashboard
+from .bodies import body_chunks, small_body
 from .config import ServerConfig
 from ..scheduler import MAX_PAGE, PAGE
 from .core import Core
@@ -51,10 +54,6 @@ TARBALL_BODY = {
         },
     }
 }
-# A client that stops sending a body for this long is cut off (408): stalled uploads do not
-# hold a connection, a file and a slot of the concurrency limit for ever.
-BODY_STALL_SECONDS = 30.0
-
 TARBALL_RESPONSE = {200: {"content": {"application/x-tar": {}}, "description": "a tarball"}}
 PATCH_BODY = {
     "requestBody": {
@@ -129,8 +128,6 @@ def create_app(config: ServerConfig, core: Core | None = None) -> FastAPI:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         return error_response(exc.status_code, code, str(exc.detail))
 
-    api = APIRouter(prefix="/api/v1")
-
     def core_() -> Core:
         return state["core"]
 
@@ -139,6 +136,28 @@ def create_app(config: ServerConfig, core: Core | None = None) -> FastAPI:
 
     def client_auth(request: Request) -> None:
         check_client_token(token, request.headers.get("authorization"))
+
+    def may_read(request: Request) -> bool:
+        """Whether the request may read: always, unless --protect-reads; then with the client
+        token (header, or the dashboard's cookie: browsers send no header with page loads,
+        images and event streams), or signed by a peer (a query it forwards for a client)."""
+        if not config.protect_reads or token is None:
+            return True
+        if token_matches(token, bearer_token(request.headers.get("authorization"))):
+            return True
+        if token_matches(token, unquote(request.cookies[TOKEN_COOKIE]) if TOKEN_COOKIE in request.cookies else None):
+            return True
+        if H_SIG in request.headers:
+            verify_peer(fed_(), core_().name, request)  # 401 unless a peer signed it
+            return True
+        return False
+
+    def read_auth(request: Request) -> None:
+        if not may_read(request):
+            raise Unauthorized("this server needs a client token for reads too (--protect-reads): "
+                               "Authorization: Bearer <token>")
+
+    api = APIRouter(prefix="/api/v1", dependencies=[Depends(read_auth)])
 
     def peers_json() -> list[dict]:
         fed = fed_()
@@ -197,17 +216,8 @@ def create_app(config: ServerConfig, core: Core | None = None) -> FastAPI:
             if int(length) > c.config.max_job_bytes:
                 raise TooLarge(f"package of {length} bytes exceeds the limit of {c.config.max_job_bytes} bytes")
         upload: StreamWriter | None = None
-        stream = request.stream().__aiter__()
         try:
-            while True:
-                try:
-                    chunk = await asyncio.wait_for(stream.__anext__(), BODY_STALL_SECONDS)
-                except StopAsyncIteration:
-                    break
-                except asyncio.TimeoutError:
-                    raise RequestTimeout(f"no body data for {BODY_STALL_SECONDS} s; upload abandoned") from None
-                if not chunk:  # the stream ends with an empty chunk
-                    continue
+            async for chunk in body_chunks(request, c.config.body_timeout):
                 if upload is None:  # no file for a client that sends nothing
                     upload = StreamWriter(await asyncio.to_thread(c.new_upload))
                 # hashed and written in a thread, a batch at a time, while the next batch arrives
@@ -308,7 +318,7 @@ def create_app(config: ServerConfig, core: Core | None = None) -> FastAPI:
     @api.patch("/jobs/{job}", openapi_extra=PATCH_BODY, summary="Change a job's priority")
     async def patch_job(request: Request, job: int = JobId) -> dict:
         client_auth(request)
-        body = await small_json(request)
+        body = await small_json(request, core_().config.body_timeout)
         unknown = sorted(set(body) - {"priority"})
         if unknown or "priority" not in body:
             raise BadRequest("PATCH takes {\"priority\": -1000..1000}" +
@@ -360,14 +370,15 @@ def create_app(config: ServerConfig, core: Core | None = None) -> FastAPI:
         return {"deleted": format_url(c.name, job)}
 
     @app.get("/metrics", summary="Prometheus metrics (text format); see docs/api.md", tags=["metrics"],
-             responses={200: {"content": {"text/plain": {}}, "description": "the metrics"}})
+             responses={200: {"content": {"text/plain": {}}, "description": "the metrics"}},
+             dependencies=[Depends(read_auth)])
     async def metrics() -> Response:
         body = await asyncio.to_thread(core_().metrics.exposition)
         return Response(body, media_type=METRICS_CONTENT_TYPE)
 
     app.include_router(api)
     app.include_router(create_peer_router(core_, fed_))
-    add_dashboard(app, core_, fed_)
+    add_dashboard(app, core_, fed_, may_read)
     app.add_middleware(ByteCounter, metrics=lambda: state["core"].metrics if "core" in state else None)
     return app
 
@@ -379,13 +390,10 @@ def _metrics_snapshot(core: Core, runner: Runner, fed) -> dict:
             "peers_up": sum(1 for p in peers if p.healthy)}
 
 
-async def small_json(request: Request) -> dict:
-    """A client's JSON object body, at most MAX_JSON_BODY bytes; 400 (413 beyond) otherwise."""
-    body = b""
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > MAX_JSON_BODY:
-            raise TooLarge(f"request body exceeds {MAX_JSON_BODY} bytes")
+async def small_json(request: Request, stall: float) -> dict:
+    """A client's JSON object body, at most MAX_JSON_BODY bytes; 400 (413 beyond, 408 when it
+    stalls for `stall` seconds) otherwise."""
+    body = await small_body(request, MAX_JSON_BODY, stall)
     try:
         data = json.loads(body)
     except (ValueError, RecursionError):

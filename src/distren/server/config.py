@@ -116,6 +116,9 @@ class ServerConfig(BaseModel):
     header_timeout: float = setting(
         10.0, "seconds a client may take to send a request's head; silent and slow clients are disconnected",
         **SECONDS)
+    body_timeout: float = setting(
+        30.0, "seconds a request body may go without data: package uploads, a peer's frame outputs and every other "
+              "body (client or peer JSON); then 408 `request_timeout` and the upload is dropped", **SECONDS)
     peers: dict[str, str] = setting(
         help="a peer server (`--peer NAME=URL`, repeatable; in `--config` a `[peers]` table of `NAME = \"URL\"`; "
              "`DISTREN_PEERS` a JSON object); only the servers listed may use this server's peer routes",
@@ -126,6 +129,12 @@ class ServerConfig(BaseModel):
     client_token_file: Path | None = setting(
         None, "when set, every request that changes something (submit, priority, pause, resume, cancel, retry, "
               "delete, drain) needs `Authorization: Bearer <token>`", shown="none", metavar="PATH")
+    # reads behind the token too (docs/security.md: why it is off by default)
+    protect_reads: bool = setting(
+        False, "with `--client-token-file` (refused without it): reads need the token too: status, frames, logs, "
+               "outputs, previews, bundles, events, metrics, the dashboard's data (its pages take the token as a "
+               "cookie); peers read with their signatures ([docs/api.md](docs/api.md#the-client-token); why off by "
+               "default: [docs/security.md](docs/security.md#authentication))", shown="off")
     lease_seconds: float = setting(
         60.0, "length of the leases on this server's frames, for its own slots and for peers; a lease not "
               "renewed expires and the frame is ready again", **SECONDS)
@@ -203,6 +212,12 @@ class ServerConfig(BaseModel):
         from ..federation.peers import parse_peer
 
         return dict(_checked(parse_peer, f"{name}={url}") for name, url in value.items())
+
+    @model_validator(mode="after")
+    def _reads_need_a_token(self) -> "ServerConfig":
+        if self.protect_reads and self.client_token_file is None:
+            raise ValueError("protect_reads (--protect-reads) needs a client token (--client-token-file)")
+        return self
 
     @model_validator(mode="after")
     def _heartbeat_below_lease(self) -> "ServerConfig":

@@ -19,7 +19,7 @@ import html
 from pathlib import Path
 from typing import Callable
 
-from fastapi import APIRouter, FastAPI
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 
@@ -84,8 +84,11 @@ def _job_page(server: str, api: str, live: bool, job: int, controls: bool) -> HT
                  content)
 
 
-def add_dashboard(app: FastAPI, get_core: Callable, get_fed: Callable) -> None:
-    """The pages (not part of the API's OpenAPI document) and the static files."""
+def add_dashboard(app: FastAPI, get_core: Callable, get_fed: Callable,
+                  may_read: Callable[[Request], bool] = lambda request: True) -> None:
+    """The pages (not part of the API's OpenAPI document) and the static files. A request that
+    may not read (`may_read`: --protect-reads without the client token) gets the page without
+    any data in it, so that the token can be entered; the script then reads through the API."""
     router = APIRouter(include_in_schema=False)
 
     def check_job(job: int) -> None:
@@ -99,27 +102,29 @@ def add_dashboard(app: FastAPI, get_core: Callable, get_fed: Callable) -> None:
         return check_server_name(name)
 
     @router.get("/", response_class=HTMLResponse)
-    async def jobs_page() -> HTMLResponse:
+    async def jobs_page(request: Request) -> HTMLResponse:
         core = get_core()
-        return _jobs_page(f"Jobs of {core.name}", core.name, "/api/v1", True, "/jobs/", core.scheduler.jobs(), True)
+        jobs = core.scheduler.jobs() if may_read(request) else None
+        return _jobs_page(f"Jobs of {core.name}", core.name, "/api/v1", True, "/jobs/", jobs, True)
 
     @router.get("/jobs/{job}", response_class=HTMLResponse)
-    async def job_page(job: int) -> HTMLResponse:
+    async def job_page(request: Request, job: int) -> HTMLResponse:
         check_job(job)
         core = get_core()
-        core.scheduler.job(job)   # 404 for no such job
+        if may_read(request):
+            core.scheduler.job(job)   # 404 for no such job
         return _job_page(core.name, "/api/v1", True, job, True)
 
     @router.get("/servers/{name}", response_class=HTMLResponse)
-    async def peer_jobs_page(name: str) -> HTMLResponse:
-        name = peer(name)
+    async def peer_jobs_page(request: Request, name: str) -> HTMLResponse:
+        name = peer(name) if may_read(request) else check_server_name(name)
         return _jobs_page(f"Jobs of {name} (a peer)", get_core().name, f"/api/v1/servers/{name}", False,
                           f"/servers/{name}/jobs/", None, False)
 
     @router.get("/servers/{name}/jobs/{job}", response_class=HTMLResponse)
-    async def peer_job_page(name: str, job: int) -> HTMLResponse:
+    async def peer_job_page(request: Request, name: str, job: int) -> HTMLResponse:
         check_job(job)
-        name = peer(name)
+        name = peer(name) if may_read(request) else check_server_name(name)
         return _job_page(get_core().name, f"/api/v1/servers/{name}", False, job, False)
 
     app.include_router(router)

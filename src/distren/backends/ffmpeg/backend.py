@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 from pathlib import Path
 
 from ...errors import BadSettings, DistrenError
-from ..base import Backend, FrameTask, probe_version
+from ..base import Backend, FrameTask, exit_reason, probe_version
 from ..sandbox import OUT_DIR
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".tga", ".exr", ".ppm")
@@ -28,6 +27,7 @@ CODECS = {
 SETTINGS = ("codec", "fps", "crf", "name")
 SEQUENCE = "_sequence"
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+PROBE_TIMEOUT = 120  # seconds ffprobe may take to count the video's frames
 
 
 def video_settings(settings: dict[str, str]) -> dict:
@@ -106,17 +106,24 @@ class FfmpegBackend(Backend):
         ]
 
     def verify(self, task: FrameTask, outputs: list[Path]) -> str | None:
-        """The video has exactly one frame per input frame."""
+        """The video has exactly one frame per input frame. ffprobe reads the video, which
+        ffmpeg made from the job's images: it runs in the frame's sandbox, under the render's
+        limits, with its own timeout."""
         expected = len(task.depends)
         video = outputs[0]
+        rc, log, timed_out = self.run_sandboxed(task, [
+            "ffprobe", "-v", "error", "-count_packets", "-select_streams", "v:0",
+            "-show_entries", "stream=nb_read_packets", "-of", "json", task.sandbox_path(video),
+        ], PROBE_TIMEOUT)
         try:
-            probe = subprocess.run(
-                ["ffprobe", "-v", "error", "-count_packets", "-select_streams", "v:0",
-                 "-show_entries", "stream=nb_read_packets", "-of", "json", str(video)],
-                capture_output=True, text=True, timeout=120,
-            )
-            count = int(json.loads(probe.stdout)["streams"][0]["nb_read_packets"])
-        except (OSError, subprocess.TimeoutExpired, ValueError, KeyError, IndexError) as exc:
+            if timed_out:
+                raise ValueError(f"ffprobe timed out after {PROBE_TIMEOUT} s")
+            if rc != 0:  # its message: the last line that is not part of the JSON
+                raise ValueError(next((line.strip() for line in reversed(log.splitlines())
+                                       if line.strip() and line.strip()[0] not in '{}[]"'),
+                                      f"ffprobe failed ({exit_reason(rc)})"))
+            count = int(json.loads(log[log.index("{"): log.rindex("}") + 1])["streams"][0]["nb_read_packets"])
+        except (ValueError, KeyError, IndexError, TypeError) as exc:
             return f"cannot count the frames of {video.name}: {exc}"
         if count != expected:
             return f"{video.name} has {count} frames, expected {expected}"

@@ -79,11 +79,25 @@ function liveBadge(on) {
   b.className = "live " + (on ? "on" : "off");
 }
 
-// the token field in the header
+// The client token, for a server started with --client-token-file: kept in local storage and
+// sent as "Authorization: Bearer" with every API call; also kept in the cookie distren_token
+// (SameSite=Strict), which is how a server with --protect-reads lets the page's images and its
+// event stream through (browsers send no headers with those). The server accepts the cookie for
+// reads only, never for changes.
+function tokenCookie() {
+  const t = token();
+  document.cookie = "distren_token=" + encodeURIComponent(t) + "; Path=/; SameSite=Strict" +
+    (t ? "; Max-Age=31536000" : "; Max-Age=0") + (location.protocol === "https:" ? "; Secure" : "");
+}
+tokenCookie();
 const tokenField = document.getElementById("token");
 if (tokenField) {
   tokenField.value = token();
-  tokenField.addEventListener("change", () => localStorage.setItem("distren-token", tokenField.value.trim()));
+  tokenField.addEventListener("change", () => {
+    localStorage.setItem("distren-token", tokenField.value.trim());
+    tokenCookie();
+    refollow();     // a stream refused without the token is opened again, the page read again
+  });
 }
 
 // -- the jobs page ------------------------------------------------------------------------
@@ -222,20 +236,30 @@ async function act(what, options) {
 }
 
 // -- live updates -------------------------------------------------------------------------
+let following = null;   // follow()'s handlers
+let source = null;      // the event stream
 function follow(onJob, onFrame, onRemoved, onReset) {
+  following = [onJob, onFrame, onRemoved, onReset];
   if (!LIVE) {
     setInterval(onReset, 2000);
     liveBadge(false);
     return;
   }
   const url = API + "/events" + (JOB != null ? "?job=" + JOB : "");
-  const source = new EventSource(url);
+  source = new EventSource(url);
   source.onopen = () => liveBadge(true);
   source.onerror = () => liveBadge(false);      // EventSource reconnects by itself (Last-Event-ID)
   source.addEventListener("job", e => onJob(JSON.parse(e.data)));
   source.addEventListener("frame", e => onFrame(JSON.parse(e.data)));
   source.addEventListener("job_removed", e => onRemoved(JSON.parse(e.data)));
   source.addEventListener("reset", () => onReset());
+}
+function refollow() {
+  if (!following) return;
+  const [onJob, onFrame, onRemoved, onReset] = following;
+  if (source) { source.close(); follow(onJob, onFrame, onRemoved, onReset); }
+  say("");
+  onReset();
 }
 
 async function main() {
