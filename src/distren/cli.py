@@ -189,6 +189,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--peer-timeout", type=_positive_float,
                    help="a peer not heard from for this long is asked how it is (15)")
 
+    p = sub.add_parser("worker", help="render frames of home servers (no jobs, no HTTP of its own); exits when idle")
+    p.add_argument("--home", action="append", required=True, metavar="URL",
+                   help="a home server, http://HOST:PORT or NAME=http://HOST:PORT (repeatable)")
+    p.add_argument("--secret-file", type=Path, required=True, help="file holding the farm's federation secret")
+    p.add_argument("--name", help="this worker's name, [A-Za-z0-9][A-Za-z0-9._-]* (default: HOST-PID); frames "
+                                  "it renders show worker:NAME as rendered_by")
+    p.add_argument("--idle-exit", type=_positive_float, default=60.0,
+                   help="exit after this many seconds without a render (60)")
+    p.add_argument("--slots", type=_positive_int, help="concurrent renders (default: cores)")
+    p.add_argument("--data", type=Path, help="folder for the seed cache and renders (default: a temporary folder, "
+                                             "removed at exit)")
+    p.add_argument("--claim-backoff-max", type=_positive_float, default=5.0,
+                   help="longest wait before asking a home that had no work again (5)")
+
     p = sub.add_parser("peers", help="a server's peers and their health")
     server_opt(p)
 
@@ -469,6 +483,15 @@ def cmd_peers(args) -> int:
     return EXIT_OK
 
 
+def cmd_worker(args) -> int:
+    from .worker import WorkerSettings, default_name, run_worker
+
+    run_worker(WorkerSettings(
+        homes=args.home, secret_file=args.secret_file, name=args.name or default_name(), idle_exit=args.idle_exit,
+        slots=args.slots or usable_cores(), data=args.data, claim_backoff_max=args.claim_backoff_max))
+    return EXIT_OK
+
+
 def cmd_render(args) -> int:
     from .render import render
 
@@ -499,6 +522,7 @@ COMMANDS = {
     "completion": cmd_completion,
     "blender-addon": cmd_blender_addon,
     "priority": cmd_priority, "pause": cmd_pause, "resume": cmd_resume, "drain": cmd_drain,
+    "worker": cmd_worker,
 }
 
 

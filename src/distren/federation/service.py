@@ -18,8 +18,9 @@ from ..liveness import RendererView
 from ..scheduler import Lease
 from ..store.blobs import Blob, StreamWriter
 from ..url import DistrenURL, parse_url
+from .auth import is_worker
 from .pacing import Announcer, ClaimPacer, no_work_retry_after
-from .peers import PeerClient, PeerError
+from .peers import Peer, PeerClient, PeerError
 
 log = logging.getLogger("distren.federation")
 
@@ -60,6 +61,8 @@ CHASE_FRONTIERS = 50
 CHASE_BATCH = 100
 # URLs taken from one frontier answer.
 FRONTIER_LIMIT = 2000
+# A render-only worker (`worker:NAME`) not heard from for this long is forgotten.
+WORKER_FORGET = 600.0
 
 
 class Federation:
@@ -79,6 +82,12 @@ class Federation:
         # dependency (server, job, frame) -> [checks answered 'waiting' in a row, last chase]
         self._waits: dict[tuple[str, int, int], list] = {}
         self._chasing: dict[str, asyncio.Task] = {}   # peer -> its chase batch
+        # render-only workers that claimed from this server (no peer table entry): name ->
+        # health as for a peer (last contact, backends), for liveness and GET /server
+        self.workers: dict[str, Peer] = {}
+        # renderers that are not peers nor workers yet, such as the Slurm executor's next
+        # worker jobs (slurm.py): their views count for liveness
+        self.extra_views: list = []
 
     # -- background loops ----------------------------------------------------------------
     def start(self) -> None:
@@ -276,8 +285,32 @@ class Federation:
 
     # -- health --------------------------------------------------------------------------
     def renderer_views(self) -> list[RendererView]:
-        return [RendererView(p.name, p.backends, p.down_since is None, p.down_since)
-                for p in self.peers.peers.values()]
+        """The peers, the workers heard from (up when heard within `peer_timeout`) and the
+        renderers still to come (extra_views), as the liveness check sees them."""
+        now = time.time()
+        views = [RendererView(p.name, p.backends, p.down_since is None, p.down_since)
+                 for p in self.peers.peers.values()]
+        for w in self.live_workers(now):
+            up = (w.last_contact or 0) > now - self.settings.peer_timeout
+            views.append(RendererView(w.name, w.backends, up, None if up else w.last_contact))
+        return views + [view() for view in self.extra_views]
+
+    def worker_heard(self, name: str, backends: list[str] | None = None) -> None:
+        """A signed request of a render-only worker: remember it (and what it renders)."""
+        worker = self.workers.get(name)
+        if worker is None:
+            self.live_workers(time.time())   # forgets the long gone ones: the table does not grow
+            worker = self.workers[name] = Peer(name, "", verified=True)
+        worker.last_contact = time.time()
+        if backends is not None:
+            PeerClient.learn_backends(worker, backends)
+
+    def live_workers(self, now: float) -> list[Peer]:
+        """The workers heard from within WORKER_FORGET; the others are forgotten."""
+        gone = [n for n, w in self.workers.items() if (w.last_contact or 0) < now - WORKER_FORGET]
+        for name in gone:
+            del self.workers[name]
+        return list(self.workers.values())
 
     async def probe_peers(self, local_backends: set[str]) -> None:
         """When this server has ready frames its own slots cannot render, the peers not heard
@@ -352,10 +385,12 @@ class Federation:
         return more
 
     def no_work_answer(self, peer: str) -> float:
-        """This server turns a claiming peer away: remember to tell it when work comes;
-        returns the wait to ask of it (seconds)."""
-        self.announcer.turned_away(peer)
-        return no_work_retry_after(len(self.peers.peers), self.settings.idle_claims_per_second)
+        """This server turns a claiming peer away: remember to tell it when work comes (not a
+        worker: it serves nothing and is never asked for work); returns the wait to ask of it
+        (seconds): the empty-claim budget shared by the peers and the workers."""
+        if not is_worker(peer):
+            self.announcer.turned_away(peer)
+        return no_work_retry_after(len(self.peers.peers) + len(self.workers), self.settings.idle_claims_per_second)
 
     def work_appeared(self) -> None:
         """Frames became ready here: tell the peers that were turned away (at most once per
