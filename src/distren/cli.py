@@ -189,6 +189,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--peer-timeout", type=_positive_float,
                    help="a peer not heard from for this long is asked how it is (15)")
 
+    p.add_argument("--slurm", action="store_true", default=None,
+                   help="submit worker jobs with sbatch while ready frames wait and no slot is free (docs/slurm.md)")
+    p.add_argument("--slurm-partition", help="partition of the worker jobs (default: the cluster's)")
+    p.add_argument("--slurm-account", help="account of the worker jobs (default: yours)")
+    p.add_argument("--slurm-max-jobs", type=_positive_int, help="most worker jobs at once (10)")
+    p.add_argument("--slurm-time", help="time limit of a worker job, as sbatch --time takes it (default: the partition's)")
+    p.add_argument("--slurm-option", action="append", metavar="OPTION",
+                   help="another sbatch option for the worker jobs, e.g. --slurm-option=--mem=4G (repeatable)")
+    p.add_argument("--slurm-worker-slots", type=_positive_int, help="renders per worker job, its --cpus-per-task (1)")
+    p.add_argument("--slurm-idle-exit", type=_positive_float, help="a worker job ends after this many idle seconds (60)")
+    p.add_argument("--slurm-url", help="URL the worker jobs reach this server at (default: http://<--listen>)")
+    p.add_argument("--slurm-secret-file", type=Path,
+                   help="the federation secret's path on the nodes, a shared file system (default: in the batch script)")
+    p.add_argument("--slurm-worker-command",
+                   help="command that runs distren on the nodes (default: this Python with -m distren.cli)")
+    p.add_argument("--slurm-poll-seconds", type=_positive_float,
+                   help="how often squeue is asked while there are worker jobs or work (5)")
+
     p = sub.add_parser("worker", help="render frames of home servers (no jobs, no HTTP of its own); exits when idle")
     p.add_argument("--home", action="append", required=True, metavar="URL",
                    help="a home server, http://HOST:PORT or NAME=http://HOST:PORT (repeatable)")
@@ -314,13 +332,25 @@ def cmd_status(args) -> int:
         s = data["server"]
         head = f"{s['url']}" + (f"  distren {s['version']}  slots {s['slots']}" if "version" in s else "")
         text = "\n".join([head]
-                         + [_job_line(j) for j in data["jobs"]])
+                         + [_job_line(j) for j in data["jobs"]] + _slurm_lines(s.get("slurm")))
     elif "frame" in data:
         text = _frame_text(data)
     else:
         text = _job_line(data)
     _print(args, data, text)
     return EXIT_OK
+
+
+def _slurm_lines(slurm: dict | None) -> list[str]:
+    """The Slurm executor's worker jobs, for `distren status` of a server."""
+    if not slurm:
+        return []
+    lines = [f"slurm: {len(slurm['jobs'])} worker jobs (at most {slurm['max_jobs']}), {slurm['submitted']} submitted"
+             + (f"  ({slurm['last_error']})" if slurm.get("last_error") else "")]
+    for job in slurm["jobs"]:
+        lines.append(f"  slurm job {job['id']:<8} {job['state']:<11} {job['worker']}  frames leased {job['leases']}"
+                     + (f"  ({job['reason']})" if job.get("reason") not in (None, "", "None") else ""))
+    return lines
 
 
 def cmd_download(args) -> int:
@@ -386,6 +416,9 @@ SERVE_DEFAULTS = {
     "render_memory": 16 * 1024**3, "render_file_size": 16 * 1024**3, "render_cpu_seconds": None,
     "render_processes": 4096, "header_timeout": 10.0, "retry_elsewhere_seconds": 30.0,
     "remote_dep_timeout": 3600.0, "idle_claims_per_second": 20.0, "peer_timeout": 15.0,
+    "slurm": False, "slurm_partition": None, "slurm_account": None, "slurm_max_jobs": 10, "slurm_time": None,
+    "slurm_option": [], "slurm_worker_slots": 1, "slurm_idle_exit": 60.0, "slurm_url": None,
+    "slurm_secret_file": None, "slurm_worker_command": None, "slurm_poll_seconds": 5.0,
 }
 
 
@@ -466,6 +499,12 @@ def _server_config(s: dict, path):
         header_timeout=float(s["header_timeout"]), retry_elsewhere=float(s["retry_elsewhere_seconds"]),
         remote_dep_timeout=float(s["remote_dep_timeout"]), idle_claims_per_second=float(s["idle_claims_per_second"]),
         peer_timeout=float(s["peer_timeout"]),
+        slurm=bool(s["slurm"]), slurm_partition=s["slurm_partition"], slurm_account=s["slurm_account"],
+        slurm_max_jobs=int(s["slurm_max_jobs"]), slurm_time=s["slurm_time"],
+        slurm_options=[str(o) for o in s["slurm_option"]], slurm_worker_slots=int(s["slurm_worker_slots"]),
+        slurm_idle_exit=float(s["slurm_idle_exit"]), slurm_url=s["slurm_url"],
+        slurm_secret_file=path(s["slurm_secret_file"]), slurm_worker_command=s["slurm_worker_command"],
+        slurm_poll_seconds=float(s["slurm_poll_seconds"]),
     )
 
 

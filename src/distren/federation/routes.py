@@ -125,6 +125,8 @@ def create_peer_router(get_core: Callable, get_fed: Callable) -> APIRouter:
             wait = fed.no_work_answer(peer)
             return Response(status_code=204, headers={"Retry-After": f"{wait:.1f}"})
         fed.announcer.served(peer)
+        if auth.is_worker(peer):
+            fed.worker_heard(peer, leased=True)
         data = lease.to_json(fed.settings.lease_seconds)
         data["chunk"], data["ready"] = core.scheduler.chunk_request(lease.job)   # hints for the peer's chunk
         # an encode frame's lease names every frame's output: encoded in a thread

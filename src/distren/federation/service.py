@@ -84,7 +84,7 @@ class Federation:
         self._chasing: dict[str, asyncio.Task] = {}   # peer -> its chase batch
         # render-only workers that claimed from this server (no peer table entry): name ->
         # health as for a peer (last contact, backends), for liveness and GET /server
-        self.workers: dict[str, Peer] = {}
+        self.workers: dict[str, WorkerPeer] = {}
         # renderers that are not peers nor workers yet, such as the Slurm executor's next
         # worker jobs (slurm.py): their views count for liveness
         self.extra_views: list = []
@@ -295,17 +295,19 @@ class Federation:
             views.append(RendererView(w.name, w.backends, up, None if up else w.last_contact))
         return views + [view() for view in self.extra_views]
 
-    def worker_heard(self, name: str, backends: list[str] | None = None) -> None:
-        """A signed request of a render-only worker: remember it (and what it renders)."""
+    def worker_heard(self, name: str, backends: list[str] | None = None, leased: bool = False) -> None:
+        """A signed request of a render-only worker: remember it, what it renders and whether
+        it was given a frame."""
         worker = self.workers.get(name)
         if worker is None:
             self.live_workers(time.time())   # forgets the long gone ones: the table does not grow
-            worker = self.workers[name] = Peer(name, "", verified=True)
+            worker = self.workers[name] = WorkerPeer(name, "", verified=True)
         worker.last_contact = time.time()
+        worker.leases += leased
         if backends is not None:
             PeerClient.learn_backends(worker, backends)
 
-    def live_workers(self, now: float) -> list[Peer]:
+    def live_workers(self, now: float) -> list["WorkerPeer"]:
         """The workers heard from within WORKER_FORGET; the others are forgotten."""
         gone = [n for n, w in self.workers.items() if (w.last_contact or 0) < now - WORKER_FORGET]
         for name in gone:
@@ -540,6 +542,17 @@ class Federation:
                     raise
                 await asyncio.sleep(delay)
                 delay = min(5.0, delay * 2)
+
+
+@dataclass
+class WorkerPeer(Peer):
+    """A render-only worker as its home knows it: a peer's health, and the leases it was given."""
+
+    leases: int = 0
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "last_contact": self.last_contact, "leases": self.leases,
+                "backends": None if self.backends is None else sorted(self.backends)}
 
 
 def lease_from_json(data: dict, owner: str) -> Lease:

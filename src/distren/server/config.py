@@ -75,6 +75,20 @@ class ServerConfig:
 
     # When set, submit, cancel, retry and delete need "Authorization: Bearer <token>".
     client_token_file: Path | None = None
+    # The Slurm executor (slurm.py, docs/slurm.md): worker jobs submitted with sbatch while
+    # ready frames wait and no slot is free, at most slurm_max_jobs at once.
+    slurm: bool = False
+    slurm_partition: str | None = None
+    slurm_account: str | None = None
+    slurm_max_jobs: int = 10
+    slurm_time: str | None = None              # sbatch --time, e.g. "1:00:00"
+    slurm_options: list[str] = field(default_factory=list)   # more sbatch options, after ours
+    slurm_worker_slots: int = 1                # renders per worker job (its --cpus-per-task)
+    slurm_idle_exit: float = 60.0              # a worker job ends after this long without work
+    slurm_url: str | None = None               # how worker jobs reach this server (default: --listen)
+    slurm_secret_file: Path | None = None      # the secret's path on the nodes (a shared file system)
+    slurm_worker_command: str | None = None    # default: this Python's `-m distren.cli`
+    slurm_poll_seconds: float = 5.0            # how often squeue is asked (only while there is work or jobs)
 
     def __post_init__(self) -> None:
         """Settings that would break liveness are refused (also from a config file)."""
@@ -88,6 +102,15 @@ class ServerConfig:
         if self.heartbeat_seconds is not None and not 0 < self.heartbeat_seconds < self.lease_seconds:
             raise DistrenError(f"heartbeat-seconds must be > 0 and below lease-seconds ({self.lease_seconds}),"
                                f" got {self.heartbeat_seconds!r}")
+        if self.slurm:
+            if not isinstance(self.slurm_max_jobs, int) or self.slurm_max_jobs < 1:
+                raise DistrenError(f"slurm-max-jobs must be a whole number >= 1, got {self.slurm_max_jobs!r}")
+            if not isinstance(self.slurm_worker_slots, int) or self.slurm_worker_slots < 1:
+                raise DistrenError(f"slurm-worker-slots must be a whole number >= 1, got {self.slurm_worker_slots!r}")
+            for key in ("slurm_idle_exit", "slurm_poll_seconds"):
+                value = getattr(self, key)
+                if not isinstance(value, (int, float)) or not 0 < value < float("inf"):
+                    raise DistrenError(f"{key.replace('_', '-')} must be a number of seconds > 0, got {value!r}")
         if not 0 <= self.retry_elsewhere < float("inf"):
             raise DistrenError(f"retry-elsewhere-seconds must be >= 0, got {self.retry_elsewhere!r}")
 

@@ -149,6 +149,11 @@ def serve(config: ServerConfig, listen: str) -> None:
         load_secret(config.federation_secret_file)
     elif config.peers:
         raise DistrenError("--peer needs --federation-secret-file")
+    if config.slurm:
+        from .slurm import check_slurm, default_url
+
+        config.slurm_url = (config.slurm_url or default_url(host, port)).rstrip("/")
+        check_slurm(config)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     server = DistrenServer(uvicorn_config(create_app(config), config.header_timeout, host=host, port=port))
     logging.getLogger("distren.server").info("server %s listening on http://%s:%d", config.name, host, port)
