@@ -102,7 +102,7 @@ def test_worker_renders_a_job_and_exits_when_idle(tmp_path):
                                              "--claim-backoff-max", "0.3"],
                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         try:
-            job = s.client().wait("distren://alpha/1")
+            job = s.client().wait("distren://alpha/1", timeout=120)
             done = time.monotonic()
             assert worker.wait(timeout=30) == 0
         finally:
