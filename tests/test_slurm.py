@@ -137,14 +137,15 @@ def test_a_cancelled_worker_job_loses_no_frame(slurm, tmp_path):
 
 
 def test_server_stop_cancels_its_worker_jobs(slurm, tmp_path):
-    s = home(tmp_path, slurm, ["--slurm-max-jobs", "2"])
+    # workers that would idle for a minute: only scancel ends them soon
+    s = home(tmp_path, slurm, ["--slurm-max-jobs", "2", "--slurm-idle-exit", "60"])
     try:
         _, pkg = package(tmp_path, 5, "--width", "800", "--height", "600", "--antialias", "0.01")
         assert run_cli("submit", str(pkg), "--server", s.url).returncode == 0
         wait_for(lambda: any(line.endswith("RUNNING") for line in squeue(slurm)), 60, "a running worker job")
     finally:
         s.stop()
-    wait_for(lambda: not squeue(slurm), 20, "scancel of the worker jobs")
+    wait_for(lambda: not squeue(slurm), 10, "scancel of the worker jobs")
 
 
 def test_bad_slurm_settings_stop_the_server_at_start_up(slurm, tmp_path):
