@@ -171,10 +171,10 @@ class SlurmExecutor:
                 log.error("could not cancel the worker jobs %s: %s", ", ".join(sorted(self.jobs)), exc.message)
 
     def renderer_view(self) -> RendererView:
-        """The worker jobs still to come, for liveness: a renderer of this server's backends
-        that is never blocklisted (each job is a new worker) and is up unless submissions are held."""
+        """The worker jobs still to come, for liveness: a renderer of every backend this server
+        knows (installed here or not) that is never blocklisted (each job is a new worker) and is up unless submissions are held."""
         held = time.time() < self.held_until
-        return RendererView(f"slurm:{self.core.name}", frozenset(self.core.available_backends()), not held,
+        return RendererView(f"slurm:{self.core.name}", frozenset(self.core.backends), not held,
                             why="Slurm worker jobs ended without taking frames: submissions held" if held else None)
 
     def to_json(self) -> dict:
@@ -198,11 +198,12 @@ class SlurmExecutor:
 
     def _ready(self) -> int:
         """Ready frames that no free slot of this server will take, counted up to what the
-        worker jobs could use."""
+        worker jobs could use (held frames of paused jobs do not count)."""
         runner = self.runner
         free = 0 if runner.draining or not runner.slots else max(0, runner.concurrency.limit - runner.concurrency.rendering)
         cap = self.config.slurm_max_jobs * self.config.slurm_worker_slots + free
-        return max(0, self.core.scheduler.ready_count(self.core.available_backends(), cap) - free)
+        # every backend the server knows: the nodes may have a renderer this host lacks
+        return max(0, self.core.scheduler.ready_count(list(self.core.backends), cap) - free)
 
     async def tick(self) -> int:
         """Ask squeue (when there are jobs or work), then submit the jobs the waiting frames
