@@ -130,7 +130,7 @@ class Worker:
             log.info("worker %s: rendering for %s with %d slots; exits after %g s idle", s.name,
                      ", ".join(f"{n} ({u})" for n, u in homes.items()), s.slots, s.idle_exit)
             await runner.start()
-            await self._until_idle(runner)
+            await self._until_idle(runner, fed)
         finally:
             if runner is not None:
                 await runner.stop()   # renders under way are stopped and handed back (interrupted)
@@ -143,12 +143,15 @@ class Worker:
             if tmp is not None:
                 tmp.cleanup()
 
-    async def _until_idle(self, runner) -> None:
+    async def _until_idle(self, runner, fed) -> None:
+        """Idle: no render, no lease since, and at least one claim answered (a slow first
+        answer, on a loaded machine, is not idleness)."""
         idle_since = time.monotonic()
         while not self.stopping.is_set():
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self.stopping.wait(), IDLE_CHECK)
-            if runner.concurrency.rendering:
+            idle_since = max(idle_since, fed.last_lease)
+            if runner.concurrency.rendering or not fed.claims_answered:
                 idle_since = time.monotonic()
             elif time.monotonic() - idle_since >= self.settings.idle_exit:
                 log.info("worker %s: idle for %g s, exiting", self.settings.name, self.settings.idle_exit)

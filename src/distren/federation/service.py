@@ -88,6 +88,9 @@ class Federation:
         # renderers that are not peers nor workers yet, such as the Slurm executor's next
         # worker jobs (slurm.py): their views count for liveness
         self.extra_views: list = []
+        # claims answered (any outcome) and when the last lease came: a worker's idleness
+        self.claims_answered = 0
+        self.last_lease = float("-inf")
 
     # -- background loops ----------------------------------------------------------------
     def start(self) -> None:
@@ -352,9 +355,11 @@ class Federation:
                 resp = await self.peers.request(name, "POST", "/api/v1/peer/claim", json={"backends": backends},
                                                 timeout=CLAIM_TIMEOUT)
             except PeerError as exc:
+                self.claims_answered += 1
                 self.pacer.failed(name, time.monotonic())
                 log.debug("claim from %s failed: %s", name, exc.message)
                 continue
+            self.claims_answered += 1
             if resp.status_code == 204:
                 self.pacer.no_work(name, time.monotonic(), _retry_after(resp))
                 continue
@@ -365,6 +370,7 @@ class Federation:
                 self.pacer.no_work(name, time.monotonic())
                 continue
             self.pacer.got_work(name)
+            self.last_lease = time.monotonic()
             return name, lease
         return None
 
