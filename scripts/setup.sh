@@ -2,7 +2,7 @@
 # Installs what distren needs on Debian: POV-Ray, Blender, ffmpeg and bubblewrap (apt, only
 # when missing), a virtual environment in .venv with distren and its Python dependencies (and
 # test tools with --test: chromium, chromium-driver, zsh and povray-examples from apt, pytest, selenium and the rest
-# from PyPI). Safe to run again.
+# from PyPI; slurm-wlm and munge from apt for the Slurm tests). Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,6 +20,10 @@ if [ "${1:-}" = "--test" ]; then
     command -v zsh >/dev/null 2>&1 || need+=(zsh)
     # POV-Ray's own sample animations: tests/test_povray_ini.py plans every one of them
     [ -d /usr/share/doc/povray/examples/animations ] || need+=(povray-examples)
+    # the Slurm executor's tests: a one-node cluster (scripts/slurm-cluster.sh)
+    command -v sbatch >/dev/null 2>&1 || need+=(slurm-wlm)
+    command -v slurmctld >/dev/null 2>&1 || need+=(slurm-wlm)
+    command -v munged >/dev/null 2>&1 || need+=(munge)
 fi
 if [ ${#need[@]} -gt 0 ]; then
     mapfile -t need < <(printf '%s\n' "${need[@]}" | sort -u)

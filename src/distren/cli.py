@@ -34,14 +34,22 @@ def _chunk_arg(text: str) -> int:
     return value
 
 
-def _non_negative_float(text: str) -> float:
+def _seconds(text: str, zero: bool) -> float:
     try:
         value = float(text)
     except ValueError:
         value = float("nan")
-    if not 0 <= value < float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a number of seconds >= 0, got {text!r}")
+    if not (0 <= value if zero else 0 < value) or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number of seconds {'>=' if zero else '>'} 0, got {text!r}")
     return value
+
+
+def _non_negative_float(text: str) -> float:
+    return _seconds(text, zero=True)
+
+
+def _positive_float(text: str) -> float:
+    return _seconds(text, zero=False)
 
 
 def _priority_arg(text: str) -> int:
@@ -163,6 +171,20 @@ def build_parser(serve_flags: bool = True) -> argparse.ArgumentParser:
         from .server.settings import add_flags
 
         add_flags(p)
+
+    p = sub.add_parser("worker", help="render frames of home servers (no jobs, no HTTP of its own); exits when idle")
+    p.add_argument("--home", action="append", required=True, metavar="URL",
+                   help="a home server, http://HOST:PORT or NAME=http://HOST:PORT (repeatable)")
+    p.add_argument("--secret-file", type=Path, required=True, help="file holding the farm's federation secret")
+    p.add_argument("--name", help="this worker's name, [A-Za-z0-9][A-Za-z0-9._-]* (default: HOST-PID); frames "
+                                  "it renders show worker:NAME as rendered_by")
+    p.add_argument("--idle-exit", type=_positive_float, default=60.0,
+                   help="exit after this many seconds without a render (60)")
+    p.add_argument("--slots", type=_positive_int, help="concurrent renders (default: cores)")
+    p.add_argument("--data", type=Path, help="folder for the seed cache and renders (default: a temporary folder, "
+                                             "removed at exit)")
+    p.add_argument("--claim-backoff-max", type=_positive_float, default=5.0,
+                   help="longest wait before asking a home that had no work again (5)")
 
     p = sub.add_parser("peers", help="a server's peers and their health")
     server_opt(p)
@@ -292,13 +314,25 @@ def cmd_status(args) -> int:
         s = data["server"]
         head = f"{s['url']}" + (f"  distren {s['version']}  slots {s['slots']}" if "version" in s else "")
         text = "\n".join([head]
-                         + [_job_line(j) for j in data["jobs"]])
+                         + [_job_line(j) for j in data["jobs"]] + _slurm_lines(s.get("slurm")))
     elif "frame" in data:
         text = _frame_text(data)
     else:
         text = _job_line(data)
     _print(args, data, text)
     return EXIT_OK
+
+
+def _slurm_lines(slurm: dict | None) -> list[str]:
+    """The Slurm executor's worker jobs, for `distren status` of a server."""
+    if not slurm:
+        return []
+    lines = [f"slurm: {len(slurm['jobs'])} worker jobs (at most {slurm['max_jobs']}), {slurm['submitted']} submitted"
+             + (f"  ({slurm['last_error']})" if slurm.get("last_error") else "")]
+    for job in slurm["jobs"]:
+        lines.append(f"  slurm job {job['id']:<8} {job['state']:<11} {job['worker']}  frames leased {job['leases']}"
+                     + (f"  ({job['reason']})" if job.get("reason") not in (None, "", "None") else ""))
+    return lines
 
 
 def cmd_download(args) -> int:
@@ -379,6 +413,16 @@ def cmd_peers(args) -> int:
     return EXIT_OK
 
 
+def cmd_worker(args) -> int:
+    from .server.config import usable_cores
+    from .worker import WorkerSettings, default_name, run_worker
+
+    run_worker(WorkerSettings(
+        homes=args.home, secret_file=args.secret_file, name=args.name or default_name(), idle_exit=args.idle_exit,
+        slots=args.slots or usable_cores(), data=args.data, claim_backoff_max=args.claim_backoff_max))
+    return EXIT_OK
+
+
 def cmd_render(args) -> int:
     from .render import render
 
@@ -409,6 +453,7 @@ COMMANDS = {
     "completion": cmd_completion,
     "blender-addon": cmd_blender_addon,
     "priority": cmd_priority, "pause": cmd_pause, "resume": cmd_resume, "drain": cmd_drain,
+    "worker": cmd_worker,
 }
 
 

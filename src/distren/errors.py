@@ -108,6 +108,13 @@ class Unauthorized(DistrenError):
     code = "unauthorized"
 
 
+class Forbidden(DistrenError):
+    """Raised when an authenticated sender asks for something its role may not do (a worker)."""
+
+    status = 403
+    code = "forbidden"
+
+
 class ServerError(DistrenError):
     """Raised when a server answers with an error the client cannot map (5xx, bad JSON)."""
 

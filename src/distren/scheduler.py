@@ -893,6 +893,19 @@ class Scheduler:
             out.update(json.loads(settings))
         return out
 
+    def ready_count(self, backends: Iterable[str], limit: int) -> int:
+        """Ready frames of these backends in active jobs that are not paused, counted up to
+        `limit` (one index range per job: cheap however large the queue; the Slurm executor
+        asks it every poll)."""
+        names = sorted(set(backends))
+        if not names or limit <= 0:
+            return 0
+        marks = ",".join("?" * len(names))
+        return self.conn.execute(
+            "SELECT COUNT(*) FROM (SELECT 1 FROM jobs j JOIN frames f ON f.job_id=j.id"
+            f" WHERE j.status='active' AND j.paused=0 AND j.n_ready > 0 AND f.state='ready' AND f.backend IN ({marks})"
+            " LIMIT ?)", (*names, limit)).fetchone()[0]
+
     def _job_row(self, job: int) -> sqlite3.Row:
         row = self.conn.execute("SELECT * FROM jobs WHERE id=? AND status NOT IN ('intake','deleting')",
                                 (job,)).fetchone()

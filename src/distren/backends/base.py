@@ -198,6 +198,9 @@ class Backend:
         if timed_out:
             return RenderResult(False, log, f"timed out after {task.timeout:g} s", [])
         if rc != 0:
+            if stopped_from_outside(rc):
+                return RenderResult(False, log, f"{self.name} was stopped from outside ({exit_reason(rc)});"
+                                    " it renders again", [], counts=False)
             return RenderResult(False, log, f"{self.name} failed ({exit_reason(rc)})", [])
         outputs = self.outputs(task.out)
         if not outputs:
@@ -257,7 +260,8 @@ class Backend:
                                           " it renders again", [], counts=False)
             elif stopped_at is None:
                 stopped_at = f
-                results[f] = RenderResult(False, log, f"{error} (in a chunk of frames {frames[0]}-{frames[-1]})", [])
+                results[f] = RenderResult(False, log, f"{error} (in a chunk of frames {frames[0]}-{frames[-1]})", [],
+                                          counts=timed_out or not stopped_from_outside(rc))
             else:
                 results[f] = RenderResult(False, log, f"not rendered: its chunk stopped at frame {stopped_at}",
                                           [], counts=False)
@@ -427,6 +431,13 @@ def exit_reason(rc: int) -> str:
     if 128 < rc < 128 + 65:
         return f"exit code {rc}: killed by {name(rc - 128)}"
     return f"exit code {rc}"
+
+
+def stopped_from_outside(rc: int) -> bool:
+    """Whether a renderer ended by SIGTERM: distren kills renders with SIGKILL only, so a
+    SIGTERM came from outside, to the whole process tree (a Slurm job cancelled or out of
+    time, a service manager stopping the server), and is no fault of the frame."""
+    return rc in (-signal.SIGTERM, 128 + signal.SIGTERM)
 
 
 def kill_group(pid: int) -> None:

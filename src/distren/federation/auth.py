@@ -2,7 +2,7 @@
 
 Every request between servers carries:
 
-    X-Distren-Peer            the sender's server name
+    X-Distren-Peer            the sender's server name (a render-only worker: worker:NAME)
     X-Distren-Timestamp       Unix seconds (integer)
     X-Distren-Nonce           32 random hex digits, never used twice
     X-Distren-Content-SHA256  SHA-256 of the body (of the empty string for no body)
@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import secrets
 import time
 from pathlib import Path
@@ -43,6 +44,25 @@ EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 DEFAULT_WINDOW = 300
 ANY_RECEIVER = "*"
 MIN_SECRET_BYTES = 16
+# A render-only worker (`distren worker`) signs as `worker:NAME`: the role is part of the signed
+# sender, so a worker's request cannot pass for a peer's. Its NAME may hold - . _ (slurm-42).
+WORKER_PREFIX = "worker:"
+_WORKER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+def check_sender(sender: str) -> str:
+    """A signed sender: a server name, or `worker:NAME`; else DistrenError."""
+    if sender.startswith(WORKER_PREFIX):
+        if not _WORKER_NAME.fullmatch(sender[len(WORKER_PREFIX):]):
+            raise DistrenError(f"worker name {sender[len(WORKER_PREFIX):]!r} must match [A-Za-z0-9][A-Za-z0-9._-]*"
+                               " (1-64 characters)")
+        return sender
+    return check_server_name(sender)
+
+
+def is_worker(sender: str) -> bool:
+    """Whether a signed sender is a render-only worker (not a server)."""
+    return sender.startswith(WORKER_PREFIX)
 
 
 def load_secret(path: Path) -> bytes:
@@ -94,7 +114,7 @@ class Verifier:
         except KeyError as exc:
             raise Unauthorized(f"unsigned peer request: header {exc.args[0]} missing") from None
         try:
-            check_server_name(peer)
+            check_sender(peer)
         except DistrenError:
             raise Unauthorized("bad peer name in signature") from None
         if not ts.isdigit() or len(nonce) != 32 or len(body_sha) != 64:

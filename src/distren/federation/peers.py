@@ -145,6 +145,16 @@ class PeerClient:
         if isinstance(backends, list) and all(isinstance(b, str) for b in backends) and len(backends) < 100:
             peer.backends = frozenset(backends)
 
+    async def discover(self, url: str) -> str:
+        """The name of the server at `url`, as its signed hello says (a worker given only
+        the URL of a home learns its name this way)."""
+        resp = await self._send(Peer("unknown", url.rstrip("/")), "GET", "/api/v1/peer/hello",
+                                receiver=auth.ANY_RECEIVER, timeout=HELLO_TIMEOUT)
+        try:
+            return check_server_name(resp.json()["name"])
+        except (ValueError, KeyError, TypeError, DistrenError):
+            raise PeerError(f"{url} does not answer as a distren server") from None
+
     async def probe(self, name: str) -> None:
         """Ask a peer who it is and what it renders (health and backends)."""
         peer = self.get(name)

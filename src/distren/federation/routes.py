@@ -1,4 +1,6 @@
-"""The peer API under /api/v1/peer: every route needs a signed request (auth.py).
+"""The peer API under /api/v1/peer: every route needs a signed request (auth.py). A
+render-only worker (signed as `worker:NAME`) may use hello, claim, more, heartbeat, output,
+complete, fail and blobs; the others answer it 403.
 
     GET  /peer/hello                                   this server's name, backends and slots
     POST /peer/claim             {"backends": [...]}   200 a lease, or 204 no work (Retry-After)
@@ -23,7 +25,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 from starlette.requests import ClientDisconnect
 
-from ..errors import BadJob, Conflict, NotFound, Unauthorized
+from ..errors import BadJob, Conflict, Forbidden, NotFound, Unauthorized
 from ..chunks import MAX_CHUNK
 from ..scheduler import with_depends
 from ..server.bodies import body_chunks, small_body
@@ -46,13 +48,22 @@ def _target(request: Request) -> str:
     return request.url.path + (f"?{q}" if q else "")
 
 
-def verify_peer(fed, me: str, request: Request, known_only: bool = True) -> tuple[str, str]:
+def verify_peer(fed, me: str, request: Request, known_only: bool = True, workers: bool = False) -> tuple[str, str]:
     """The signed peer's name and body hash; only servers in the peer table are served (hello
-    answers any holder of the secret, so that it can learn a mismatch). 401 otherwise."""
+    answers any holder of the secret, so that it can learn a mismatch). 401 otherwise. A
+    render-only worker (`worker:NAME`, any holder of the secret, no peer table entry) is served
+    only by the routes that say `workers=True`: claim, more, heartbeat, output, complete, fail
+    and blobs (and hello); the others (and reads behind --protect-reads) answer 403."""
     if fed is None:
         raise Unauthorized("this server has no federation secret: peer requests are refused")
     receiver = None if known_only else auth.ANY_RECEIVER
     peer, body_sha = fed.verifier.verify(request.method, _target(request), request.headers, receiver)
+    if auth.is_worker(peer):
+        if known_only and not workers:
+            raise Forbidden(f"{peer} is a render-only worker: workers may only claim, heartbeat, fetch blobs"
+                            " and upload results")
+        fed.worker_heard(peer)
+        return peer, body_sha
     if known_only and peer not in fed.peers.peers:
         raise Unauthorized(f"server {peer!r} is not a peer of {me!r}")
     fed.peers.heard_from(peer)
@@ -62,11 +73,11 @@ def verify_peer(fed, me: str, request: Request, known_only: bool = True) -> tupl
 def create_peer_router(get_core: Callable, get_fed: Callable) -> APIRouter:
     router = APIRouter(prefix="/api/v1/peer", tags=["peer"])
 
-    def verify(request: Request, known_only: bool = True) -> tuple[str, str]:
-        return verify_peer(get_fed(), get_core().name, request, known_only)
+    def verify(request: Request, known_only: bool = True, workers: bool = False) -> tuple[str, str]:
+        return verify_peer(get_fed(), get_core().name, request, known_only, workers)
 
-    async def signed_json(request: Request) -> tuple[str, dict]:
-        peer, body_sha = verify(request)
+    async def signed_json(request: Request, workers: bool = False) -> tuple[str, dict]:
+        peer, body_sha = verify(request, workers=workers)
         try:
             body = await small_body(request, MAX_JSON_BYTES, get_core().config.body_timeout, "peer request body")
         except ClientDisconnect:
@@ -100,17 +111,22 @@ def create_peer_router(get_core: Callable, get_fed: Callable) -> APIRouter:
 
     @router.post("/claim", responses={204: {"description": "no work"}})
     async def claim(request: Request):
-        peer, data = await signed_json(request)
+        peer, data = await signed_json(request, workers=True)
         backends = data.get("backends")
         if not isinstance(backends, list) or not all(isinstance(b, str) for b in backends):
             raise BadJob("claim needs {\"backends\": [names]}")
         core, fed = get_core(), get_fed()
-        fed.peers.learn_backends(fed.peers.get(peer), backends)
+        if auth.is_worker(peer):
+            fed.worker_heard(peer, backends)
+        else:
+            fed.peers.learn_backends(fed.peers.get(peer), backends)
         lease = await with_depends(core.scheduler, core.scheduler.claim(peer, backends, fed.settings.lease_seconds))
         if lease is None:
             wait = fed.no_work_answer(peer)
             return Response(status_code=204, headers={"Retry-After": f"{wait:.1f}"})
         fed.announcer.served(peer)
+        if auth.is_worker(peer):
+            fed.worker_heard(peer, leased=True)
         data = lease.to_json(fed.settings.lease_seconds)
         data["chunk"], data["ready"] = core.scheduler.chunk_request(lease.job)   # hints for the peer's chunk
         # an encode frame's lease names every frame's output: encoded in a thread
@@ -121,7 +137,7 @@ def create_peer_router(get_core: Callable, get_fed: Callable) -> APIRouter:
     async def more(job: int, frame: int, attempt: int, request: Request):
         """A chunk: the peer that holds this lease asks for up to `limit` more frames of the
         job, the consecutive ready ones after it, to render in the same renderer process."""
-        peer, data = await signed_json(request)
+        peer, data = await signed_json(request, workers=True)
         check_ids(job, frame, attempt)
         limit = data.get("limit")
         if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_CHUNK:
@@ -135,7 +151,7 @@ def create_peer_router(get_core: Callable, get_fed: Callable) -> APIRouter:
 
     @router.post("/leases/{job}/{frame}/{attempt}/heartbeat")
     async def heartbeat(job: int, frame: int, attempt: int, request: Request) -> dict:
-        peer, _ = await signed_json(request)
+        peer, _ = await signed_json(request, workers=True)
         check_ids(job, frame, attempt)
         fed = get_fed()
         expires = get_core().scheduler.heartbeat(job, frame, attempt, peer, fed.settings.lease_seconds)
@@ -143,7 +159,7 @@ def create_peer_router(get_core: Callable, get_fed: Callable) -> APIRouter:
 
     @router.put("/leases/{job}/{frame}/{attempt}/output")
     async def put_output(job: int, frame: int, attempt: int, request: Request) -> dict:
-        peer, body_sha = verify(request)
+        peer, body_sha = verify(request, workers=True)
         check_ids(job, frame, attempt)
         core = get_core()
         if not core.scheduler.is_running(job, frame, attempt, peer):
@@ -171,7 +187,7 @@ def create_peer_router(get_core: Callable, get_fed: Callable) -> APIRouter:
 
     @router.post("/leases/{job}/{frame}/{attempt}/complete")
     async def complete(job: int, frame: int, attempt: int, request: Request) -> dict:
-        peer, data = await signed_json(request)
+        peer, data = await signed_json(request, workers=True)
         check_ids(job, frame, attempt)
         core = get_core()
         sha, log = data.get("sha256"), data.get("log", "")
@@ -185,7 +201,7 @@ def create_peer_router(get_core: Callable, get_fed: Callable) -> APIRouter:
 
     @router.post("/leases/{job}/{frame}/{attempt}/fail")
     async def fail(job: int, frame: int, attempt: int, request: Request) -> dict:
-        peer, data = await signed_json(request)
+        peer, data = await signed_json(request, workers=True)
         check_ids(job, frame, attempt)
         log, error = data.get("log", ""), data.get("error", "render failed")
         interrupted = data.get("interrupted", False)
@@ -216,7 +232,7 @@ def create_peer_router(get_core: Callable, get_fed: Callable) -> APIRouter:
 
     @router.get("/blobs/{sha256}")
     async def blob(sha256: str, request: Request):
-        verify(request)
+        verify(request, workers=True)
         core = get_core()
         path = core.blobs.path(sha256)
         if not path.is_file():

@@ -19,8 +19,9 @@ from ..liveness import RendererView
 from ..scheduler import Lease
 from ..store.blobs import Blob, StreamWriter
 from ..url import DistrenURL, parse_url
+from .auth import is_worker
 from .pacing import Announcer, ClaimPacer, no_work_retry_after
-from .peers import PeerClient, PeerError
+from .peers import Peer, PeerClient, PeerError
 
 log = logging.getLogger("distren.federation")
 
@@ -61,6 +62,8 @@ CHASE_FRONTIERS = 50
 CHASE_BATCH = 100
 # URLs taken from one frontier answer.
 FRONTIER_LIMIT = 2000
+# A render-only worker (`worker:NAME`) not heard from for this long is forgotten.
+WORKER_FORGET = 600.0
 
 
 class Federation:
@@ -80,6 +83,15 @@ class Federation:
         # dependency (server, job, frame) -> [checks answered 'waiting' in a row, last chase]
         self._waits: dict[tuple[str, int, int], list] = {}
         self._chasing: dict[str, asyncio.Task] = {}   # peer -> its chase batch
+        # render-only workers that claimed from this server (no peer table entry): name ->
+        # health as for a peer (last contact, backends), for liveness and GET /server
+        self.workers: dict[str, WorkerPeer] = {}
+        # renderers that are not peers nor workers yet, such as the Slurm executor's next
+        # worker jobs (slurm.py): their views count for liveness
+        self.extra_views: list = []
+        # claims answered (any outcome) and when the last lease came: a worker's idleness
+        self.claims_answered = 0
+        self.last_lease = float("-inf")
 
     # -- background loops ----------------------------------------------------------------
     def start(self) -> None:
@@ -280,8 +292,34 @@ class Federation:
 
     # -- health --------------------------------------------------------------------------
     def renderer_views(self) -> list[RendererView]:
-        return [RendererView(p.name, p.backends, p.down_since is None, p.down_since)
-                for p in self.peers.peers.values()]
+        """The peers, the workers heard from (up when heard within `peer_timeout`) and the
+        renderers still to come (extra_views), as the liveness check sees them."""
+        now = time.time()
+        views = [RendererView(p.name, p.backends, p.down_since is None, p.down_since)
+                 for p in self.peers.peers.values()]
+        for w in self.live_workers(now):
+            up = (w.last_contact or 0) > now - self.settings.peer_timeout
+            views.append(RendererView(w.name, w.backends, up, None if up else w.last_contact))
+        return views + [view() for view in self.extra_views]
+
+    def worker_heard(self, name: str, backends: list[str] | None = None, leased: bool = False) -> None:
+        """A signed request of a render-only worker: remember it, what it renders and whether
+        it was given a frame."""
+        worker = self.workers.get(name)
+        if worker is None:
+            self.live_workers(time.time())   # forgets the long gone ones: the table does not grow
+            worker = self.workers[name] = WorkerPeer(name, "", verified=True)
+        worker.last_contact = time.time()
+        worker.leases += leased
+        if backends is not None:
+            PeerClient.learn_backends(worker, backends)
+
+    def live_workers(self, now: float) -> list["WorkerPeer"]:
+        """The workers heard from within WORKER_FORGET; the others are forgotten."""
+        gone = [n for n, w in self.workers.items() if (w.last_contact or 0) < now - WORKER_FORGET]
+        for name in gone:
+            del self.workers[name]
+        return list(self.workers.values())
 
     async def probe_peers(self, local_backends: set[str]) -> None:
         """When this server has ready frames its own slots cannot render, the peers not heard
@@ -321,9 +359,11 @@ class Federation:
                 resp = await self.peers.request(name, "POST", "/api/v1/peer/claim", json={"backends": backends},
                                                 timeout=CLAIM_TIMEOUT)
             except PeerError as exc:
+                self.claims_answered += 1
                 self.pacer.failed(name, time.monotonic())
                 log.debug("claim from %s failed: %s", name, exc.message)
                 continue
+            self.claims_answered += 1
             if resp.status_code == 204:
                 self.pacer.no_work(name, time.monotonic(), _retry_after(resp))
                 continue
@@ -334,6 +374,7 @@ class Federation:
                 self.pacer.no_work(name, time.monotonic())
                 continue
             self.pacer.got_work(name)
+            self.last_lease = time.monotonic()
             return name, lease
         return None
 
@@ -356,10 +397,12 @@ class Federation:
         return more
 
     def no_work_answer(self, peer: str) -> float:
-        """This server turns a claiming peer away: remember to tell it when work comes;
-        returns the wait to ask of it (seconds)."""
-        self.announcer.turned_away(peer)
-        return no_work_retry_after(len(self.peers.peers), self.settings.idle_claims_per_second)
+        """This server turns a claiming peer away: remember to tell it when work comes (not a
+        worker: it serves nothing and is never asked for work); returns the wait to ask of it
+        (seconds): the empty-claim budget shared by the peers and the workers."""
+        if not is_worker(peer):
+            self.announcer.turned_away(peer)
+        return no_work_retry_after(len(self.peers.peers) + len(self.workers), self.settings.idle_claims_per_second)
 
     def work_appeared(self) -> None:
         """Frames became ready here: tell the peers that were turned away (at most once per
@@ -509,6 +552,17 @@ class Federation:
                     raise
                 await asyncio.sleep(delay)
                 delay = min(5.0, delay * 2)
+
+
+@dataclass
+class WorkerPeer(Peer):
+    """A render-only worker as its home knows it: a peer's health, and the leases it was given."""
+
+    leases: int = 0
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "last_contact": self.last_contact, "leases": self.leases,
+                "backends": None if self.backends is None else sorted(self.backends)}
 
 
 def lease_from_json(data: dict, owner: str) -> Lease:

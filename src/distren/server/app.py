@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 from pathlib import Path
 from urllib.parse import unquote
 
@@ -38,6 +39,7 @@ from .config import ServerConfig
 from ..scheduler import MAX_PAGE, PAGE
 from .core import Core
 from .runner import Runner
+from .slurm import SlurmExecutor
 
 log = logging.getLogger("distren.server")
 
@@ -82,7 +84,10 @@ def create_app(config: ServerConfig, core: Core | None = None) -> FastAPI:
         c = core or Core(config)
         fed = make_federation(c, config)
         runner = Runner(c, config.slots, fed)
-        state["core"], state["runner"], state["fed"] = c, runner, fed
+        if config.slurm and fed is None:
+            raise DistrenError("--slurm needs --federation-secret-file")
+        executor = SlurmExecutor(c, runner, fed, config) if config.slurm else None
+        state["core"], state["runner"], state["fed"], state["slurm"] = c, runner, fed, executor
         c.metrics.snapshot = lambda: _metrics_snapshot(c, runner, fed)
         events = EventBus(c.scheduler.job_signatures, c.scheduler.job)
         c.scheduler.on_frame = events.frame
@@ -91,9 +96,13 @@ def create_app(config: ServerConfig, core: Core | None = None) -> FastAPI:
         await runner.start()
         if fed is not None:
             fed.start()
+        if executor is not None:
+            executor.start()
         try:
             yield
         finally:
+            if executor is not None:
+                await executor.stop()   # scancel of the worker jobs
             await events.stop()
             await runner.stop()
             if fed is not None:
@@ -172,6 +181,10 @@ def create_app(config: ServerConfig, core: Core | None = None) -> FastAPI:
         info["renders"] = {"limit": conc.limit, "running": conc.running, "rendering": conc.rendering,
                            "auto": conc.adaptive}
         info["draining"] = state["runner"].draining
+        fed = fed_()
+        info["workers"] = [w.to_json() for w in fed.live_workers(time.time())] if fed else []
+        if state.get("slurm") is not None:
+            info["slurm"] = state["slurm"].to_json()
         return info
 
     @api.post("/server/drain", summary="Drain this server: it starts nothing new and hands its peers' frames back")

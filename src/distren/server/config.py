@@ -166,6 +166,34 @@ class ServerConfig(BaseModel):
     ca_file: Path | None = setting(
         None, "CA certificates (PEM) that `https://` peers' certificates must chain to; it replaces the system's "
               "authorities for peer connections", shown="`$DISTREN_CA_FILE`, else the system's", metavar="PATH")
+    # The Slurm executor (slurm.py, docs/slurm.md): worker jobs submitted with sbatch while ready
+    # frames wait and no slot is free, at most slurm_max_jobs at once.
+    slurm: bool = setting(
+        False, "submit worker jobs (`distren worker`) with `sbatch` while ready frames wait and no slot is free; "
+               "needs `--federation-secret-file`; bad Slurm settings stop the server at start-up "
+               "([docs/slurm.md](docs/slurm.md))", shown="off")
+    slurm_partition: str | None = setting(None, "partition of the worker jobs", shown="the cluster's default",
+                                          metavar="NAME")
+    slurm_account: str | None = setting(None, "account of the worker jobs", shown="your default account",
+                                        metavar="NAME")
+    slurm_max_jobs: int = setting(10, "most worker jobs at once, pending and running", ge=1)
+    slurm_time: str | None = setting(None, "time limit of a worker job, as `sbatch --time` takes it",
+                                     shown="the partition's limit", metavar="TIME")
+    slurm_option: list[str] = setting(
+        help="another `sbatch` option for the worker jobs (repeatable; after distren's own, so it wins), e.g. "
+             "`--slurm-option=--mem=4G`; in `--config` a list of strings, `DISTREN_SLURM_OPTION` a JSON list",
+        factory=list, shown="none", metavar="OPT")
+    slurm_worker_slots: int = setting(1, "renders per worker job (its `--cpus-per-task`)", ge=1)
+    slurm_idle_exit: float = setting(60.0, "a worker job ends after this many seconds without work", **SECONDS)
+    slurm_url: str | None = setting(None, "the URL worker jobs reach this server at", shown="`http://<--listen>`",
+                                    metavar="URL")
+    slurm_secret_file: Path | None = setting(
+        None, "the federation secret's path as the nodes see it (a shared file system)",
+        shown="none (the secret goes in the batch script)", metavar="PATH")
+    slurm_worker_command: str | None = setting(None, "the command that runs distren on the nodes",
+                                               shown="this Python `-m distren.cli`", metavar="COMMAND")
+    slurm_poll_seconds: float = setting(
+        5.0, "how often `squeue` is asked, while there are worker jobs or ready frames", **SECONDS)
     # Logs (logs.py)
     log_format: Literal["text", "json"] = setting(
         "text", "`text`, or `json`: one JSON object a line (`time`, `level`, `logger`, `message`, and `job` and "

@@ -137,10 +137,10 @@ class Core:
                 syncing.result()   # OSError: a full disk
                 for name in spec.backends():
                     if not self.backends[name].available():
-                        if not self.config.peers:
+                        if not self.config.peers and not self.config.slurm:   # Slurm workers may have it
                             raise BadJob(f"this server cannot render {name!r} frames: "
                                          f"{self.backends[name].executable} is not installed")
-                        warnings.append(f"{name} is not installed here; only peers that have it can render those frames")
+                        warnings.append(f"{name} is not installed here; only peers or workers that have it can render those frames")
                 problems = self.scheduler.check_external_deps(spec, job)
                 if problems:
                     raise BadJob("; ".join(problems))

@@ -159,6 +159,11 @@ def serve(config: ServerConfig) -> None:
         raise DistrenError("--peer needs --federation-secret-file")
     ssl_settings = tls.server_ssl(config.tls_cert, config.tls_key)
     tls.client_verify(config.ca_file)   # a CA file that cannot be used: refused now, not at the first peer
+    if config.slurm:
+        from .slurm import check_slurm, default_url
+
+        config = config.model_copy(update={"slurm_url": (config.slurm_url or default_url(host, port)).rstrip("/")})
+        check_slurm(config)
     sock = listen_socket(host, port)
     # uvicorn's loggers go through distren's handler (log_config=None), in its format
     server = DistrenServer(uvicorn_config(create_app(config), config.header_timeout, host=host, port=port,

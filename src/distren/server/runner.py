@@ -454,7 +454,10 @@ class Runner:
             if blob is not None:
                 await self.federation.upload_result(home, lease, blob, result.log)
             else:
-                await self.federation.report_failure(home, lease, result.log, result.error or "render failed")
+                # a failure that does not count here (stopped from outside, a chunk requeued)
+                # does not count at the home either
+                await self.federation.report_failure(home, lease, result.log, result.error or "render failed",
+                                                     interrupted=not result.counts)
         except DistrenError as exc:
             # 409: our lease expired or was superseded; the home server has moved on
             log.warning("result of distren://%s/%d/%d attempt %d not taken: %s",

@@ -55,6 +55,9 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
         if name == "peers":
             parser.add_argument(flag(name), dest=name, action="append", metavar=metavar,
                                 default=argparse.SUPPRESS, help=_help(name))
+        elif typing.get_origin(kind) is list:
+            parser.add_argument(flag(name), dest=name, action="append", metavar=metavar,
+                                default=argparse.SUPPRESS, help=_help(name))
         elif kind is bool:
             parser.add_argument(flag(name), dest=name, action=argparse.BooleanOptionalAction,
                                 default=argparse.SUPPRESS, help=_help(name))
