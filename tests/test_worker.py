@@ -139,3 +139,26 @@ def test_worker_bad_input_is_one_line(tmp_path):
         assert r.returncode == 2, (args, r.stderr)
         last = r.stderr.strip().splitlines()[-1]
         assert last.startswith("distren: error:") and text in last and "Traceback" not in r.stderr, r.stderr
+
+
+def test_worker_over_tls_with_the_farm_ca(tmp_path, tls_files):
+    """A home serving HTTPS with a certificate of the farm's own CA: the worker renders its
+    frames with --ca-file; without the CA it cannot reach the home and says why."""
+    (tmp_path / "secret").write_text(SECRET + "\n")
+    s = ServerProcess(tmp_path / "data", "alpha", 0, ["--federation-secret-file", str(tmp_path / "secret"),
+                                                      "--lease-seconds", "30"], tls=tls_files).start()
+    try:
+        _, pkg = package(tmp_path, final=1)
+        assert run_cli("submit", str(pkg), "--server", s.url, "--ca-file", str(tls_files.ca)).returncode == 0
+        base = ["worker", "--home", s.url, "--secret-file", str(tmp_path / "secret"), "--name", "w1",
+                "--idle-exit", "1", "--claim-backoff-max", "0.3"]
+        untrusted = run_cli(*base, timeout=120)
+        assert untrusted.returncode != 0 and "not trusted" in untrusted.stderr, untrusted.stderr
+        r = run_cli(*base, "--ca-file", str(tls_files.ca), timeout=120)
+        assert r.returncode == 0, r.stderr
+        job = s.client().wait("distren://alpha/1", timeout=60)
+        assert job["state"] == "done"
+        frames = s.client().frames("distren://alpha/1")
+        assert {f["rendered_by"] for f in frames} == {"worker:w1"}
+    finally:
+        s.stop()

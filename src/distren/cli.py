@@ -185,6 +185,9 @@ def build_parser(serve_flags: bool = True) -> argparse.ArgumentParser:
                                              "removed at exit)")
     p.add_argument("--claim-backoff-max", type=_positive_float, default=5.0,
                    help="longest wait before asking a home that had no work again (5)")
+    p.add_argument("--ca-file", type=Path,
+                   help="CA certificates (PEM) that https:// homes' certificates must chain to, instead of the "
+                        "system's (default: $DISTREN_CA_FILE)")
 
     p = sub.add_parser("peers", help="a server's peers and their health")
     server_opt(p)
@@ -419,7 +422,8 @@ def cmd_worker(args) -> int:
 
     run_worker(WorkerSettings(
         homes=args.home, secret_file=args.secret_file, name=args.name or default_name(), idle_exit=args.idle_exit,
-        slots=args.slots or usable_cores(), data=args.data, claim_backoff_max=args.claim_backoff_max))
+        slots=args.slots or usable_cores(), data=args.data, claim_backoff_max=args.claim_backoff_max,
+        ca_file=args.ca_file))
     return EXIT_OK
 
 

@@ -49,6 +49,7 @@ class WorkerSettings:
     slots: int = field(default_factory=usable_cores)
     data: Path | None = None             # None: a temporary folder, removed at exit
     claim_backoff_max: float = 5.0
+    ca_file: Path | None = None          # https:// homes: the CA (None: $DISTREN_CA_FILE, else the system's)
 
     def __post_init__(self) -> None:
         check_sender(WORKER_PREFIX + self.name)
@@ -112,12 +113,12 @@ class Worker:
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, self.stopping.set)
-        client = PeerClient(WORKER_PREFIX + s.name, self.secret, {})
+        client = PeerClient(WORKER_PREFIX + s.name, self.secret, {}, ca_file=s.ca_file)
         tmp = None
         core = fed = runner = None
         try:
             homes = await self._homes(client)
-            client.peers = PeerClient(client.me, self.secret, homes).peers
+            client.peers = PeerClient(client.me, self.secret, homes, ca_file=s.ca_file).peers
             data = s.data
             if data is None:
                 tmp = tempfile.TemporaryDirectory(prefix="distren-worker-")
