@@ -37,14 +37,25 @@ def _slots_arg(text: str) -> int | str:
     return "auto" if text == "auto" else _non_negative_int(text)
 
 
-def _positive_float(text: str) -> float:
+def _positive_float(text: str, unit: str = "seconds", least: float | None = None) -> float:
+    """A finite number > 0 (>= `least` when given)."""
     try:
         value = float(text)
     except ValueError:
         value = float("nan")
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a number of seconds > 0, got {text!r}")
+    ok = value >= least if least is not None else value > 0
+    if not ok or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number of {unit} {'>= %g' % least if least is not None else '> 0'},"
+                                         f" got {text!r}")
     return value
+
+
+def _days_arg(text: str) -> float:
+    return _positive_float(text, "days")
+
+
+def _seconds_or_zero(text: str) -> float:
+    return _positive_float(text, "seconds", 0)
 
 
 def _priority_arg(text: str) -> int:
@@ -188,6 +199,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="empty claims a second this server answers; idle peers are paced to it (20)")
     p.add_argument("--peer-timeout", type=_positive_float,
                    help="a peer not heard from for this long is asked how it is (15)")
+    p.add_argument("--keep-finished", type=_days_arg, metavar="DAYS",
+                   help="delete finished jobs this many days after they finished (fractions allowed; default: keep)")
+    p.add_argument("--min-free-bytes", type=_non_negative_int,
+                   help="refuse new packages (507) while the data folder's disk has less free (1 GiB)")
+    p.add_argument("--keep-peer-copies", type=_seconds_or_zero, metavar="SECONDS",
+                   help="keep copies of peers' seeds and outputs this long after the last lease using them (600)")
 
     p = sub.add_parser("peers", help="a server's peers and their health")
     server_opt(p)
@@ -372,6 +389,7 @@ SERVE_DEFAULTS = {
     "render_memory": 16 * 1024**3, "render_file_size": 16 * 1024**3, "render_cpu_seconds": None,
     "render_processes": 4096, "header_timeout": 10.0, "retry_elsewhere_seconds": 30.0,
     "remote_dep_timeout": 3600.0, "idle_claims_per_second": 20.0, "peer_timeout": 15.0,
+    "keep_finished": None, "min_free_bytes": 1024**3, "keep_peer_copies": 600.0,
 }
 
 
@@ -452,6 +470,8 @@ def _server_config(s: dict, path):
         header_timeout=float(s["header_timeout"]), retry_elsewhere=float(s["retry_elsewhere_seconds"]),
         remote_dep_timeout=float(s["remote_dep_timeout"]), idle_claims_per_second=float(s["idle_claims_per_second"]),
         peer_timeout=float(s["peer_timeout"]),
+        keep_finished=None if s["keep_finished"] is None else float(s["keep_finished"]),
+        min_free_bytes=int(s["min_free_bytes"]), keep_peer_copies=float(s["keep_peer_copies"]),
     )
 
 

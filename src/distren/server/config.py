@@ -62,6 +62,13 @@ class ServerConfig:
     render_file_size: int | None = 16 * 1024**3
     render_cpu_seconds: int | None = None   # default: frame_timeout x threads
     render_processes: int | None = 4096
+    # Storage (server/storage.py): finished jobs are deleted this many days after they finished
+    # (None: kept until deleted); new packages are refused (507) while the data folder's file
+    # system has less than min_free_bytes free; copies of peers' blobs are kept this many
+    # seconds after the last lease that used them.
+    keep_finished: float | None = None
+    min_free_bytes: int = 1024**3
+    keep_peer_copies: float = 600.0
 
     def render_limits(self, timeout: float | None = None, frames: int = 1) -> "RenderLimits":
         """The limits of one render; `timeout` is the job's own render timeout, if it has one;
@@ -88,6 +95,13 @@ class ServerConfig:
         if self.heartbeat_seconds is not None and not 0 < self.heartbeat_seconds < self.lease_seconds:
             raise DistrenError(f"heartbeat-seconds must be > 0 and below lease-seconds ({self.lease_seconds}),"
                                f" got {self.heartbeat_seconds!r}")
+        if self.keep_finished is not None and not 0 < self.keep_finished < float("inf"):
+            raise DistrenError(f"keep-finished must be a number of days > 0, got {self.keep_finished!r}")
+        if isinstance(self.min_free_bytes, bool) or not isinstance(self.min_free_bytes, int) \
+                or self.min_free_bytes < 0:
+            raise DistrenError(f"min-free-bytes must be a whole number of bytes >= 0, got {self.min_free_bytes!r}")
+        if not 0 <= self.keep_peer_copies < float("inf"):
+            raise DistrenError(f"keep-peer-copies must be a number of seconds >= 0, got {self.keep_peer_copies!r}")
         if not 0 <= self.retry_elsewhere < float("inf"):
             raise DistrenError(f"retry-elsewhere-seconds must be >= 0, got {self.retry_elsewhere!r}")
 

@@ -18,7 +18,40 @@ class DatabaseVersionError(DistrenError):
 
     code = "database_version"
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
+
+# How many cells of the database name each blob (a seed, a frame output, an upload waiting for
+# its complete, a bundle, a peer's output that frames here depend on), kept by the triggers below
+# in the transaction that changes the cell: no code path can add or drop a reference without
+# the count following. A row whose count is 0 is a blob to reclaim (server/storage.py), also a
+# blob written but never referenced (a result refused, a package refused after it was stored).
+BLOB_REFS = """
+CREATE TABLE IF NOT EXISTS blob_refs (
+    sha256 TEXT PRIMARY KEY,
+    refs INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS blob_refs_free ON blob_refs (sha256) WHERE refs <= 0;
+"""
+# (table, column) of every cell that names a blob
+BLOB_COLUMNS = (("jobs", "seed_sha256"), ("jobs", "bundle_sha256"), ("frames", "output_sha256"),
+                ("frames", "upload_sha256"), ("remote_deps", "output_sha256"))
+
+
+def _blob_ref_triggers() -> str:
+    add = ("INSERT INTO blob_refs(sha256, refs) SELECT NEW.{c}, 1 WHERE NEW.{c} IS NOT NULL"
+           " ON CONFLICT(sha256) DO UPDATE SET refs = refs + 1;")
+    drop = "UPDATE blob_refs SET refs = refs - 1 WHERE sha256 = OLD.{c};"
+    out = []
+    for table, col in BLOB_COLUMNS:
+        name = f"ref_{table}_{col}"
+        out.append(f"CREATE TRIGGER IF NOT EXISTS {name}_i AFTER INSERT ON {table} WHEN NEW.{col} IS NOT NULL"
+                   f" BEGIN {add.format(c=col)} END;")
+        out.append(f"CREATE TRIGGER IF NOT EXISTS {name}_d AFTER DELETE ON {table} WHEN OLD.{col} IS NOT NULL"
+                   f" BEGIN {drop.format(c=col)} END;")
+        out.append(f"CREATE TRIGGER IF NOT EXISTS {name}_u AFTER UPDATE OF {col} ON {table}"
+                   f" WHEN OLD.{col} IS NOT NEW.{col} BEGIN {add.format(c=col)} {drop.format(c=col)} END;")
+    return "\n".join(out) + "\n"
+
 
 SCHEMA = """
 -- schema_version; 'draining' ('1' while the server is drained: it renders nothing new)
@@ -127,7 +160,7 @@ CREATE TABLE IF NOT EXISTS attempts (
     PRIMARY KEY (job_id, frame, attempt)
 );
 CREATE INDEX IF NOT EXISTS attempts_renderer ON attempts (job_id, renderer, outcome);
-""" + """
+""" + BLOB_REFS + _blob_ref_triggers() + """
 CREATE TRIGGER IF NOT EXISTS frames_insert AFTER INSERT ON frames BEGIN
     UPDATE jobs SET
         n_waiting = n_waiting + (NEW.state = 'waiting'), n_ready = n_ready + (NEW.state = 'ready'),
@@ -244,8 +277,19 @@ def _to_6(conn: sqlite3.Connection) -> None:
     conn.execute("ALTER TABLE jobs ADD COLUMN paused INTEGER NOT NULL DEFAULT 0")
 
 
+def _to_7(conn: sqlite3.Connection) -> None:
+    """Blobs are reference-counted (blob_refs, kept by triggers): the counts of what exists.
+    Blobs of jobs deleted before are referenced by nothing: the start-up sweep reclaims them."""
+    for statement in BLOB_REFS.split(";"):
+        if statement.strip():
+            conn.execute(statement)
+    cells = " UNION ALL ".join(f"SELECT {col} AS sha256 FROM {table} WHERE {col} IS NOT NULL"
+                               for table, col in BLOB_COLUMNS)
+    conn.execute(f"INSERT INTO blob_refs(sha256, refs) SELECT sha256, COUNT(*) FROM ({cells}) GROUP BY sha256")
+
+
 # Ordered upgrade steps: MIGRATIONS[v] turns schema v into v + 1.
-MIGRATIONS = {3: _to_4, 4: _to_5, 5: _to_6}
+MIGRATIONS = {3: _to_4, 4: _to_5, 5: _to_6, 6: _to_7}
 
 
 def _migrate(conn: sqlite3.Connection, path: Path, version: int) -> None:
