@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable
 
+from .. import failpoints
 from ..errors import Conflict, NotFound, StorageFull
 from ..store.blobs import _HASH_RE
 
@@ -163,6 +164,8 @@ class Storage:
                 for s in gone:
                     self._linger.pop(s, None)
                     self._trash_extras(s)
+                if gone:
+                    failpoints.hit("reclaim")
                 c.executemany("DELETE FROM blob_refs WHERE sha256=? AND refs <= 0", ((s,) for s in gone))
             total += len(gone)
             if gone:

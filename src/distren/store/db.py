@@ -19,6 +19,7 @@ class DatabaseVersionError(DistrenError):
     code = "database_version"
 
 SCHEMA_VERSION = 7
+WAL_SIZE_LIMIT = 4 * 1024 * 1024
 
 # How many cells of the database name each blob (a seed, a frame output, an upload waiting for
 # its complete, a bundle, a peer's output that frames here depend on), kept by the triggers below
@@ -201,6 +202,9 @@ def connect(path: Path) -> sqlite3.Connection:
     conn.execute("PRAGMA foreign_keys=ON")
     # a 100,000-frame job's rows and indexes stay in memory (the default cache is 2 MB)
     conn.execute("PRAGMA cache_size=-65536")
+    # the WAL file is cut back to this size when it starts over after a checkpoint: a burst of
+    # writes (a 100,000-frame job) does not leave a WAL of hundreds of MB on disk for good
+    conn.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
     version = _version(conn)
     if version is not None and version > SCHEMA_VERSION:
         raise DatabaseVersionError(f"database {path} has schema version {version}, newer than this distren's "
