@@ -242,7 +242,8 @@ def test_keep_finished_deletes_old_finished_jobs_but_not_those_others_wait_for(f
         wait_state(s, j, "done")
     old_seed = job(s, old)["seed"]["sha256"]
     wait_for(lambda: job(s, old) is None, 15, "the old finished job to be deleted")
-    assert job(s, needed)["state"] == "done"   # a frame of `waiting` waits for it
+    needed_info = job(s, needed)
+    assert needed_info is not None and needed_info["state"] == "done"   # a frame of `waiting` waits for it
     assert job(s, waiting)["state"] == "queued"
     assert not (s.data / "scenes" / old_seed).exists()
     time.sleep(3)
