@@ -159,10 +159,11 @@ def test_a_hundred_jobs_submitted_and_deleted_leave_the_data_folder_as_it_was(se
     conn = sqlite3.connect(s.data / "distren.sqlite3")
     try:
         refs = dict(conn.execute("SELECT sha256, refs FROM blob_refs").fetchall())
+        left = conn.execute("SELECT COUNT(*) FROM blob_free").fetchone()[0]
     finally:
         conn.close()
     blobs = {k.rsplit("/", 1)[1] for k in before if k.startswith("blobs/")}
-    assert {h for h, n in refs.items() if n > 0} == blobs and all(n > 0 for n in refs.values())
+    assert set(refs) == blobs and all(n > 0 for n in refs.values()) and left == 0
 
 
 def test_disk_use_in_get_server_follows_a_job_and_its_delete(server_factory, tmp_path):
@@ -317,6 +318,9 @@ def test_reference_counts_follow_every_cell_that_names_a_blob(tmp_path):
     def refs() -> dict[str, int]:
         return dict(conn.execute("SELECT sha256, refs FROM blob_refs").fetchall())
 
+    def free() -> list[str]:
+        return [r[0] for r in conn.execute("SELECT sha256 FROM blob_free ORDER BY id")]
+
     xml = (b'<distrenjob version="1"><name>x</name><backend name="toy"><scene>s.toy</scene></backend>'
            b'<frames><frame id="0"/><frame id="1"><depends>distren://beta/4/0</depends></frame></frames></distrenjob>')
     seed, out = Blob("5" * 64, 10), Blob("0" * 64, 3)
@@ -327,14 +331,14 @@ def test_reference_counts_follow_every_cell_that_names_a_blob(tmp_path):
         lease = s.claim("local:alpha", ["toy"], 60)
         s.complete(lease.job, lease.frame, lease.attempt, out, "alpha", "")
         jobs.append(j)
-    assert refs() == {seed.sha256: 2, out.sha256: 2}
+    assert refs() == {seed.sha256: 2, out.sha256: 2} and free() == []
     s.set_remote_dep("beta", 4, 0, "done", Blob("b" * 64, 1))
     s.set_cached_bundle(jobs[0], "done:1", "c" * 64)
     assert refs() == {seed.sha256: 2, out.sha256: 2, "b" * 64: 1, "c" * 64: 1}
     s.set_cached_bundle(jobs[0], "done:2", "d" * 64)
-    assert refs()["c" * 64] == 0 and refs()["d" * 64] == 1
+    assert "c" * 64 not in refs() and refs()["d" * 64] == 1 and free() == ["c" * 64]
     s.delete(jobs[0])
-    assert refs() == {seed.sha256: 1, out.sha256: 1, "b" * 64: 1, "c" * 64: 0, "d" * 64: 0}
+    assert refs() == {seed.sha256: 1, out.sha256: 1, "b" * 64: 1} and free() == ["c" * 64, "d" * 64]
     s.delete(jobs[1])   # the last job that waited on beta's frame: its output goes too
-    assert set(refs().values()) == {0}
+    assert refs() == {} and sorted(free()) == sorted(["c" * 64, "d" * 64, out.sha256, seed.sha256, "b" * 64])
     assert conn.execute("SELECT COUNT(*) FROM remote_deps").fetchone()[0] == 0

@@ -40,6 +40,9 @@ UNFINISHED = ("waiting", "ready", "running")
 LOG_LIMIT = 256 * 1024
 # Frames (or dependency rows) handled by one transaction of the long operations.
 CHUNK = 2000
+# ... of a delete: each deleted output updates its blob's reference count (a keyed update at a
+# random place of blob_refs), so fewer frames keep each transaction near 20 ms.
+DELETE_CHUNK = 500
 # Frames a page of the frame list holds by default, and at most.
 PAGE = 1000
 MAX_PAGE = 10_000
@@ -786,8 +789,9 @@ class Scheduler:
             yield from (self.cancel_steps(job) if op == "cancel" else self.retry_steps(job))
         return [r[0] for r in jobs]
 
-    def _in_chunks(self, job: int, action: Callable[[sqlite3.Connection, list[int]], int | None]) -> Iterator[None]:
-        """Call `action(c, frames)` for the job's frames in id order, CHUNK of them per
+    def _in_chunks(self, job: int, action: Callable[[sqlite3.Connection, list[int]], int | None],
+                   size: int = CHUNK) -> Iterator[None]:
+        """Call `action(c, frames)` for the job's frames in id order, `size` of them per
         transaction (`frames` is sorted: actions may work on the range frames[0]..frames[-1]).
         Returns the sum of what the actions return."""
         after, total = -1, 0
@@ -795,11 +799,11 @@ class Scheduler:
             with self._tx() as c:
                 frames = [r[0] for r in c.execute(
                     "SELECT frame FROM frames WHERE job_id=? AND frame > ? ORDER BY frame LIMIT ?",
-                    (job, after, CHUNK))]
+                    (job, after, size))]
                 if frames:
                     total += action(c, frames) or 0
                     after = frames[-1]
-            if len(frames) < CHUNK:
+            if len(frames) < size:
                 return total
             yield
 
@@ -896,7 +900,7 @@ class Scheduler:
                 c.execute(f"DELETE FROM {table} WHERE job_id=? AND frame BETWEEN ? AND ?",
                           (job, frames[0], frames[-1]))
 
-        yield from self._in_chunks(job, delete_chunk)
+        yield from self._in_chunks(job, delete_chunk, DELETE_CHUNK)
         with self._tx() as c:
             self._purge(c, job, "deleting")
         return running

@@ -3,11 +3,12 @@ start-up sweep, disk use, the free-space reserve (`--min-free-bytes`) and `--kee
 
 What references a blob is known in one place: the database's `blob_refs` counts, kept by
 triggers on every cell that names a blob (store/db.py), in the transaction that changes the
-cell. A count of 0 makes the blob (with its scene folder `scenes/<hash>` and its preview) a
-candidate; the collector takes candidates in batches, each in one transaction on the event
-loop: the blobs not pinned (store/blobs.py: in use by a render, a download, a response, or
-just written and not yet referenced) are renamed into `trash/` and their rows deleted; the
-trash is emptied in a thread. A kill -9 at any point leaves no reference to a missing blob:
+cell. A count that falls to 0 appends the blob (with its scene folder `scenes/<hash>` and its
+preview) to `blob_free` as a candidate; the collector takes candidates in batches, each in one
+transaction on the event loop: the blobs not referenced again meanwhile and not pinned
+(store/blobs.py: in use by a render, a download, a response, or just written and not yet
+referenced) are renamed into `trash/` and their rows deleted; the trash is emptied in a
+thread. A kill -9 at any point leaves no reference to a missing blob:
 a candidate row not yet deleted is taken again after the restart, and what a crash left
 unreferenced (a blob written just before it, a copy of a peer's blob) is an orphan that the
 start-up sweep finds by comparing the folders with the counts.
@@ -39,8 +40,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("distren.storage")
 
-# Candidates one transaction of the collector takes (renames on the event loop: a few ms).
-BATCH = 500
+# Candidates the collector takes at a time (the rows on the event loop, the files in a thread).
+BATCH = 200
 # How often the storage loop runs: lingering peer copies, the free-space check, a collection.
 PERIOD = 1.0
 # Scratch folders (tmp, work, trash) and previews are measured by a walk, at most this often.
@@ -57,6 +58,8 @@ class Storage:
         self.data = core.data
         self.trash = core.data / "trash"
         self.trash.mkdir(exist_ok=True)
+        # as strings, for the collector's renames (pathlib costs more than the syscalls)
+        self._trash, self._scenes, self._previews = str(self.trash), str(core.scenes_dir), str(core.previews_dir)
         config = core.config
         self.min_free = config.min_free_bytes
         self.keep_peer_copies = config.keep_peer_copies
@@ -115,10 +118,11 @@ class Storage:
     def mark(self, sha256s: Iterable[str]) -> None:
         """Blobs that may be referenced by nothing (written, then refused; orphans): each a
         candidate unless the database references it."""
-        rows = [(s,) for s in sha256s]
+        rows = [(s, s) for s in sha256s]
         if rows:
             with _tx(self.conn) as c:
-                c.executemany("INSERT OR IGNORE INTO blob_refs(sha256, refs) VALUES (?, 0)", rows)
+                c.executemany("INSERT INTO blob_free(sha256) SELECT ? WHERE NOT EXISTS"
+                              " (SELECT 1 FROM blob_refs WHERE sha256=?)", rows)
             self.wake()
 
     def release(self, sha256s: Iterable[str], *, written: bool = False, peer_copy: bool = False) -> None:
@@ -147,47 +151,60 @@ class Storage:
         self.mark(due)
 
     async def collect(self) -> int:
-        """Reclaim every candidate that is not pinned or lingering, BATCH a transaction (the
-        event loop runs between them); the trash is emptied in a thread. Returns how many."""
-        after, total = "", 0
+        """Reclaim every candidate that is not referenced, pinned or lingering, BATCH at a time:
+        the event loop only reads and deletes rows (a transaction each); the files are moved
+        to the trash and the trash emptied in a thread. Returns how many blobs went."""
+        after, total = 0, 0
         while True:
             now = time.monotonic()
-            with _tx(self.conn) as c:
-                rows = [r[0] for r in c.execute(
-                    "SELECT sha256 FROM blob_refs WHERE refs <= 0 AND sha256 > ? ORDER BY sha256 LIMIT ?",
-                    (after, BATCH))]
-                if not rows:
-                    break
-                after = rows[-1]
-                free = [s for s in rows if self._linger.get(s, 0) <= now]
-                gone = self.blobs.remove(free, self.trash) if free else []
-                for s in gone:
-                    self._linger.pop(s, None)
-                    self._trash_extras(s)
-                if gone:
-                    failpoints.hit("reclaim")
-                c.executemany("DELETE FROM blob_refs WHERE sha256=? AND refs <= 0", ((s,) for s in gone))
+            rows = self.conn.execute(
+                "SELECT f.id, f.sha256, r.refs FROM blob_free f LEFT JOIN blob_refs r ON r.sha256 = f.sha256"
+                " WHERE f.id > ? ORDER BY f.id LIMIT ?", (after, BATCH)).fetchall()
+            if not rows:
+                break
+            after = rows[-1][0]
+            # referenced again meanwhile: not a candidate any more; pinned or lingering: later.
+            # (No reference is recorded without a pin first, and a pin takes a doomed blob back:
+            # what is doomed here is not referenced when the thread moves it.)
+            doomed = self.blobs.doom(sorted({r[1] for r in rows if r[2] is None
+                                             and self._linger.get(r[1], 0) <= now}))
+            gone = set(await asyncio.to_thread(self._reclaim, doomed)) if doomed else set()
+            for s in gone:
+                self._linger.pop(s, None)
+            done = [r[0] for r in rows if r[2] is not None or r[1] in gone]
+            if done:
+                with _tx(self.conn) as c:
+                    c.executemany("DELETE FROM blob_free WHERE id=?", ((i,) for i in done))
             total += len(gone)
-            if gone:
-                await asyncio.to_thread(empty, self.trash)
             if len(rows) < BATCH:
                 break
-            await asyncio.sleep(0)
         return total
 
+    def _reclaim(self, sha256s: list[str]) -> list[str]:
+        """In a thread: move the doomed blobs, with their scene folders and previews, to the
+        trash, and empty it. Returns the blobs that went."""
+        gone = [s for s in sha256s if self.blobs.remove(s, self.trash)]
+        for s in gone:
+            self._trash_extras(s)
+        if gone:
+            failpoints.hit("reclaim")
+            empty(self.trash)
+        return gone
+
     def _trash_extras(self, sha256: str) -> None:
-        """A reclaimed blob's scene folder and preview go with it (renamed: cheap on the loop)."""
+        """A reclaimed blob's scene folder and preview go with it."""
         if not _HASH_RE.fullmatch(sha256):
             return
-        scene = self.core.scenes_dir / sha256
-        preview = self.core.previews_dir / sha256[:2] / f"{sha256}.png"
-        for path, name in ((scene, f"{sha256}.scene"), (preview, f"{sha256}.png")):
+        if sha256 in self.scene_bytes:   # (every scene folder there is, is counted)
             try:
-                os.replace(path, self.trash / name)
+                os.replace(f"{self._scenes}/{sha256}", f"{self._trash}/{sha256}.scene")
             except FileNotFoundError:
-                continue
-            if path is scene:
-                self._count_scene(sha256, None)
+                pass
+            self._count_scene(sha256, None)
+        try:
+            os.replace(f"{self._previews}/{sha256[:2]}/{sha256}.png", f"{self._trash}/{sha256}.png")
+        except FileNotFoundError:
+            pass
 
     # -- the start-up sweep ------------------------------------------------------------------
     def sweep(self) -> list[str]:
@@ -197,7 +214,7 @@ class Storage:
         empty(self.trash)
         reader = sqlite3.connect(self.core.data / "distren.sqlite3", timeout=30)
         try:
-            referenced = {r[0] for r in reader.execute("SELECT sha256 FROM blob_refs WHERE refs > 0")}
+            referenced = {r[0] for r in reader.execute("SELECT sha256 FROM blob_refs")}
         finally:
             reader.close()
         orphans: list[str] = []

@@ -216,6 +216,8 @@ class BlobStore:
             leftover.unlink(missing_ok=True)
         self._lock = threading.Lock()
         self._pins: Counter[str] = Counter()
+        # blobs chosen for removal (not pinned then); a pin or a publish takes a blob back
+        self._doomed: set[str] = set()
         self.bytes = 0
 
     # -- pins ---------------------------------------------------------------------------
@@ -225,6 +227,7 @@ class BlobStore:
         with self._lock:
             if not self.path(sha256).is_file():
                 return False
+            self._doomed.discard(sha256)
             self._pins[sha256] += 1
             return True
 
@@ -240,24 +243,33 @@ class BlobStore:
     def pinned(self, sha256: str) -> bool:
         return sha256 in self._pins
 
-    def remove(self, sha256s, trash: Path) -> list[str]:
-        """Move the blobs that are not pinned into `trash` (a folder on the same file system,
-        emptied by the caller, off the event loop: a rename costs the same for any size).
-        Returns those moved or already gone; pinned ones stay."""
-        done = []
+    def doom(self, sha256s) -> list[str]:
+        """Choose blobs for removal: those not pinned now (returned). Until `remove` moves
+        them, a pin or a publish of the same blob takes it back (it is in use again)."""
         with self._lock:
-            for sha256 in sha256s:
-                if sha256 in self._pins:
-                    continue
-                path = self.path(sha256)
-                try:
-                    size = path.stat().st_size
-                    os.replace(path, trash / sha256)
-                    self.bytes -= size
-                except FileNotFoundError:
-                    pass
-                done.append(sha256)
-        return done
+            chosen = [s for s in sha256s if s not in self._pins]
+            self._doomed.update(chosen)
+        return chosen
+
+    def remove(self, sha256: str, trash: Path) -> bool:
+        """Move a doomed blob into `trash` (a folder on the same file system, emptied by the
+        caller), unless it was taken back meanwhile. True when it is gone (moved, or was not
+        there). Safe in a thread: the choice and the move hold the lock, as pins and publishing
+        do."""
+        path = f"{self.root}/{sha256[:2]}/{sha256}"   # plain strings: pathlib costs more than the syscalls
+        with self._lock:
+            if sha256 not in self._doomed:
+                return False
+            self._doomed.discard(sha256)
+            if not _HASH_RE.fullmatch(sha256):
+                return True
+            try:
+                size = os.stat(path).st_size
+                os.replace(path, f"{trash}/{sha256}")
+                self.bytes -= size
+            except FileNotFoundError:
+                pass
+        return True
 
     def path(self, sha256: str) -> Path:
         if not _HASH_RE.fullmatch(sha256):
@@ -321,6 +333,7 @@ class BlobStore:
         final = self.path(digest)
         final.parent.mkdir(exist_ok=True)
         with self._lock:
+            self._doomed.discard(digest)
             self._pins[digest] += 1
             if final.exists():
                 tmp.unlink()

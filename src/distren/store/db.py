@@ -24,14 +24,19 @@ WAL_SIZE_LIMIT = 4 * 1024 * 1024
 # How many cells of the database name each blob (a seed, a frame output, an upload waiting for
 # its complete, a bundle, a peer's output that frames here depend on), kept by the triggers below
 # in the transaction that changes the cell: no code path can add or drop a reference without
-# the count following. A row whose count is 0 is a blob to reclaim (server/storage.py), also a
-# blob written but never referenced (a result refused, a package refused after it was stored).
+# the count following. A blob whose count falls to 0 loses its row and is appended to blob_free
+# (appended: a delete of many frames writes the end of one table, not places all over an index),
+# as is a blob written but never referenced (a result refused, a package refused after it was
+# stored). server/storage.py reclaims what blob_free names and blob_refs does not.
 BLOB_REFS = """
 CREATE TABLE IF NOT EXISTS blob_refs (
     sha256 TEXT PRIMARY KEY,
     refs INTEGER NOT NULL
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS blob_refs_free ON blob_refs (sha256) WHERE refs <= 0;
+CREATE TABLE IF NOT EXISTS blob_free (
+    id INTEGER PRIMARY KEY,
+    sha256 TEXT NOT NULL
+);
 """
 # (table, column) of every cell that names a blob
 BLOB_COLUMNS = (("jobs", "seed_sha256"), ("jobs", "bundle_sha256"), ("frames", "output_sha256"),
@@ -41,7 +46,9 @@ BLOB_COLUMNS = (("jobs", "seed_sha256"), ("jobs", "bundle_sha256"), ("frames", "
 def _blob_ref_triggers() -> str:
     add = ("INSERT INTO blob_refs(sha256, refs) SELECT NEW.{c}, 1 WHERE NEW.{c} IS NOT NULL"
            " ON CONFLICT(sha256) DO UPDATE SET refs = refs + 1;")
-    drop = "UPDATE blob_refs SET refs = refs - 1 WHERE sha256 = OLD.{c};"
+    drop = ("UPDATE blob_refs SET refs = refs - 1 WHERE sha256 = OLD.{c};"
+            " INSERT INTO blob_free(sha256) SELECT sha256 FROM blob_refs WHERE sha256 = OLD.{c} AND refs <= 0;"
+            " DELETE FROM blob_refs WHERE sha256 = OLD.{c} AND refs <= 0;")
     out = []
     for table, col in BLOB_COLUMNS:
         name = f"ref_{table}_{col}"
