@@ -137,6 +137,14 @@ def test_a_hundred_jobs_submitted_and_deleted_leave_the_data_folder_as_it_was(se
         else:
             delete(s, own)
             delete(s, twin)
+        if i % 25 == 5:   # the same package again, just after its job was deleted: a new reference
+            again = submit(s, tmp_path / "own.tar")
+            wait_state(s, again, "done")
+            time.sleep(1.5)   # the collector has run
+            seed = job(s, again)["seed"]["sha256"]
+            assert (s.data / "blobs" / seed[:2] / seed).is_file() and (s.data / "scenes" / seed).is_dir()
+            get(s, f"/jobs/{again}/bundle")
+            delete(s, again)
         # the job that shares the seed is as it was
         assert get(s, f"/jobs/{keeper}/frames/1/output").content == output
         if i % 10 == 0:
