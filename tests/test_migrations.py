@@ -6,6 +6,7 @@ Up to schema 6 the version was a `meta` row; since, it is PRAGMA user_version.""
 from __future__ import annotations
 
 import shutil
+import time
 import sqlite3
 
 import pytest
@@ -110,6 +111,14 @@ def test_a_data_folder_of_schema_6_is_upgraded_and_its_job_renders_to_the_end(tm
 
     images = bundle_images(bundle)
     assert len(images) == 4 and {size for size, _mode, _pixels in images.values()} == {(48, 36)}, sorted(images)
+    # the blobs' reference counts were made from the upgraded folder's cells: deleting the job
+    # frees every blob (seed, outputs, bundle) and its scene folder
+    c.delete("distren://alpha/1")
+    deadline = time.monotonic() + 30
+    while (used := c.server_info()["storage"])["blobs"] or used["scenes"]:
+        assert time.monotonic() < deadline, used
+        time.sleep(0.2)
+    assert not any(p.is_file() for p in (data / "blobs").rglob("*"))
     server.stop()
     assert_current(db.connect(data / "distren.sqlite3"))
 

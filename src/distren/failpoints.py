@@ -7,7 +7,7 @@ always outside the fault tests), `hit` is a dictionary look-up and nothing else.
 Points: `intake` (package checked and stored, job not yet recorded), `output` (a frame's output
 blob stored, result not yet recorded), `bundle` (half-way through writing a bundle), `done` (the
 job's last frame just recorded), `operation` (a cancel, retry or delete after its first
-transaction).
+transaction), `reclaim` (unreferenced blobs moved to the trash, their rows not yet deleted).
 """
 
 from __future__ import annotations

@@ -42,6 +42,8 @@ class Metrics:
                                 "from peers", registry=r)
         self.sent = Counter("distren_sent_bytes", "Bytes sent: response bodies, and results uploaded to peers",
                             registry=r)
+        self.bundles = Counter("distren_bundles_built", "Bundles made (a job's bundle is made again only once more "
+                               "of its frames are done)", registry=r)
         self.refusals = Counter("distren_intake_refusals", "Packages refused at POST /api/v1/jobs, by error code",
                                 ["code"], registry=r)
         self.snapshot = snapshot

@@ -32,7 +32,7 @@ from typing import Callable, Iterable, Iterator
 from .errors import BadRequest, Conflict, DistrenError, NotFound
 from .job.spec import JobSpec
 from .store.blobs import Blob
-from .url import DistrenURL, format_url
+from .url import MAX_ID, DistrenURL, format_url
 
 FRAME_STATES = ("waiting", "ready", "running", "done", "failed", "cancelled")
 TERMINAL = ("done", "failed", "cancelled")
@@ -40,6 +40,9 @@ UNFINISHED = ("waiting", "ready", "running")
 LOG_LIMIT = 256 * 1024
 # Frames (or dependency rows) handled by one transaction of the long operations.
 CHUNK = 2000
+# ... of a delete: each deleted output updates its blob's reference count (a keyed update at a
+# random place of blob_refs), so fewer frames keep each transaction near 20 ms.
+DELETE_CHUNK = 500
 # Frames a page of the frame list holds by default, and at most.
 PAGE = 1000
 MAX_PAGE = 10_000
@@ -179,10 +182,25 @@ class Scheduler:
             self._purge(c, job, "intake")
 
     def _purge(self, c: sqlite3.Connection, job: int, status: str) -> None:
-        for table in ("attempts", "deps", "frames", "blocklist"):
-            c.execute(f"DELETE FROM {table} WHERE job_id=? AND EXISTS"
-                      " (SELECT 1 FROM jobs WHERE id=? AND status=?)", (job, job, status))
+        if c.execute("SELECT 1 FROM jobs WHERE id=? AND status=?", (job, status)).fetchone() is None:
+            return
+        self._drop_deps(c, job, -1, MAX_ID)
+        for table in ("attempts", "frames", "blocklist"):
+            c.execute(f"DELETE FROM {table} WHERE job_id=?", (job,))
         c.execute("DELETE FROM jobs WHERE id=? AND status=?", (job, status))
+
+    def _drop_deps(self, c: sqlite3.Connection, job: int, first: int, last: int) -> None:
+        """Delete the dependency rows of frames first..last of a job, and what is known of the
+        peers' frames that no other frame here depends on any more (remote_deps: their fetched
+        outputs are then no longer referenced, and are reclaimed)."""
+        peers_frames = c.execute(
+            "SELECT DISTINCT dep_server, dep_job, dep_frame FROM deps WHERE job_id=? AND frame BETWEEN ? AND ?"
+            " AND dep_server != ?", (job, first, last, self.server)).fetchall()
+        c.execute("DELETE FROM deps WHERE job_id=? AND frame BETWEEN ? AND ?", (job, first, last))
+        c.executemany(
+            "DELETE FROM remote_deps WHERE server=? AND job=? AND frame=? AND NOT EXISTS"
+            " (SELECT 1 FROM deps d WHERE d.dep_server=? AND d.dep_job=? AND d.dep_frame=?)",
+            (tuple(r) * 2 for r in peers_frames))
 
     def activate_job(self, job: int, spec: JobSpec, seed: Blob) -> None:
         drain(self.activate_job_steps(job, spec, seed))
@@ -771,8 +789,9 @@ class Scheduler:
             yield from (self.cancel_steps(job) if op == "cancel" else self.retry_steps(job))
         return [r[0] for r in jobs]
 
-    def _in_chunks(self, job: int, action: Callable[[sqlite3.Connection, list[int]], int | None]) -> Iterator[None]:
-        """Call `action(c, frames)` for the job's frames in id order, CHUNK of them per
+    def _in_chunks(self, job: int, action: Callable[[sqlite3.Connection, list[int]], int | None],
+                   size: int = CHUNK) -> Iterator[None]:
+        """Call `action(c, frames)` for the job's frames in id order, `size` of them per
         transaction (`frames` is sorted: actions may work on the range frames[0]..frames[-1]).
         Returns the sum of what the actions return."""
         after, total = -1, 0
@@ -780,11 +799,11 @@ class Scheduler:
             with self._tx() as c:
                 frames = [r[0] for r in c.execute(
                     "SELECT frame FROM frames WHERE job_id=? AND frame > ? ORDER BY frame LIMIT ?",
-                    (job, after, CHUNK))]
+                    (job, after, size))]
                 if frames:
                     total += action(c, frames) or 0
                     after = frames[-1]
-            if len(frames) < CHUNK:
+            if len(frames) < size:
                 return total
             yield
 
@@ -875,16 +894,27 @@ class Scheduler:
             c.execute("UPDATE jobs SET status='deleting' WHERE id=?", (job,))
         yield
         def delete_chunk(c: sqlite3.Connection, frames: list[int]) -> None:
-            for table in ("attempts", "deps", "frames"):
+            # (the triggers of blob_refs drop the references of the frames' outputs)
+            self._drop_deps(c, job, frames[0], frames[-1])
+            for table in ("attempts", "frames"):
                 c.execute(f"DELETE FROM {table} WHERE job_id=? AND frame BETWEEN ? AND ?",
                           (job, frames[0], frames[-1]))
 
-        yield from self._in_chunks(job, delete_chunk)
+        yield from self._in_chunks(job, delete_chunk, DELETE_CHUNK)
         with self._tx() as c:
             self._purge(c, job, "deleting")
         return running
 
     # -- queries -------------------------------------------------------------------------
+    def finished_before(self, when: float, limit: int = 100) -> list[int]:
+        """Jobs whose every frame ended (done, failed or cancelled) before `when`, oldest first,
+        with no operation under way (--keep-finished deletes them)."""
+        rows = self.conn.execute(
+            "SELECT id FROM jobs WHERE status IN ('active','cancelled') AND pending IS NULL"
+            " AND n_waiting + n_ready + n_running = 0 AND COALESCE(finished, submitted) < ? ORDER BY id LIMIT ?",
+            (when, limit)).fetchall()
+        return [r[0] for r in rows]
+
     def ready_backends(self) -> set[str]:
         """The backends of the active jobs, not paused, that have ready frames (one row per job)."""
         out: set[str] = set()
@@ -1113,9 +1143,14 @@ class Scheduler:
         return (row is not None and row["state"] == "running" and row["attempts"] == attempt
                 and (owner is None or row["lease_owner"] == owner))
 
-    def cached_bundle(self, job: int, key: str) -> str | None:
-        row = self.conn.execute("SELECT bundle_sha256, bundle_key FROM jobs WHERE id=?", (job,)).fetchone()
-        return row["bundle_sha256"] if row and row["bundle_key"] == key else None
+    def cached_bundle(self, job: int) -> tuple[str, str | None]:
+        """The key of the job's bundle as its frames are now, and the bundle kept for that key
+        (None: none is). The key is the count of done frames: a done frame stays done with
+        its output (a retry requeues only failed and cancelled frames, and drops the bundle),
+        so the count names the set of frames a bundle holds."""
+        row = self._job_row(job)
+        key = f"done:{row['n_done']}"
+        return key, row["bundle_sha256"] if row["bundle_key"] == key else None
 
     def set_cached_bundle(self, job: int, key: str, sha256: str) -> None:
         with self._tx() as c:

@@ -22,7 +22,7 @@ import json
 from typing import Callable
 
 from fastapi import APIRouter, Request
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.responses import FileResponse, Response
 from starlette.requests import ClientDisconnect
 
 from ..errors import BadJob, Conflict, Forbidden, NotFound, Unauthorized
@@ -38,9 +38,29 @@ MAX_JSON_BYTES = 4 * 1024 * 1024
 
 class BlobFileResponse(FileResponse):
     """A file (with HTTP Range) read in 1 MiB pieces, each in a thread: a 1 GB seed is a
-    thousand trips to a thread, not sixteen thousand (starlette reads 64 KiB)."""
+    thousand trips to a thread, not sixteen thousand (starlette reads 64 KiB). `on_close` is
+    called once the response ended, however it ended (a blob's pin released)."""
 
     chunk_size = 1024 * 1024
+
+    def __init__(self, *args, on_close: Callable[[], None] | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.on_close = on_close
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            if self.on_close is not None:
+                self.on_close()
+
+
+def pinned_blob_response(core, sha256: str, **kwargs) -> BlobFileResponse:
+    """A blob as a response, pinned while it is sent (a delete meanwhile does not take it
+    away); NotFound when it is not there."""
+    if not core.blobs.pin(sha256):
+        raise NotFound(f"no blob {sha256}")
+    return BlobFileResponse(core.blobs.path(sha256), on_close=lambda: core.storage.release([sha256]), **kwargs)
 
 
 def _target(request: Request) -> str:
@@ -165,7 +185,8 @@ def create_peer_router(get_core: Callable, get_fed: Callable) -> APIRouter:
         if not core.scheduler.is_running(job, frame, attempt, peer):
             raise Conflict(f"attempt {attempt} of frame {frame} of job {job} is not leased to {peer}")
         # hashed and written in a thread a batch at a time while the next batch arrives (and the
-        # fsync in a thread): the event loop serves everyone else meanwhile
+        # fsync in a thread): the event loop serves everyone else meanwhile. (No free-space
+        # reserve here: the reserve is kept for the outputs of the jobs already taken.)
         upload = StreamWriter(await asyncio.to_thread(core.blobs.writer, core.config.max_job_bytes))
         try:
             async for chunk in body_chunks(request, core.config.body_timeout):
@@ -182,7 +203,10 @@ def create_peer_router(get_core: Callable, get_fed: Callable) -> APIRouter:
             writer.abort()
             raise
         # recorded with the lease (fenced by the attempt): nothing to forget when it ends
-        core.scheduler.record_upload(job, frame, attempt, peer, blob)
+        try:
+            core.scheduler.record_upload(job, frame, attempt, peer, blob)
+        finally:   # referenced by the frame now, or (a lease gone meanwhile) reclaimed
+            core.storage.release([blob.sha256], written=True)
         return {"sha256": blob.sha256, "size": blob.size}
 
     @router.post("/leases/{job}/{frame}/{attempt}/complete")
@@ -233,10 +257,6 @@ def create_peer_router(get_core: Callable, get_fed: Callable) -> APIRouter:
     @router.get("/blobs/{sha256}")
     async def blob(sha256: str, request: Request):
         verify(request, workers=True)
-        core = get_core()
-        path = core.blobs.path(sha256)
-        if not path.is_file():
-            return JSONResponse({"error": {"code": "not_found", "message": f"no blob {sha256}"}}, status_code=404)
-        return BlobFileResponse(path, media_type="application/octet-stream")
+        return pinned_blob_response(get_core(), sha256, media_type="application/octet-stream")
 
     return router

@@ -185,7 +185,10 @@ class Federation:
         if state == "done":
             out = info["output"]
             blob = await self.fetch_blob(server, out["sha256"], out["size"])
-            self.core.scheduler.set_remote_dep(server, job, frame, "done", blob)
+            try:
+                self.core.scheduler.set_remote_dep(server, job, frame, "done", blob)
+            finally:   # referenced by remote_deps now (or by nothing: reclaimed)
+                self.core.storage.release([blob.sha256], written=True)
         elif state in ("failed", "cancelled"):
             self.core.scheduler.set_remote_dep(server, job, frame, state, error=info.get("error"))
 
@@ -444,7 +447,8 @@ class Federation:
     # -- transfers -----------------------------------------------------------------------
     async def fetch_blob(self, server: str, sha256: str, size: int | None) -> Blob:
         """A blob of a peer into our store, once: streamed to a part file, resumed with HTTP
-        Range after an interruption, retried with back-off, verified by hash."""
+        Range after an interruption, retried with back-off, verified by hash. Returned pinned
+        (the caller releases it: `storage.release`)."""
         entry = self._downloads.setdefault(sha256, [asyncio.Lock(), 0])
         entry[1] += 1
         try:
@@ -457,7 +461,7 @@ class Federation:
     async def _fetch_locked(self, lock: asyncio.Lock, server: str, sha256: str, size: int | None) -> Blob:
         blobs = self.core.blobs
         async with lock:
-            if blobs.has(sha256):
+            if blobs.pin(sha256):
                 return Blob(sha256, blobs.path(sha256).stat().st_size)
             part = f"download-{sha256}.part"
             delay = 0.2

@@ -18,7 +18,6 @@ from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
-from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__, logs
@@ -26,7 +25,7 @@ from ..errors import BadRequest, DistrenError, NotFound, StorageFull, TooLarge, 
 from ..federation.auth import (H_SIG, TOKEN_COOKIE, Verifier, bearer_token, check_client_token, load_secret,
                               token_matches)
 from ..federation.peers import PeerClient, PeerError
-from ..federation.routes import BlobFileResponse, create_peer_router, verify_peer
+from ..federation.routes import BlobFileResponse, create_peer_router, pinned_blob_response, verify_peer
 from ..federation.service import Federation, FederationSettings
 from ..events import EventBus
 from ..metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -93,6 +92,8 @@ def create_app(config: ServerConfig, core: Core | None = None) -> FastAPI:
         c.scheduler.on_frame = events.frame
         state["events"] = app.state.events = events
         events.start()
+        # the start-up sweep (orphans of a crash) before anything renders or is taken in
+        await c.storage.start()
         await runner.start()
         if fed is not None:
             fed.start()
@@ -107,6 +108,7 @@ def create_app(config: ServerConfig, core: Core | None = None) -> FastAPI:
             await runner.stop()
             if fed is not None:
                 await fed.stop()
+            await c.storage.stop()
             if core is None:
                 c.close()
 
@@ -185,6 +187,7 @@ def create_app(config: ServerConfig, core: Core | None = None) -> FastAPI:
         info["workers"] = [w.to_json() for w in fed.live_workers(time.time())] if fed else []
         if state.get("slurm") is not None:
             info["slurm"] = state["slurm"].to_json()
+        info["storage"] = await core_().storage.usage()
         return info
 
     @api.post("/server/drain", summary="Drain this server: it starts nothing new and hands its peers' frames back")
@@ -228,6 +231,7 @@ def create_app(config: ServerConfig, core: Core | None = None) -> FastAPI:
                 return error_response(400, "bad_request", "Content-Length must be a number")
             if int(length) > c.config.max_job_bytes:
                 raise TooLarge(f"package of {length} bytes exceeds the limit of {c.config.max_job_bytes} bytes")
+        c.storage.refuse_if_low(int(length or 0))   # 507 while the free space is below the reserve
         upload: StreamWriter | None = None
         try:
             async for chunk in body_chunks(request, c.config.body_timeout):
@@ -297,8 +301,8 @@ def create_app(config: ServerConfig, core: Core | None = None) -> FastAPI:
     async def get_output(job: int = JobId, frame: int = FrameId):
         c = core_()
         blob = c.scheduler.frame_output(job, frame)
-        return BlobFileResponse(
-            c.blobs.path(blob.sha256),
+        return pinned_blob_response(
+            c, blob.sha256,
             media_type="application/x-tar",
             filename=f"{c.name}-{job}-{frame}.tar",
             headers={"X-Distren-SHA256": blob.sha256},
@@ -320,12 +324,13 @@ def create_app(config: ServerConfig, core: Core | None = None) -> FastAPI:
     @api.get("/jobs/{job}/bundle", responses=TARBALL_RESPONSE, summary="The job's finished frames as one tarball")
     async def get_bundle(job: int = JobId):
         c = core_()
-        path, temporary = await c.bundle(job)
+        blob = await c.bundle(job)   # pinned: released once sent
         return BlobFileResponse(
-            path,
+            c.blobs.path(blob.sha256),
             media_type="application/x-tar",
             filename=f"{c.name}-{job}-bundle.tar",
-            background=BackgroundTask(path.unlink, missing_ok=True) if temporary else None,
+            headers={"X-Distren-SHA256": blob.sha256},
+            on_close=lambda: c.storage.release([blob.sha256]),
         )
 
     @api.patch("/jobs/{job}", openapi_extra=PATCH_BODY, summary="Change a job's priority")

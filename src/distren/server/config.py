@@ -156,6 +156,20 @@ class ServerConfig(BaseModel):
     peer_timeout: float = setting(
         15.0, "a peer not heard from for this long is asked who it is (health shown in `GET /peers`, "
               "`waiting_for`)", **SECONDS)
+    # Storage (server/storage.py)
+    keep_finished: float | None = setting(
+        None, "days (fractions allowed) after which a finished job (done, failed or cancelled) is deleted by the "
+              "server, blobs and scene folder with it; a job that unfinished frames of another job here wait for "
+              "stays ([docs/architecture.md](docs/architecture.md#disk-reclaimed), also what peers that depend on "
+              "it see)", shown="off", metavar="DAYS", gt=0, allow_inf_nan=False)
+    min_free_bytes: int = setting(
+        GiB, "free space kept on the data folder's file system: below it new packages are refused with 507 "
+             "`storage_full` and no peers' frames are taken (the log says so once); `0` turns it off",
+        shown="1 GiB", ge=0)
+    keep_peer_copies: float = setting(
+        600.0, "seconds a renderer keeps its copies of a peer's seed, scene and dependency outputs after the last "
+               "lease that used them (the job's next frames do not fetch them again); then they are reclaimed",
+        ge=0, allow_inf_nan=False)
     # TLS: this server's certificate and key (HTTPS when both are set); the CA file its requests
     # to https:// peers trust (None: $DISTREN_CA_FILE, else the system's CAs; tls.py).
     tls_cert: Path | None = setting(

@@ -6,8 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import hashlib
-import json
 import multiprocessing
 import os
 import shutil
@@ -24,7 +22,7 @@ from .. import __version__, failpoints, previews
 from ..backends.base import Backend, find_backends
 from ..backends.sandbox import prepare_scene
 from ..files import atomic_file
-from ..errors import BadJob, BadJobXML, BadPackage, DistrenError, StorageFull
+from ..errors import BadJob, BadJobXML, BadPackage, Conflict, DistrenError, NotFound, StorageFull
 from ..metrics import Metrics
 from ..job.spec import JOB_XML_NAME, MAX_XML_BYTES, RESERVED_NAMES, parse_job_xml
 from ..scheduler import Scheduler
@@ -33,6 +31,7 @@ from ..store.blobs import Blob, BlobStore, BlobWriter
 from ..tarballs import iter_tar_files, safe_extract
 from ..url import check_server_name
 from .config import ServerConfig
+from .storage import Storage
 
 
 class Core:
@@ -77,6 +76,9 @@ class Core:
         self.previews_dir = data / "previews" / previews.VERSION
         self._preview_pool: ProcessPoolExecutor | None = None
         self._previews_making: dict[str, asyncio.Future] = {}
+        self._bundles_making: dict[tuple[int, str], asyncio.Future] = {}
+        # reclaiming blobs and scenes, disk use, the free-space reserve, --keep-finished
+        self.storage = Storage(self)
 
     def _new_intake_pool(self) -> ProcessPoolExecutor:
         pool = ProcessPoolExecutor(self.config.intake_processes, initializer=_intake_worker_init,
@@ -114,6 +116,7 @@ class Core:
         """Check an uploaded package and create its job. Raises a DistrenError (4xx) naming
         the problem; then nothing of the package is left behind."""
         job = self.scheduler.begin_job()
+        seed: Blob | None = None
         try:
             # flushed for the checker to read; made durable (fsync) in a thread meanwhile
             await asyncio.to_thread(upload.close, False)
@@ -158,6 +161,9 @@ class Core:
             upload.abort()
             self.scheduler.drop_job(job)
             raise
+        finally:
+            if seed is not None:   # referenced by the job now, or reclaimed (refused, dropped)
+                self.storage.release([seed.sha256], written=True)
         return {**self.scheduler.job(job), "warnings": warnings}
 
     def _install_scene(self, scratch: Path, sha256: str) -> None:
@@ -172,6 +178,8 @@ class Core:
                 raise
             # another thread installed the same scene first: theirs is as good
             _remove(scratch)
+            return
+        self.storage.scene_installed(sha256, final)
 
     def scene(self, sha256: str) -> Path:
         """The extracted scene folder of a seed blob, extracting it again when missing: once,
@@ -207,7 +215,8 @@ class Core:
     # -- outputs -------------------------------------------------------------------------
     def put_outputs(self, outputs: list[list[Path]], root: Path) -> list[Blob]:
         """Frames' output tarballs (deterministic; one a frame, files named relative to `root`)
-        into the blob store, committed as one group."""
+        into the blob store, committed as one group; pinned until `storage.release(...,
+        written=True)`."""
         from ..tarballs import write_tar
 
         def tarball(files: list[Path]):
@@ -221,24 +230,43 @@ class Core:
         dest.parent.mkdir(parents=True, exist_ok=True)
         safe_extract(self.blobs.path(blob.sha256), self.tmp_dir, self.config.tar_limits, into=dest)
 
-    async def bundle(self, job: int) -> tuple[Path, bool]:
-        """The job's bundle: every finished frame's files as `<frame>/<file>`, in frame order.
-        Returns (path, temporary): a done job's bundle is kept as a blob; a partial one is a
-        temporary file the caller removes. Database work stays on the event loop; only the
-        tar writing runs in a thread."""
-        info = self.scheduler.job(job)
-        outputs = self.scheduler.done_outputs(job)
-        key = hashlib.sha256(json.dumps([(f, b.sha256) for f, b in outputs]).encode()).hexdigest()
-        cached = self.scheduler.cached_bundle(job, key)
-        if cached and self.blobs.has(cached):
-            return self.blobs.path(cached), False
-        keep = info["state"] == "done"
-        path, blob = await asyncio.to_thread(self._write_bundle, outputs, keep)
-        if blob is not None:
-            self.scheduler.set_cached_bundle(job, key, blob.sha256)
-        return path, not keep
+    async def bundle(self, job: int) -> Blob:
+        """The job's bundle: every finished frame's files as `<frame>/<file>`, in frame order,
+        as a blob, pinned (the caller releases it once served: `storage.release`). Kept for
+        the count of done frames (a running job's partial bundle too): it is made again only
+        once more frames are done, and the one it replaces is reclaimed. One making per job and
+        count, however many ask at once; database work stays on the event loop, the tar
+        writing runs in a thread."""
+        for _ in range(5):
+            key, cached = self.scheduler.cached_bundle(job)
+            if cached is not None and self.blobs.pin(cached):
+                return Blob(cached, self.blobs.path(cached).stat().st_size)
+            blob = await self._once(self._bundles_making, (job, key), lambda: self._make_bundle(job))
+            if self.blobs.pin(blob.sha256):   # (a newer bundle may have replaced it meanwhile)
+                return blob
+        raise Conflict(f"the bundle of job {job} keeps changing while it is made; ask again")
 
-    def _write_bundle(self, outputs: list[tuple[int, Blob]], keep: bool) -> tuple[Path, Blob | None]:
+    async def _make_bundle(self, job: int) -> Blob:
+        outputs = self.scheduler.done_outputs(job)
+        blob = await asyncio.to_thread(self._write_bundle, outputs)
+        try:
+            self.scheduler.set_cached_bundle(job, f"done:{len(outputs)}", blob.sha256)
+        finally:
+            self.storage.release([blob.sha256], written=True)
+        self.metrics.bundles.inc()
+        return blob
+
+    @staticmethod
+    async def _once(making: dict, key, make):
+        """`make()` once per key at a time, however many ask meanwhile: they all await it."""
+        future = making.get(key)
+        if future is None:
+            future = asyncio.ensure_future(make())
+            making[key] = future
+            future.add_done_callback(lambda _f: making.pop(key, None))
+        return await asyncio.shield(future)
+
+    def _write_bundle(self, outputs: list[tuple[int, Blob]]) -> Blob:
         with self.blobs.writer() as w:
             with tarfile.open(fileobj=w, mode="w|", format=tarfile.PAX_FORMAT) as out:
                 for i, (frame, blob) in enumerate(outputs):
@@ -250,14 +278,7 @@ class Core:
                         info.mode = 0o644
                         info.mtime = 0
                         out.addfile(info, stream)
-            if keep:
-                blob = w.commit()
-                return self.blobs.path(blob.sha256), blob
-            w.close()
-            fd, tmp = tempfile.mkstemp(dir=self.tmp_dir, prefix="bundle-")
-            os.close(fd)
-            os.replace(w.path, tmp)
-            return Path(tmp), None
+            return w.commit()
 
     # -- previews --------------------------------------------------------------------------
     async def preview(self, job: int, frame: int) -> tuple[Path, str]:
@@ -267,16 +288,19 @@ class Core:
         output = self.scheduler.frame_output(job, frame)
         path = self.previews_dir / output.sha256[:2] / f"{output.sha256}.png"
         etag = f'"{output.sha256[:32]}-{previews.VERSION}"'
-        if not path.is_file():
-            making = self._previews_making.get(output.sha256)
-            if making is None:   # one making per output, however many ask at once
-                making = asyncio.ensure_future(self._make_preview(output, path))
-                self._previews_making[output.sha256] = making
-                making.add_done_callback(lambda _f: self._previews_making.pop(output.sha256, None))
-            await asyncio.shield(making)
+        if not path.is_file():   # one making per output, however many ask at once
+            await self._once(self._previews_making, output.sha256, lambda: self._make_preview(output, path))
         return path, etag
 
     async def _make_preview(self, output: Blob, path: Path) -> None:
+        if not self.blobs.pin(output.sha256):   # held while the preview worker reads it
+            raise NotFound(f"the output {output.sha256} is gone (its job was deleted)")
+        try:
+            await self._make_preview_of(output, path)
+        finally:
+            self.storage.release([output.sha256])
+
+    async def _make_preview_of(self, output: Blob, path: Path) -> None:
         if self._preview_pool is None:
             self._preview_pool = ProcessPoolExecutor(1, initializer=_preview_worker_init,
                                                      mp_context=multiprocessing.get_context("spawn"))

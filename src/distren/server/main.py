@@ -215,6 +215,8 @@ class EmbeddedServer:
         root = Path(self._tmp.name)
         # the private server takes one package: no intake worker process to start
         settings.setdefault("intake_processes", 0)
+        # its one package is taken whatever the free space (no reserve for other users' jobs)
+        settings.setdefault("min_free_bytes", 0)
         self.config = ServerConfig(name=name, data=root / "data", slots=slots, **settings)
         self.socket = str(root / "server.sock")
         self._server = DistrenServer(uvicorn_config(create_app(self.config), uds=self.socket))

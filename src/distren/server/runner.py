@@ -158,8 +158,8 @@ class Runner:
             self.core.lease_owner, backends, self.lease_seconds()))
         if lease is not None:
             return None, lease
-        if self.federation is None:
-            return None
+        if self.federation is None or self.core.storage.low:
+            return None   # (below the free-space reserve: peers' frames need their seeds fetched)
         asking = asyncio.create_task(self.federation.claim(backends))
         woken = asyncio.create_task(self._wake.wait())
         try:
@@ -350,6 +350,7 @@ class Runner:
         rendering = [True]
         heart = asyncio.create_task(self._heartbeat(home, unsettled, asyncio.current_task(), rendering))
         cleaned = False
+        blobs: dict[int, Blob] = {}
         try:
             started = time.monotonic()
             results = await self._prepare_and_render(home, leases, work)
@@ -363,7 +364,6 @@ class Runner:
             if any(r.alone for r in results.values()):
                 self.frame_times.render_alone(job_key)
             good = [one.frame for one in leases if results[one.frame].ok]
-            blobs: dict[int, Blob] = {}
             if good:
                 try:
                     # one trip to a thread: the outputs into the blob store, the work folder gone
@@ -385,22 +385,39 @@ class Runner:
                     unsettled.pop(one.frame, None)
                     await asyncio.sleep(0)   # one transaction (or upload) each, others run between
         finally:
+            # the outputs are recorded here (referenced), or uploaded home (this copy is not
+            # needed), or were refused: reclaimed unless referenced
+            core.storage.release([b.sha256 for b in blobs.values()], written=True)
             if heart is not None:
                 heart.cancel()
             if not cleaned:
                 await asyncio.to_thread(shutil.rmtree, work, True)
 
     async def _prepare_and_render(self, home: str | None, leases: list[Lease], work: Path) -> dict[int, RenderResult]:
+        """The seed and the dependencies' outputs are pinned while the frames render (a delete
+        meanwhile does not take them away); a peer's are kept a while after (--keep-peer-copies)."""
+        held: list[str] = []
+        try:
+            return await self._prepare_and_render_held(home, leases, work, held)
+        finally:
+            self.core.storage.release(held, peer_copy=home is not None)
+
+    async def _prepare_and_render_held(self, home: str | None, leases: list[Lease], work: Path,
+                                       held: list[str]) -> dict[int, RenderResult]:
         core = self.core
         first = leases[0]
         frames = tuple(one.frame for one in leases)
         out, deps = work / "out", work / "deps"
+        wanted = {dep["sha256"]: dep["size"] for one in leases for dep in one.depends}
         try:
             if home is not None:   # a peer's lease, or chunk: the seed and dependencies, each once
                 await self.federation.fetch_blob(home, first.seed_sha256, first.seed_size)
-                wanted = {dep["sha256"]: dep["size"] for one in leases for dep in one.depends}
+                held.append(first.seed_sha256)
                 for sha256, size in wanted.items():
                     await self.federation.fetch_blob(home, sha256, size)
+                    held.append(sha256)
+            else:   # (those missing: the preparation below says so)
+                held += await asyncio.to_thread(_pin_all, core, [first.seed_sha256, *wanted])
             # the folders, the scene and every dependency's output: one trip to a thread (a
             # video frame has one dependency per frame of the job: nothing per dependency runs
             # on the event loop)
@@ -520,6 +537,11 @@ def _prepare(core: Core, out: Path, deps: Path, seed_sha256: str,
     for dep in depends:
         extract(dep)
     return core.scene(seed_sha256), tuple(unique)
+
+
+def _pin_all(core: Core, sha256s: list[str]) -> list[str]:
+    """Pin the blobs that are there; returns those pinned."""
+    return [s for s in sha256s if core.blobs.pin(s)]
 
 
 def _store_outputs(core: Core, outputs: list[list[Path]], work: Path) -> list[Blob]:

@@ -6,6 +6,13 @@ held whole in memory, and the hash is computed as the bytes arrive (a blob is ne
 to hash it). Several small blobs (a chunk's frame outputs) can be committed as a group:
 written, made durable together, renamed, made durable together (`BlobStore.put_many`).
 
+Blobs are reclaimed when nothing references them (server/storage.py, from the database's
+counts). A blob just published, or one a render or a download is using, is *pinned* in memory
+until its user lets go (`release`): the store never removes a pinned blob, and pinning,
+publishing and removing happen under one lock, so a blob cannot vanish between its arrival and
+the moment its reference is recorded. Pins die with the process; what they protected and was
+never referenced is an orphan that the start-up sweep finds.
+
 `StreamWriter` feeds a writer from the event loop: the chunks of a request body are gathered
 into batches, and each batch is hashed and written in a thread while the next one arrives.
 """
@@ -19,6 +26,8 @@ import hashlib
 import os
 import re
 import tempfile
+import threading
+from collections import Counter
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -109,8 +118,9 @@ class BlobWriter:
             self._file.close()
 
     def commit(self, expect_sha256: str | None = None, sync: bool = True) -> Blob:
-        """Publish the blob under its hash (verified against `expect_sha256` when given).
-        `sync=False` only within `BlobStore.put_many`, which makes the group durable."""
+        """Publish the blob under its hash (verified against `expect_sha256` when given),
+        pinned (`BlobStore.release`). `sync=False` only within `BlobStore.put_many`, which
+        makes the group durable."""
         digest = self._hash.hexdigest()
         if expect_sha256 is not None and digest != expect_sha256:
             self.abort()
@@ -193,7 +203,9 @@ class StreamWriter:
 
 
 class BlobStore:
-    """Blobs live at `<root>/<first two hex digits>/<hash>`; temporary files in `<root>/tmp`."""
+    """Blobs live at `<root>/<first two hex digits>/<hash>`; temporary files in `<root>/tmp`.
+    `bytes` is the size of the published blobs (counted by the start-up sweep, then as blobs
+    are published and removed)."""
 
     def __init__(self, root: Path):
         self.root = Path(root)
@@ -202,6 +214,62 @@ class BlobStore:
         # Temporary files left by a crash are never visible as blobs; clear them.
         for leftover in self.tmp_dir.iterdir():
             leftover.unlink(missing_ok=True)
+        self._lock = threading.Lock()
+        self._pins: Counter[str] = Counter()
+        # blobs chosen for removal (not pinned then); a pin or a publish takes a blob back
+        self._doomed: set[str] = set()
+        self.bytes = 0
+
+    # -- pins ---------------------------------------------------------------------------
+    def pin(self, sha256: str) -> bool:
+        """Pin a blob that is there (False, nothing pinned, when it is not): it stays until
+        `release`."""
+        with self._lock:
+            if not self.path(sha256).is_file():
+                return False
+            self._doomed.discard(sha256)
+            self._pins[sha256] += 1
+            return True
+
+    def release(self, sha256s) -> None:
+        """Let go of pins taken by `pin`, or by publishing (`commit`, `put_many`)."""
+        with self._lock:
+            for sha256 in sha256s:
+                if self._pins[sha256] <= 1:
+                    del self._pins[sha256]
+                else:
+                    self._pins[sha256] -= 1
+
+    def pinned(self, sha256: str) -> bool:
+        return sha256 in self._pins
+
+    def doom(self, sha256s) -> list[str]:
+        """Choose blobs for removal: those not pinned now (returned). Until `remove` moves
+        them, a pin or a publish of the same blob takes it back (it is in use again)."""
+        with self._lock:
+            chosen = [s for s in sha256s if s not in self._pins]
+            self._doomed.update(chosen)
+        return chosen
+
+    def remove(self, sha256: str, trash: Path) -> bool:
+        """Move a doomed blob into `trash` (a folder on the same file system, emptied by the
+        caller), unless it was taken back meanwhile. True when it is gone (moved, or was not
+        there). Safe in a thread: the choice and the move hold the lock, as pins and publishing
+        do."""
+        path = f"{self.root}/{sha256[:2]}/{sha256}"   # plain strings: pathlib costs more than the syscalls
+        with self._lock:
+            if sha256 not in self._doomed:
+                return False
+            self._doomed.discard(sha256)
+            if not _HASH_RE.fullmatch(sha256):
+                return True
+            try:
+                size = os.stat(path).st_size
+                os.replace(path, f"{trash}/{sha256}")
+                self.bytes -= size
+            except FileNotFoundError:
+                pass
+        return True
 
     def path(self, sha256: str) -> Path:
         if not _HASH_RE.fullmatch(sha256):
@@ -228,7 +296,7 @@ class BlobStore:
         return BlobWriter(self, max_size, name)
 
     def put_file(self, src: Path) -> Blob:
-        """Copy a file into the store (streamed)."""
+        """Copy a file into the store (streamed); pinned, as every blob published."""
         with self.writer() as w, open(src, "rb") as f:
             while chunk := f.read(CHUNK):
                 w.write(chunk)
@@ -238,9 +306,10 @@ class BlobStore:
         """Several blobs, each written by one callable into the file it is given, committed as a
         group: all written, one file-system sync (their data durable), all renamed into place,
         one more sync (their names durable). A chunk of 50 frame outputs costs two syncs instead
-        of a hundred fsyncs. On any error no blob of the group is left half-written (the ones
+        of a hundred fsyncs. The blobs are pinned (`release`). On any error no blob of the group is left half-written (the ones
         already published are whole, and content-addressed: harmless)."""
         writers: list[BlobWriter] = []
+        blobs: list[Blob] = []
         try:
             for write in writes:
                 w = self.writer()
@@ -248,21 +317,30 @@ class BlobStore:
                 write(w)
                 w.close(sync=False)
             _sync_filesystem(self.tmp_dir, [w.path for w in writers])
-            blobs = [w.commit(sync=False) for w in writers]
+            for w in writers:
+                blobs.append(w.commit(sync=False))
         except BaseException:
             for w in writers:
                 w.abort()
+            self.release(b.sha256 for b in blobs)
             raise
         _sync_filesystem(self.root, sorted({self.path(b.sha256).parent for b in blobs}))
         return blobs
 
     def _publish(self, tmp: Path, digest: str, sync: bool = True) -> None:
+        """Rename into place (or drop the copy when the blob is there) and pin it: the caller
+        releases it once its reference is recorded, or it is not to be."""
         final = self.path(digest)
         final.parent.mkdir(exist_ok=True)
-        if final.exists():
-            tmp.unlink()
-            return
-        os.replace(tmp, final)
+        with self._lock:
+            self._doomed.discard(digest)
+            self._pins[digest] += 1
+            if final.exists():
+                tmp.unlink()
+                return
+            size = tmp.stat().st_size
+            os.replace(tmp, final)
+            self.bytes += size
         if sync:
             _fsync_path(final.parent)
 

@@ -18,6 +18,48 @@ class DatabaseVersionError(DistrenError):
 
     code = "database_version"
 
+WAL_SIZE_LIMIT = 4 * 1024 * 1024
+
+# How many cells of the database name each blob (a seed, a frame output, an upload waiting for
+# its complete, a bundle, a peer's output that frames here depend on), kept by the triggers below
+# in the transaction that changes the cell: no code path can add or drop a reference without
+# the count following. A blob whose count falls to 0 loses its row and is appended to blob_free
+# (appended: a delete of many frames writes the end of one table, not places all over an index),
+# as is a blob written but never referenced (a result refused, a package refused after it was
+# stored). server/storage.py reclaims what blob_free names and blob_refs does not.
+BLOB_REFS = """
+CREATE TABLE IF NOT EXISTS blob_refs (
+    sha256 TEXT PRIMARY KEY,
+    refs INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS blob_free (
+    id INTEGER PRIMARY KEY,
+    sha256 TEXT NOT NULL
+);
+"""
+# (table, column) of every cell that names a blob
+BLOB_COLUMNS = (("jobs", "seed_sha256"), ("jobs", "bundle_sha256"), ("frames", "output_sha256"),
+                ("frames", "upload_sha256"), ("remote_deps", "output_sha256"))
+
+
+def _blob_ref_triggers() -> str:
+    add = ("INSERT INTO blob_refs(sha256, refs) SELECT NEW.{c}, 1 WHERE NEW.{c} IS NOT NULL"
+           " ON CONFLICT(sha256) DO UPDATE SET refs = refs + 1;")
+    drop = ("UPDATE blob_refs SET refs = refs - 1 WHERE sha256 = OLD.{c};"
+            " INSERT INTO blob_free(sha256) SELECT sha256 FROM blob_refs WHERE sha256 = OLD.{c} AND refs <= 0;"
+            " DELETE FROM blob_refs WHERE sha256 = OLD.{c} AND refs <= 0;")
+    out = []
+    for table, col in BLOB_COLUMNS:
+        name = f"ref_{table}_{col}"
+        out.append(f"CREATE TRIGGER IF NOT EXISTS {name}_i AFTER INSERT ON {table} WHEN NEW.{col} IS NOT NULL"
+                   f" BEGIN {add.format(c=col)} END;")
+        out.append(f"CREATE TRIGGER IF NOT EXISTS {name}_d AFTER DELETE ON {table} WHEN OLD.{col} IS NOT NULL"
+                   f" BEGIN {drop.format(c=col)} END;")
+        out.append(f"CREATE TRIGGER IF NOT EXISTS {name}_u AFTER UPDATE OF {col} ON {table}"
+                   f" WHEN OLD.{col} IS NOT NEW.{col} BEGIN {add.format(c=col)} {drop.format(c=col)} END;")
+    return "\n".join(out) + "\n"
+
+
 SCHEMA = """
 -- 'draining' ('1' while the server is drained: it renders nothing new); until schema 6 also
 -- 'schema_version', which is PRAGMA user_version now
@@ -126,7 +168,7 @@ CREATE TABLE IF NOT EXISTS attempts (
     PRIMARY KEY (job_id, frame, attempt)
 );
 CREATE INDEX IF NOT EXISTS attempts_renderer ON attempts (job_id, renderer, outcome);
-""" + """
+""" + BLOB_REFS + _blob_ref_triggers() + """
 CREATE TRIGGER IF NOT EXISTS frames_insert AFTER INSERT ON frames BEGIN
     UPDATE jobs SET
         n_waiting = n_waiting + (NEW.state = 'waiting'), n_ready = n_ready + (NEW.state = 'ready'),
@@ -168,6 +210,9 @@ def connect(path: Path) -> sqlite3.Connection:
         conn.execute("PRAGMA foreign_keys=ON")
         # a 100,000-frame job's rows and indexes stay in memory (the default cache is 2 MB)
         conn.execute("PRAGMA cache_size=-65536")
+        # the WAL file is cut back to this size when it starts over after a checkpoint: a burst of
+        # writes (a 100,000-frame job) does not leave a WAL of hundreds of MB on disk for good
+        conn.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
         _upgrade(conn, path)
     except BaseException:
         conn.close()
@@ -265,11 +310,22 @@ def _to_6(conn: sqlite3.Connection) -> None:
     conn.execute("ALTER TABLE jobs ADD COLUMN paused INTEGER NOT NULL DEFAULT 0")
 
 
+def _to_7(conn: sqlite3.Connection) -> None:
+    """Blobs are reference-counted (blob_refs, kept by triggers): the counts of what exists.
+    Blobs of jobs deleted before are referenced by nothing: the start-up sweep reclaims them."""
+    for statement in BLOB_REFS.split(";"):
+        if statement.strip():
+            conn.execute(statement)
+    cells = " UNION ALL ".join(f"SELECT {col} AS sha256 FROM {table} WHERE {col} IS NOT NULL"
+                               for table, col in BLOB_COLUMNS)
+    conn.execute(f"INSERT INTO blob_refs(sha256, refs) SELECT sha256, COUNT(*) FROM ({cells}) GROUP BY sha256")
+
+
 # The upgrade steps, in order: MIGRATIONS[i] turns schema OLDEST_SCHEMA + i into the next one.
 # A schema change appends its step here (SCHEMA_VERSION follows) and changes SCHEMA above to
 # match; tests/fixtures/make_v<N>.py records how a fixture of the schema before it was made.
 OLDEST_SCHEMA = 3
-MIGRATIONS = [_to_4, _to_5, _to_6]
+MIGRATIONS = [_to_4, _to_5, _to_6, _to_7]
 SCHEMA_VERSION = OLDEST_SCHEMA + len(MIGRATIONS)
 
 
