@@ -73,3 +73,10 @@ def test_status_gives_up_after_retry_seconds_with_one_line_and_exit_4():
     assert last.startswith(f"distren: cannot reach the server at {url}: ") and last.endswith("(tried for 1.5 s)")
     r = run_cli("status", "distren://alpha", "--server", url, "--retry-seconds", "0", timeout=60)
     assert r.returncode == 4 and len(r.stderr.splitlines()) == 1, r
+
+
+def test_a_server_address_without_scheme_is_not_retried():
+    """A mistake in --server is not an outage: one line at once, not 300 s of asking again
+    (run_cli's timeout would expire)."""
+    r = run_cli("status", "distren://alpha/1", "--server", "127.0.0.1:1", timeout=60)
+    assert r.returncode == 4 and "http://" in r.stderr and "asking again" not in r.stderr, r

@@ -98,7 +98,7 @@ class Client:
                 # a kept-alive connection that the server closed as we reused it: a GET is
                 # safe to send again, once, on a new connection
                 return self.http.request(method, "/api/v1" + path, **kw)
-        except httpx.TransportError as exc:
+        except (httpx.NetworkError, httpx.TimeoutException, httpx.RemoteProtocolError) as exc:
             # a certificate not trusted is not cured by waiting: not tried again
             problem = tls.tls_problem(exc)
             if problem is not None:

@@ -906,13 +906,14 @@ class Scheduler:
         return running
 
     # -- queries -------------------------------------------------------------------------
-    def finished_before(self, when: float, limit: int = 100) -> list[int]:
-        """Jobs whose every frame ended (done, failed or cancelled) before `when`, oldest first,
-        with no operation under way (--keep-finished deletes them)."""
+    def finished_before(self, when: float, limit: int = 100, after: int = 0) -> list[int]:
+        """Jobs after id `after` whose every frame ended (done, failed or cancelled) before
+        `when`, oldest first, with no operation under way (--keep-finished deletes them; it
+        pages on with `after` past jobs that others wait for)."""
         rows = self.conn.execute(
-            "SELECT id FROM jobs WHERE status IN ('active','cancelled') AND pending IS NULL"
+            "SELECT id FROM jobs WHERE id > ? AND status IN ('active','cancelled') AND pending IS NULL"
             " AND n_waiting + n_ready + n_running = 0 AND COALESCE(finished, submitted) < ? ORDER BY id LIMIT ?",
-            (when, limit)).fetchall()
+            (after, when, limit)).fetchall()
         return [r[0] for r in rows]
 
     def ready_backends(self) -> set[str]:

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from .errors import DistrenError
 from .federation.auth import WORKER_PREFIX, check_sender, load_secret
-from .federation.peers import PeerClient, PeerError, parse_peer
+from .federation.peers import Peer, PeerClient, PeerError, parse_peer
 from .federation.service import Federation, FederationSettings
 from .server.config import ServerConfig, usable_cores
 
@@ -116,16 +116,23 @@ class Worker:
         client = PeerClient(WORKER_PREFIX + s.name, self.secret, {}, ca_file=s.ca_file)
         tmp = None
         core = fed = runner = None
+        storage_started = False
         try:
             homes = await self._homes(client)
-            client.peers = PeerClient(client.me, self.secret, homes, ca_file=s.ca_file).peers
+            client.peers = {name: Peer(name, url) for name, url in homes.items()}
             data = s.data
             if data is None:
                 tmp = tempfile.TemporaryDirectory(prefix="distren-worker-")
                 data = Path(tmp.name) / "data"
             # the Core's name shows only in this worker's own logs and folders
+            # no free-space reserve: a worker holds no jobs to finish, and a reserve it is below
+            # would stop its claims (its idle clock starts at its first answered claim)
             core = Core(ServerConfig(name=re.sub(r"[^A-Za-z0-9]", "", s.name)[:64] or "worker", data=data,
-                                     slots=s.slots, intake_processes=0, claim_backoff_max=s.claim_backoff_max))
+                                     slots=s.slots, intake_processes=0, claim_backoff_max=s.claim_backoff_max,
+                                     min_free_bytes=0))
+            # the collector frees peer copies and uploaded outputs, as on a server
+            await core.storage.start()
+            storage_started = True
             fed = Federation(core, client, FederationSettings(claim_backoff_max=s.claim_backoff_max), verifier=None)
             runner = Runner(core, s.slots, fed)
             log.info("worker %s: rendering for %s with %d slots; exits after %g s idle", s.name,
@@ -139,6 +146,8 @@ class Worker:
                 await fed.stop()
             else:
                 await client.close()
+            if storage_started:
+                await core.storage.stop()
             if core is not None:
                 core.close()
             if tmp is not None:

@@ -199,7 +199,7 @@ class ServerConfig(BaseModel):
         factory=list, shown="none", metavar="OPT")
     slurm_worker_slots: int = setting(1, "renders per worker job (its `--cpus-per-task`)", ge=1)
     slurm_idle_exit: float = setting(60.0, "a worker job ends after this many seconds without work", **SECONDS)
-    slurm_url: str | None = setting(None, "the URL worker jobs reach this server at", shown="`http://<--listen>`",
+    slurm_url: str | None = setting(None, "the URL worker jobs reach this server at (their `--ca-file` is this server's `--ca-file`, a path the nodes read)", shown="`http://<--listen>` (`https://` with `--tls-cert`)",
                                     metavar="URL")
     slurm_secret_file: Path | None = setting(
         None, "the federation secret's path as the nodes see it (a shared file system)",

@@ -162,7 +162,8 @@ def serve(config: ServerConfig) -> None:
     if config.slurm:
         from .slurm import check_slurm, default_url
 
-        config = config.model_copy(update={"slurm_url": (config.slurm_url or default_url(host, port)).rstrip("/")})
+        url = config.slurm_url or default_url(host, port, tls=bool(ssl_settings))
+        config = config.model_copy(update={"slurm_url": url.rstrip("/")})
         check_slurm(config)
     sock = listen_socket(host, port)
     # uvicorn's loggers go through distren's handler (log_config=None), in its format

@@ -70,6 +70,8 @@ def worker_script(config, home_url: str, secret: bytes) -> str:
     worker = (f"{command} worker --home {shlex.quote(f'{config.name}={home_url}')}"
               f' --name "slurm-$SLURM_JOB_ID" --idle-exit {config.slurm_idle_exit:g}'
               f" --slots {config.slurm_worker_slots} --claim-backoff-max {config.claim_backoff_max:g}")
+    if config.ca_file is not None:   # the server's CA for https:// homes, as the nodes see its path
+        worker += f" --ca-file {shlex.quote(str(config.ca_file))}"
     head = f"#!/bin/sh\n# a distren worker for server {config.name} (distren serve --slurm)\n"
     if config.slurm_secret_file is not None:
         return head + f"exec {worker} --secret-file {shlex.quote(str(config.slurm_secret_file))}\n"
@@ -77,14 +79,15 @@ def worker_script(config, home_url: str, secret: bytes) -> str:
     return head + f"exec {worker} --secret-file /dev/stdin <<'{mark}'\n{secret.decode()}\n{mark}\n"
 
 
-def default_url(host: str, port: int) -> str:
-    """The URL worker jobs use to reach a server listening on host:port: the host's name
-    when it listens on every address."""
+def default_url(host: str, port: int, tls: bool = False) -> str:
+    """The URL worker jobs use to reach a server listening on host:port (https:// when it
+    serves TLS): the host's name when it listens on every address."""
     import socket
 
     if host in ("0.0.0.0", "::", ""):
         host = socket.getfqdn()
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+    scheme = "https" if tls else "http"
+    return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
 
 
 def check_slurm(config) -> None:

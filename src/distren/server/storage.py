@@ -316,12 +316,15 @@ class Storage:
             return
         self._last_keep = now
         sched = self.core.scheduler
-        for job in sched.finished_before(sched.clock() - self.keep_finished):
-            try:
-                await self.core.job_operations.run(job, sched.delete_steps(job))
-            except (Conflict, NotFound):
-                continue   # waited for by unfinished frames, or deleted meanwhile
-            log.info("deleted job %d: finished more than --keep-finished ago", job)
+        after = 0
+        while jobs := sched.finished_before(sched.clock() - self.keep_finished, after=after):
+            for job in jobs:
+                try:
+                    await self.core.job_operations.run(job, sched.delete_steps(job))
+                except (Conflict, NotFound):
+                    continue   # waited for by unfinished frames, or deleted meanwhile
+                log.info("deleted job %d: finished more than --keep-finished ago", job)
+            after = jobs[-1]
         self.wake()
 
 

@@ -234,11 +234,14 @@ def _upgrade(conn: sqlite3.Connection, path: Path) -> None:
         raise DatabaseVersionError(f"database {path} has distren's tables but no schema version: not upgraded")
     if legacy or 0 < version < SCHEMA_VERSION:
         _migrate(conn, version, legacy)
-    # new tables, indexes and triggers (all IF NOT EXISTS: a database interrupted here is
-    # finished the next time)
-    conn.executescript(SCHEMA)
     if version == 0:
-        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        # a new database: the schema and its version in one transaction (a crash leaves an
+        # empty file, made again at the next start, never tables without a version)
+        conn.executescript(f"BEGIN IMMEDIATE;\n{SCHEMA}\nPRAGMA user_version = {SCHEMA_VERSION};\nCOMMIT;")
+    else:
+        # new tables, indexes and triggers (all IF NOT EXISTS: a database interrupted here is
+        # finished the next time)
+        conn.executescript(SCHEMA)
 
 
 def get_meta(conn: sqlite3.Connection, key: str) -> str | None:
