@@ -491,3 +491,22 @@ def test_complete_many_records_a_chunk_in_one_go_and_skips_a_frame_that_moved_on
     assert states(sched, job)[3] == "ready"
     with pytest.raises(Conflict):   # the one-frame form still raises
         sched.complete(job, 1, 2, OUT, "peer", "", owner="peer")
+
+
+def test_a_frame_always_interrupted_still_ends(sched):
+    """Interrupted attempts do not count against a frame, but not for ever: a renderer that is
+    stopped from outside every time (exit 143) would lease the frame again endlessly. From
+    max_failures x INTERRUPTIONS_PER_FAILURE interruptions on, they count."""
+    from distren.scheduler import INTERRUPTIONS_PER_FAILURE
+
+    job = add_job(sched, {0: []})
+    cap = sched.max_failures * INTERRUPTIONS_PER_FAILURE
+    attempts = 0
+    while (lease := sched.claim("local:me", ["povray"], lease_seconds=10)) is not None:
+        attempts += 1
+        assert attempts <= cap + sched.max_failures, "the frame is leased again without end"
+        sched.fail(job, 0, lease.attempt, "", "povray was stopped from outside (SIGTERM)", counts=False)
+    frame = sched.frame(job, 0)
+    assert frame["state"] == "failed" and "interrupted" in frame["error"], frame
+    # the interruptions below the cap did not count
+    assert attempts == cap + sched.max_failures - 1

@@ -38,6 +38,9 @@ FRAME_STATES = ("waiting", "ready", "running", "done", "failed", "cancelled")
 TERMINAL = ("done", "failed", "cancelled")
 UNFINISHED = ("waiting", "ready", "running")
 LOG_LIMIT = 256 * 1024
+# Interrupted attempts (not the frame's fault: a stop, a drain, a renderer killed from outside)
+# do not count against a frame, up to this many per allowed failure; beyond, each counts.
+INTERRUPTIONS_PER_FAILURE = 20
 # Frames (or dependency rows) handled by one transaction of the long operations.
 CHUNK = 2000
 # ... of a delete: each deleted output updates its blob's reference count (a keyed update at a
@@ -606,6 +609,12 @@ class Scheduler:
         with self._tx() as c:
             row = self._running(c, job, frame, attempt, owner)
             renderer = row["lease_owner"] or ""
+            if not counts and self._interruptions(c, job, frame) + 1 >= self.max_failures * INTERRUPTIONS_PER_FAILURE:
+                # liveness: a frame whose renders are always stopped from outside (a renderer
+                # that exits as if killed by SIGTERM each time) must still end
+                counts, outcome = True, outcome or "failed"
+                error = (f"{error}; interrupted {self.max_failures * INTERRUPTIONS_PER_FAILURE} times, which now counts"
+                         " as a failure")
             failures = c.execute(
                 "SELECT failures FROM frames WHERE job_id=? AND frame=?", (job, frame)
             ).fetchone()[0] + (1 if counts else 0)
@@ -626,6 +635,12 @@ class Scheduler:
         if state == "ready":
             self.on_ready()
         return state
+
+    @staticmethod
+    def _interruptions(c: sqlite3.Connection, job: int, frame: int) -> int:
+        """The frame's attempts that ended interrupted (bounded: the cap stops counting)."""
+        return c.execute("SELECT COUNT(*) FROM attempts WHERE job_id=? AND frame=? AND outcome='interrupted'",
+                         (job, frame)).fetchone()[0]
 
     def _end_attempt(self, c: sqlite3.Connection, job: int, frame: int, attempt: int, outcome: str, log: str | None) -> None:
         c.execute(
