@@ -17,7 +17,7 @@ from urllib.parse import unquote
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__, logs
@@ -319,7 +319,13 @@ def create_app(config: ServerConfig, core: Core | None = None) -> FastAPI:
         headers = {"ETag": etag, "Cache-Control": "no-cache"}
         if etag in request.headers.get("if-none-match", ""):
             return Response(status_code=304, headers=headers)
-        return FileResponse(path, media_type="image/png", headers=headers)
+        # a preview is small (256 px): read whole, so that a delete while it is sent cannot
+        # fail the response half-way
+        try:
+            content = await asyncio.to_thread(Path(path).read_bytes)
+        except FileNotFoundError:
+            raise NotFound(f"frame {frame} of job {job} has no preview any more (deleted)") from None
+        return Response(content, media_type="image/png", headers=headers)
 
     @api.get("/jobs/{job}/bundle", responses=TARBALL_RESPONSE, summary="The job's finished frames as one tarball")
     async def get_bundle(job: int = JobId):

@@ -12,6 +12,7 @@ The commands run as the server's user with its environment (`SLURM_CONF`, `PATH`
 from __future__ import annotations
 
 import asyncio
+import getpass
 import logging
 import math
 import secrets
@@ -166,12 +167,14 @@ class SlurmExecutor:
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
-        if self.jobs:
-            try:
-                await self._run(["scancel", *sorted(self.jobs)])
+        # by name and user, not by the ids known: a job whose sbatch was still running when the
+        # stop came (its id never read) is cancelled too
+        try:
+            await self._run(["scancel", f"--name={job_name(self.core.name)}", f"--user={getpass.getuser()}"])
+            if self.jobs:
                 log.info("cancelled worker jobs %s", ", ".join(sorted(self.jobs)))
-            except DistrenError as exc:
-                log.error("could not cancel the worker jobs %s: %s", ", ".join(sorted(self.jobs)), exc.message)
+        except DistrenError as exc:
+            log.error("could not cancel the worker jobs %s: %s", ", ".join(sorted(self.jobs)), exc.message)
 
     def renderer_view(self) -> RendererView:
         """The worker jobs still to come, for liveness: a renderer of every backend this server
@@ -242,7 +245,8 @@ class SlurmExecutor:
         """The states of this server's worker jobs (`squeue` by job name: jobs of an earlier
         run are adopted). A job no longer listed has ended; one that ended without taking a
         frame counts towards holding the submissions."""
-        out = await self._run(["squeue", "--noheader", f"--name={job_name(self.core.name)}", "--format=%i|%T|%r"])
+        out = await self._run(["squeue", "--noheader", f"--name={job_name(self.core.name)}",
+                               f"--user={getpass.getuser()}", "--format=%i|%T|%r"])
         seen: dict[str, SlurmJob] = {}
         for line in out.splitlines():
             parts = line.strip().split("|")
