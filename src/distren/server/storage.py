@@ -98,6 +98,7 @@ class Storage:
 
     async def _loop(self) -> None:
         assert self._wake is not None
+        failing = None   # the last failure logged with its traceback (a lasting one is logged once)
         while True:
             try:
                 await asyncio.wait_for(self._wake.wait(), PERIOD)
@@ -109,10 +110,15 @@ class Storage:
                 self._end_lingering()
                 await self.collect()
                 await self._keep_finished()
+                if failing is not None:
+                    log.info("reclaiming disk space works again")
+                    failing = None
             except asyncio.CancelledError:
                 raise
-            except Exception:
-                log.exception("reclaiming disk space failed; trying again")
+            except Exception as exc:
+                if repr(exc) != failing:
+                    log.exception("reclaiming disk space failed; trying again every %g s", PERIOD)
+                    failing = repr(exc)
 
     # -- references ----------------------------------------------------------------------
     def mark(self, sha256s: Iterable[str]) -> None:
