@@ -55,6 +55,23 @@ def sigterm(signum, frame):
     raise KeyboardInterrupt
 
 
+def wait_until_up(url: str, proc: subprocess.Popen, name: str, tail, timeout: float = 30) -> dict:
+    """Wait until the server at `url` answers GET /api/v1/server (its answer returned); a
+    RuntimeError naming `name`, with `tail()` (its log's end), when it exits or takes longer."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server {name} exited ({proc.returncode}):\n{tail()}")
+        try:
+            r = httpx.get(url + "/api/v1/server", timeout=1)
+            if r.status_code == 200:
+                return r.json()
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.05)
+    raise RuntimeError(f"server {name} did not start:\n{tail()}")
+
+
 def distren_cmd() -> list[str]:
     return [sys.executable, "-m", "distren.cli"]
 
@@ -112,21 +129,10 @@ class Server:
         with open(self.log, "ab") as logf:
             self.proc = subprocess.Popen(self.cmd, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                          start_new_session=True, env=self.env)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server {self.name} exited ({self.proc.returncode}):\n{self.tail()}")
-            try:
-                r = httpx.get(self.url + "/api/v1/server", timeout=1)
-                if r.status_code == 200:
-                    offered = r.json().get("backends", {}).get(self.backend)
-                    if not (offered and offered.get("available")):
-                        raise RuntimeError(f"server {self.name} does not offer the {self.backend} backend: {r.json()}")
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.05)
-        raise RuntimeError(f"server {self.name} did not start:\n{self.tail()}")
+        info = wait_until_up(self.url, self.proc, self.name, self.tail, timeout)
+        offered = info.get("backends", {}).get(self.backend)
+        if not (offered and offered.get("available")):
+            raise RuntimeError(f"server {self.name} does not offer the {self.backend} backend: {info}")
 
     def peak_rss_mb(self) -> float:
         return status_kb(self.proc.pid, "VmHWM") / 1024

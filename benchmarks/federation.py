@@ -41,8 +41,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-import httpx
-from _common import free_port, stop_group
+from _common import free_port, stop_group, wait_until_up
 
 import distren
 from distren.client import Client
@@ -137,17 +136,7 @@ class Server:
                                          start_new_session=True)
 
     def wait_ready(self, timeout: float = 30) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server {self.name} exited ({self.proc.returncode}):\n{self.tail()}")
-            try:
-                if httpx.get(self.url + "/api/v1/server", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.05)
-        raise RuntimeError(f"server {self.name} did not start:\n{self.tail()}")
+        wait_until_up(self.url, self.proc, self.name, self.tail, timeout)
 
     def tail(self, n: int = 3000) -> str:
         try:

@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 import httpx
-from _common import free_port, pct
+from _common import free_port, pct, wait_until_up
 
 import distren
 
@@ -143,17 +143,11 @@ def main() -> int:
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         url = f"http://127.0.0.1:{port}"
         try:
-            deadline = time.monotonic() + 30
-            while True:
-                try:
-                    if httpx.get(url + "/api/v1/server", timeout=1).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                if time.monotonic() > deadline:
-                    print("server did not start", file=sys.stderr)
-                    return 1
-                time.sleep(0.1)
+            try:
+                wait_until_up(url, server, "load", lambda: "(its output is not kept)")
+            except RuntimeError as exc:
+                print(exc, file=sys.stderr)
+                return 1
             result = asyncio.run(run_load(url, pkg.read_bytes(), args.seconds, args.status_clients, args.submitters,
                                        args.interval))
             frames_done = sum(j["frames"]["done"] for j in httpx.get(url + "/api/v1/jobs", timeout=30).json())

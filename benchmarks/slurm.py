@@ -31,10 +31,9 @@ import tempfile
 import time
 from pathlib import Path
 
-import httpx
 
 import distren
-from _common import distren_cmd, free_port, sigterm, stop_group
+from _common import distren_cmd, free_port, sigterm, stop_group, wait_until_up
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = Path(distren.__file__).parent / "samples" / "orbit"
@@ -108,15 +107,11 @@ def main() -> int:
             "--slurm-worker-slots", str(args.worker_slots), "--slurm-idle-exit", str(args.idle_exit),
             "--slurm-poll-seconds", "0.5", "--claim-backoff-max", "0.5", f"--slurm-option=--output={tmp}/w-%j.log"],
             env=env, stdout=open(tmp / "server.log", "wb"), stderr=subprocess.STDOUT, start_new_session=True)
-        while True:
-            try:
-                if httpx.get(url + "/api/v1/server", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if server.poll() is not None:
-                raise SystemExit(f"ERROR: the server did not start: {(tmp / 'server.log').read_text()[-500:]}")
-            time.sleep(0.05)
+        try:
+            # its start-up runs sbatch --test-only (each Slurm command may take 20 s)
+            wait_until_up(url, server, "bench", lambda: (tmp / "server.log").read_text()[-500:], timeout=300)
+        except RuntimeError as exc:
+            raise SystemExit(f"ERROR: {exc}") from None
         print(f"server start-up (sbatch --test-only included): {time.perf_counter() - t0:.2f} s")
         print(f"{args.max_jobs} worker jobs at most, {args.worker_slots} renders each, idle exit {args.idle_exit:g} s")
         for name in args.cases.split(","):
