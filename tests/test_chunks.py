@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ServerProcess, bundle_images, make_scene, renders_of, run_cli
-from distren.chunks import FIRST_CHUNK, MAX_CHUNK, TARGET_SECONDS, FrameTimes, chunk_size
+from distren.chunks import FIRST_CHUNK, MAX_CHUNK, TARGET_SECONDS, FrameTimes, chunk_size, split_times
 
 
 def pack(ini: Path, out: Path, *extra: str) -> Path:
@@ -148,6 +148,32 @@ def test_chunk_size_policy():
     assert chunk_size(**kw, seconds_per_frame=1e-6) == MAX_CHUNK
     assert chunk_size(**{**kw, "ready": 10}, seconds_per_frame=0.01) == 3    # every slot gets work
     assert chunk_size(**{**kw, "ready": 1}, seconds_per_frame=None) == 1
+    # the fair share counts the job's frames this server renders now: a render that starts
+    # while another renders 10 frames takes its share of all 20, not half of the 10 left
+    two = dict(requested=None, chunkable=True, slots=2)
+    assert chunk_size(**two, ready=10, seconds_per_frame=0.01) == 5
+    assert chunk_size(**two, ready=10, in_flight=10, seconds_per_frame=0.01) == 10
+    assert chunk_size(**two, ready=3, in_flight=40, seconds_per_frame=0.01) == 3   # never more than ready
+
+
+def test_a_chunk_splits_into_start_up_and_time_per_frame():
+    # a renderer that starts in 2.5 s and renders a frame in 0.2 s: frames done at 2.7, 2.9, 3.1
+    per, startup = split_times(100.0, 3.2, [102.7, 102.9, 103.1], None)
+    assert per == pytest.approx(0.2) and startup == pytest.approx(2.5)
+    # one frame: the start-up measured before is taken off
+    per, startup = split_times(100.0, 2.8, [102.8], 2.5)
+    assert per == pytest.approx(0.3) and startup is None
+    # times not known (or out of order): the old average, start-up included
+    assert split_times(0.0, 4.0, [None, None], None) == (2.0, None)
+    assert split_times(0.0, 4.0, [3.0, 2.0], None) == (2.0, None)
+    # the sizes that follow: a slow start-up no longer makes the frames look slow
+    t = FrameTimes(weight=0.5)
+    t.add(("a", 1), 3.2, 3, backend="blender", started=100.0, finished=[102.7, 102.9, 103.1])
+    assert t.get(("a", 1)) == pytest.approx(0.2) and t.startup("blender") == pytest.approx(2.5)
+    assert chunk_size(requested=None, chunkable=True, seconds_per_frame=t.get(("a", 1)), ready=1000,
+                      slots=2) == MAX_CHUNK
+    t.add(("a", 2), 2.9, 2, backend="blender")          # times not known: start-up taken off
+    assert t.get(("a", 2)) == pytest.approx(0.2)
 
 
 def test_frame_times_average_per_frame_and_stay_bounded():

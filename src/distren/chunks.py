@@ -10,9 +10,19 @@ measured of the job, so nobody has to guess it:
   by frame, renders one frame per process;
 - before anything of the job was measured: at most FIRST_CHUNK frames, so that the first
   frames show early and the time per frame gets measured;
-- then: TARGET_SECONDS of work per process, from the mean measured seconds per frame;
-- never more than the job's ready frames divided by this server's slots (rounded up), so that
-  every slot gets work and the last frames do not wait behind one long chunk.
+- then: TARGET_SECONDS of frame work per process (one start-up more), from the measured
+  seconds per frame;
+- never more than this server's fair share: the job's ready frames plus those of the job it
+  is rendering now, divided by the renders allowed now (rounded up), so that every render gets
+  work, the chunks end at about the same time, and the last frames do not wait behind one
+  long chunk.
+
+What a chunk measures (`FrameTimes.add`): a renderer writes each frame's output when that
+frame is done, so the outputs' modification times split a chunk's wall time into the
+renderer's start-up (before the first frame) and the time per frame (between frames).
+Measured as one average instead, a renderer whose start-up is long (Blender: 2.5 s of CPU
+here, against 0.15 s a small frame) looked as slow per frame as its start-up made its first
+small chunks, and the chunks grew only slowly, each paying the start-up again.
 """
 
 from __future__ import annotations
@@ -27,37 +37,68 @@ KEEP_JOBS = 1000   # jobs whose measurements are kept (least recently used are d
 
 
 def chunk_size(*, requested: int | None, chunkable: bool, seconds_per_frame: float | None,
-               ready: int, slots: int) -> int:
-    """The frames to lease together (>= 1)."""
+               ready: int, slots: int, in_flight: int = 0) -> int:
+    """The frames to lease together (>= 1). `ready`: the job's ready frames (this one
+    included); `in_flight`: the job's frames this server renders now; `slots`: the renders
+    allowed now."""
     if not chunkable:
         return 1
     if requested:
         return max(1, min(requested, MAX_CHUNK))
-    fair = max(1, math.ceil(ready / max(1, slots)))
+    fair = max(1, math.ceil((ready + in_flight) / max(1, slots)))
+    fair = min(fair, max(1, ready))
     if seconds_per_frame is None:
         return min(FIRST_CHUNK, fair)
     wanted = max(1, round(TARGET_SECONDS / max(seconds_per_frame, 1e-3)))
     return max(1, min(wanted, fair, MAX_CHUNK))
 
 
+def split_times(started: float, seconds: float, finished: list[float | None],
+                startup: float | None) -> tuple[float, float | None]:
+    """(seconds per frame, renderer start-up or None) of one render of len(finished) frames
+    that began at `started` (wall clock) and took `seconds`; `finished[i]` is when frame i's
+    output was last written (None: not known). From two frames on, the frames' own times give
+    the time per frame, and the first one's the start-up; otherwise the start-up measured
+    before (`startup`) is taken off the wall time (pure logic)."""
+    n = len(finished)
+    known = [t for t in finished if t is not None]
+    if n >= 2 and len(known) == n and all(b >= a for a, b in zip(known, known[1:])) and known[-1] > known[0]:
+        per = (known[-1] - known[0]) / (n - 1)
+        return per, max(0.0, min(seconds, known[0] - started) - per)
+    rest = seconds - (startup or 0.0)
+    return max(rest if rest > 0 else seconds, 1e-3) / max(1, n), None
+
+
 class FrameTimes:
-    """Measured wall seconds per frame of the jobs this server rendered (a render of a chunk of
-    n frames counts its time / n for each): an exponential moving average per job, bounded."""
+    """Measured seconds per frame of the jobs this server rendered (an exponential moving
+    average per job, bounded), and each backend's renderer start-up (the same, per backend)."""
 
     def __init__(self, weight: float = 0.3):
         self.weight = weight
         self._mean: OrderedDict[tuple[str, int], float] = OrderedDict()
+        self._startup: dict[str, float] = {}
         self.alone: set[tuple[str, int]] = set()   # jobs whose frames render one by one
 
     def get(self, key: tuple[str, int]) -> float | None:
         return self._mean.get(key)
 
-    def add(self, key: tuple[str, int], seconds: float, frames: int) -> None:
-        per = seconds / max(1, frames)
+    def startup(self, backend: str) -> float | None:
+        return self._startup.get(backend)
+
+    def add(self, key: tuple[str, int], seconds: float, frames: int, *, backend: str = "",
+            started: float | None = None, finished: list[float | None] | None = None) -> None:
+        """One render of `frames` frames that took `seconds`; with `started` and `finished`
+        (see split_times), its start-up is told apart from its frames."""
+        if started is None or finished is None or len(finished) != frames:
+            finished, started = [None] * max(1, frames), 0.0
+        per, startup = split_times(started, seconds, finished, self._startup.get(backend))
         old = self._mean.pop(key, None)
         self._mean[key] = per if old is None else old + self.weight * (per - old)
         while len(self._mean) > KEEP_JOBS:
             self._mean.popitem(last=False)
+        if startup is not None and backend:
+            before = self._startup.get(backend)
+            self._startup[backend] = startup if before is None else before + self.weight * (startup - before)
 
     def render_alone(self, key: tuple[str, int]) -> None:
         self.alone.add(key)

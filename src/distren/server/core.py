@@ -19,7 +19,7 @@ from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 from .. import __version__, failpoints, previews
-from ..backends.base import Backend, find_backends
+from ..backends.base import Backend, find_backends, start_probes
 from ..backends.sandbox import prepare_scene
 from ..files import atomic_file
 from ..errors import BadJob, BadJobXML, BadPackage, Conflict, DistrenError, NotFound, StorageFull
@@ -63,6 +63,7 @@ class Core:
         self._scene_locks: dict[str, list] = {}
         self._scene_locks_guard = threading.Lock()
         self.backends = find_backends() if backends is None else backends
+        start_probes(self.backends.values())   # the renderers' versions, asked all at once
         self.lease_owner = f"local:{self.name}"
         # Packages are unpacked and checked in worker processes: hostile input never shares
         # the server's interpreter (a parser crash costs a worker, not the server), and the

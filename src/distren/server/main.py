@@ -224,15 +224,26 @@ class EmbeddedServer:
         self._thread = threading.Thread(target=self._server.run, name="distren-embedded", daemon=True)
         self.client: Client | None = None
 
-    def __enter__(self) -> "EmbeddedServer":
-        self._thread.start()
+    def start(self) -> "EmbeddedServer":
+        """Start serving in its thread and return at once (`with` waits until it answers)."""
+        if self._thread.ident is None:   # never started
+            self._thread.start()
+        return self
+
+    def wait(self) -> "EmbeddedServer":
+        """Wait until it answers (started by `start`); then `client` talks to it."""
+        self.start()
         deadline = time.monotonic() + 30
         while not self._server.started:
             if not self._thread.is_alive() or time.monotonic() > deadline:
                 raise DistrenError("the embedded server did not start")
             time.sleep(0.01)
-        self.client = Client("http://distren", transport=httpx.HTTPTransport(uds=self.socket))
+        if self.client is None:
+            self.client = Client("http://distren", transport=httpx.HTTPTransport(uds=self.socket))
         return self
+
+    def __enter__(self) -> "EmbeddedServer":
+        return self.wait()
 
     def __exit__(self, *exc) -> None:
         if self.client is not None:

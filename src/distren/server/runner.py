@@ -288,8 +288,9 @@ class Runner:
             requested, ready = core.scheduler.chunk_request(lease.job)
         else:
             requested, ready = lease.chunk, lease.ready or 0
+        in_flight = sum(1 for k in self._renders if k[:2] == key)   # bounded by the slots' chunks
         size = chunk_size(requested=requested, chunkable=True, seconds_per_frame=self.frame_times.get(key),
-                          ready=ready + 1, slots=self.concurrency.limit)
+                          ready=ready + 1, slots=self.concurrency.limit, in_flight=in_flight)
         if size <= 1:
             return []
         if home is not None:
@@ -352,15 +353,17 @@ class Runner:
         cleaned = False
         blobs: dict[int, Blob] = {}
         try:
-            started = time.monotonic()
-            results = await self._prepare_and_render(home, leases, work)
+            began: list[float] = []   # when the renderer started (wall clock), once prepared
+            results = await self._prepare_and_render(home, leases, work, began)
             rendering[0] = False
-            seconds = time.monotonic() - started
-            if all(r.ok for r in results.values()):
-                self.frame_times.add(job_key, seconds, len(leases))
+            seconds = time.time() - began[0] if began else 0.0
+            if began and all(r.ok for r in results.values()):
+                finished = await asyncio.to_thread(_finish_times, [results[one.frame].outputs for one in leases])
+                self.frame_times.add(job_key, seconds, len(leases), backend=first.backend,
+                                     started=began[0], finished=finished)
             for r in results.values():
                 outcome = "done" if r.ok else "failed" if r.counts else "interrupted"
-                core.metrics.render(first.backend, outcome, seconds / len(leases) if r.ok else None)
+                core.metrics.render(first.backend, outcome, seconds / len(leases) if r.ok and seconds else None)
             if any(r.alone for r in results.values()):
                 self.frame_times.render_alone(job_key)
             good = [one.frame for one in leases if results[one.frame].ok]
@@ -393,17 +396,19 @@ class Runner:
             if not cleaned:
                 await asyncio.to_thread(shutil.rmtree, work, True)
 
-    async def _prepare_and_render(self, home: str | None, leases: list[Lease], work: Path) -> dict[int, RenderResult]:
+    async def _prepare_and_render(self, home: str | None, leases: list[Lease], work: Path,
+                                  began: list[float]) -> dict[int, RenderResult]:
         """The seed and the dependencies' outputs are pinned while the frames render (a delete
-        meanwhile does not take them away); a peer's are kept a while after (--keep-peer-copies)."""
+        meanwhile does not take them away); a peer's are kept a while after (--keep-peer-copies).
+        `began` gets the wall-clock time the renderer started at."""
         held: list[str] = []
         try:
-            return await self._prepare_and_render_held(home, leases, work, held)
+            return await self._prepare_and_render_held(home, leases, work, held, began)
         finally:
             self.core.storage.release(held, peer_copy=home is not None)
 
     async def _prepare_and_render_held(self, home: str | None, leases: list[Lease], work: Path,
-                                       held: list[str]) -> dict[int, RenderResult]:
+                                       held: list[str], began: list[float]) -> dict[int, RenderResult]:
         core = self.core
         first = leases[0]
         frames = tuple(one.frame for one in leases)
@@ -447,6 +452,7 @@ class Runner:
             frames=frames if len(frames) > 1 else (),
         )
         backend = core.backends[first.backend]
+        began.append(time.time())
         if len(frames) == 1:
             return {first.frame: await backend.render(task)}
         return await backend.render_chunk(task)
@@ -542,6 +548,17 @@ def _prepare(core: Core, out: Path, deps: Path, seed_sha256: str,
 def _pin_all(core: Core, sha256s: list[str]) -> list[str]:
     """Pin the blobs that are there; returns those pinned."""
     return [s for s in sha256s if core.blobs.pin(s)]
+
+
+def _finish_times(outputs: list[list[Path]]) -> list[float | None]:
+    """When each frame's outputs were last written (wall clock), None when not known."""
+    times: list[float | None] = []
+    for files in outputs:
+        try:
+            times.append(max(f.stat().st_mtime for f in files) if files else None)
+        except OSError:
+            times.append(None)
+    return times
 
 
 def _store_outputs(core: Core, outputs: list[list[Path]], work: Path) -> list[Blob]:
