@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ServerProcess, bundle_images, make_scene, renders_of, run_cli
-from distren.chunks import FIRST_CHUNK, MAX_CHUNK, TARGET_SECONDS, FrameTimes, chunk_size, split_times
+from distren.chunks import FIRST_CHUNK, MAX_CHUNK, TARGET_SECONDS, FrameTimes, JobRenderers, chunk_size, split_times
 
 
 def pack(ini: Path, out: Path, *extra: str) -> Path:
@@ -154,6 +154,23 @@ def test_chunk_size_policy():
     assert chunk_size(**two, ready=10, seconds_per_frame=0.01) == 5
     assert chunk_size(**two, ready=10, in_flight=10, seconds_per_frame=0.01) == 10
     assert chunk_size(**two, ready=3, in_flight=40, seconds_per_frame=0.01) == 3   # never more than ready
+    # two servers render the job: each takes its share of the farm's, not of its own slots'
+    assert chunk_size(**two, ready=24, seconds_per_frame=0.01) == 12
+    assert chunk_size(**two, ready=24, servers=2, seconds_per_frame=0.01) == 6
+    assert chunk_size(**two, ready=8, in_flight=4, servers=2, seconds_per_frame=0.01) == 4
+
+
+def test_job_renderers_count_who_leased_lately():
+    seen = JobRenderers(window=30.0, keep_jobs=2)
+    assert seen.count(1, 0.0) == 1                      # nobody yet: the one asking
+    seen.seen(1, "local:alpha", 0.0)
+    seen.seen(1, "beta", 10.0)
+    seen.seen(1, "beta", 20.0)
+    assert seen.count(1, 25.0) == 2
+    assert seen.count(1, 35.0) == 1                     # alpha took nothing for 35 s
+    seen.seen(2, "beta", 40.0)
+    seen.seen(3, "beta", 40.0)                          # at most keep_jobs jobs: job 1 dropped
+    assert seen.count(1, 40.0) == 1 and seen.count(3, 40.0) == 1
 
 
 def test_a_chunk_splits_into_start_up_and_time_per_frame():

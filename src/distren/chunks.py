@@ -13,9 +13,11 @@ measured of the job, so nobody has to guess it:
 - then: TARGET_SECONDS of frame work per process (one start-up more), from the measured
   seconds per frame;
 - never more than this server's fair share: the job's ready frames plus those of the job it
-  is rendering now, divided by the renders allowed now (rounded up), so that every render gets
-  work, the chunks end at about the same time, and the last frames do not wait behind one
-  long chunk.
+  is rendering now, divided by the renders allowed now (rounded up), and, in a farm, by the
+  servers rendering the job (its home counts those that took or renewed a lease of it in the
+  last RENDERERS_WINDOW seconds, and tells a peer with each lease; the others are taken to be
+  alike), so that every render gets work, the chunks end at about the same time, and the last
+  frames do not wait behind one long chunk on one server while the others have none.
 
 What a chunk measures (`FrameTimes.add`): a renderer writes each frame's output when that
 frame is done, so the outputs' modification times split a chunk's wall time into the
@@ -34,18 +36,20 @@ TARGET_SECONDS = 10.0
 FIRST_CHUNK = 2
 MAX_CHUNK = 50
 KEEP_JOBS = 1000   # jobs whose measurements are kept (least recently used are dropped)
+RENDERERS_WINDOW = 30.0   # a server that took or renewed a lease this recently renders the job
 
 
 def chunk_size(*, requested: int | None, chunkable: bool, seconds_per_frame: float | None,
-               ready: int, slots: int, in_flight: int = 0) -> int:
+               ready: int, slots: int, in_flight: int = 0, servers: int = 1) -> int:
     """The frames to lease together (>= 1). `ready`: the job's ready frames (this one
     included); `in_flight`: the job's frames this server renders now; `slots`: the renders
-    allowed now."""
+    allowed now; `servers`: the servers rendering the job (this one included)."""
     if not chunkable:
         return 1
     if requested:
         return max(1, min(requested, MAX_CHUNK))
-    fair = max(1, math.ceil((ready + in_flight) / max(1, slots)))
+    servers = max(1, servers)
+    fair = max(1, math.ceil((ready + in_flight * servers) / (max(1, slots) * servers)))
     fair = min(fair, max(1, ready))
     if seconds_per_frame is None:
         return min(FIRST_CHUNK, fair)
@@ -104,3 +108,29 @@ class FrameTimes:
         self.alone.add(key)
         if len(self.alone) > KEEP_JOBS:
             self.alone.pop()
+
+
+class JobRenderers:
+    """Who renders each job, as its home sees it: the lease owners (local slots, peers,
+    workers) that took or renewed a lease of the job in the last `window` seconds. A hint for
+    chunk sizes; kept in memory, at most `keep_jobs` jobs, each pruned as it is counted."""
+
+    def __init__(self, window: float = RENDERERS_WINDOW, keep_jobs: int = KEEP_JOBS):
+        self.window, self.keep_jobs = window, keep_jobs
+        self._seen: OrderedDict[int, dict[str, float]] = OrderedDict()
+
+    def seen(self, job: int, owner: str, now: float) -> None:
+        owners = self._seen.pop(job, None) or {}
+        owners[owner] = now
+        self._seen[job] = owners
+        while len(self._seen) > self.keep_jobs:
+            self._seen.popitem(last=False)
+
+    def count(self, job: int, now: float) -> int:
+        """The owners seen within the window (at least 1: the one asking)."""
+        owners = self._seen.get(job)
+        if not owners:
+            return 1
+        for owner in [o for o, t in owners.items() if t < now - self.window]:
+            del owners[owner]
+        return max(1, len(owners))

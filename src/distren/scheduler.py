@@ -29,6 +29,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator
 
+from .chunks import JobRenderers
 from .errors import BadRequest, Conflict, DistrenError, NotFound
 from .job.spec import JobSpec
 from .store.blobs import Blob
@@ -77,9 +78,10 @@ class Lease:
     lease_seconds: float | None = None   # as granted by the home server
     timeout: float | None = None         # the job's render timeout, if it sets one
     # a home server's hints to a peer, for choosing a chunk: the job's own <chunk> (None: not
-    # set) and its count of ready frames when the lease was granted
+    # set), its count of ready frames when the lease was granted, and the servers rendering it
     chunk: int | None = None
     ready: int | None = None
+    servers: int | None = None
 
     def to_json(self, lease_seconds: float | None) -> dict:
         return {
@@ -143,6 +145,7 @@ class Scheduler:
         # What the liveness checker last learnt of the farm (liveness.FarmView); read by
         # waiting_for. None until the first check.
         self.farm = None
+        self.renderers = JobRenderers()   # who took frames of each job lately: a chunk-size hint
         # told each single-frame change once committed (job, frame, state, attempt, rendered_by):
         # leased, done, failed, ready again (events.py); bulk changes are not told one by one
         self.on_frame: Callable[[int, int, str, int, str | None], None] | None = None
@@ -415,6 +418,7 @@ class Scheduler:
             (attempt, owner, expires, now, job, frame),
         )
         self._note(job, frame, "running", attempt)
+        self.renderers.seen(job, owner, now)
         c.execute(
             "INSERT INTO attempts(job_id, frame, attempt, renderer, started) VALUES (?,?,?,?,?)",
             (job, frame, attempt, owner, now),
@@ -432,10 +436,12 @@ class Scheduler:
             lease_seconds=lease_seconds, timeout=jrow["timeout"],
         )
 
-    def chunk_request(self, job: int) -> tuple[int | None, int]:
-        """The job's own chunk size (<chunk>, or None) and its count of ready frames."""
+    def chunk_request(self, job: int) -> tuple[int | None, int, int]:
+        """The job's own chunk size (<chunk>, or None), its count of ready frames, and how many
+        servers render it now (chunks.JobRenderers)."""
         row = self.conn.execute("SELECT chunk, n_ready FROM jobs WHERE id=?", (job,)).fetchone()
-        return (None, 0) if row is None else (row[0], row[1])
+        servers = self.renderers.count(job, self.clock())
+        return (None, 0, servers) if row is None else (row[0], row[1], servers)
 
     def claim_more(self, first: Lease, limit: int) -> list[Lease]:
         """Up to `limit` more frames for the renderer that holds `first`, to render with it as
@@ -654,6 +660,7 @@ class Scheduler:
         with self._tx() as c:
             self._running(c, job, frame, attempt, owner)
             c.execute("UPDATE frames SET lease_expires=? WHERE job_id=? AND frame=?", (expires, job, frame))
+        self.renderers.seen(job, owner, expires - lease_seconds)
         return expires
 
     def pending_remote_deps(self) -> list[tuple[str, int, int]]:

@@ -148,7 +148,7 @@ def create_peer_router(get_core: Callable, get_fed: Callable) -> APIRouter:
         if auth.is_worker(peer):
             fed.worker_heard(peer, leased=True)
         data = lease.to_json(fed.settings.lease_seconds)
-        data["chunk"], data["ready"] = core.scheduler.chunk_request(lease.job)   # hints for the peer's chunk
+        data["chunk"], data["ready"], data["servers"] = core.scheduler.chunk_request(lease.job)   # chunk hints
         # an encode frame's lease names every frame's output: encoded in a thread
         body = await asyncio.to_thread(json.dumps, data)
         return Response(body, media_type="application/json")

@@ -579,7 +579,7 @@ def lease_from_json(data: dict, owner: str) -> Lease:
                           for d in data["depends"]),
             expires=None, owner=owner, lease_seconds=float(data["lease_seconds"]),
             timeout=None if data.get("timeout") is None else float(data["timeout"]),
-            chunk=_hint(data.get("chunk")), ready=_hint(data.get("ready")),
+            chunk=_hint(data.get("chunk")), ready=_hint(data.get("ready")), servers=_hint(data.get("servers")),
         )
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise PeerError(f"malformed lease from {owner}: {exc!r}") from None

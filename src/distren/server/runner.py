@@ -285,12 +285,12 @@ class Runner:
         if backend is None or key in self.frame_times.alone or not backend.chunkable(lease.settings):
             return []
         if home is None:
-            requested, ready = core.scheduler.chunk_request(lease.job)
+            requested, ready, servers = core.scheduler.chunk_request(lease.job)
         else:
-            requested, ready = lease.chunk, lease.ready or 0
+            requested, ready, servers = lease.chunk, lease.ready or 0, lease.servers or 1
         in_flight = sum(1 for k in self._renders if k[:2] == key)   # bounded by the slots' chunks
         size = chunk_size(requested=requested, chunkable=True, seconds_per_frame=self.frame_times.get(key),
-                          ready=ready + 1, slots=self.concurrency.limit, in_flight=in_flight)
+                          ready=ready + 1, slots=self.concurrency.limit, in_flight=in_flight, servers=servers)
         if size <= 1:
             return []
         if home is not None:
