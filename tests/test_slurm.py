@@ -18,6 +18,9 @@ import pytest
 
 from conftest import ROOT, ServerProcess, bundle_images, make_scene, pixels, povray_direct, run_cli
 
+# with pytest-xdist, the whole module in one worker: one cluster for all its tests
+pytestmark = pytest.mark.xdist_group("slurm")
+
 SECRET = "a federation secret of enough length"
 CLUSTER = ROOT / "scripts" / "slurm-cluster.sh"
 FAST = ["--lease-seconds", "3", "--heartbeat-seconds", "0.5", "--claim-backoff-max", "0.3",
