@@ -134,6 +134,13 @@ class Server:
         if not (offered and offered.get("available")):
             raise RuntimeError(f"server {self.name} does not offer the {self.backend} backend: {info}")
 
+    def cpu_seconds(self) -> tuple[float, float]:
+        """The server process's user and system CPU seconds so far (/proc/PID/stat)."""
+        with open(f"/proc/{self.proc.pid}/stat") as f:
+            fields = f.read().rpartition(")")[2].split()
+        hz = os.sysconf("SC_CLK_TCK")
+        return int(fields[11]) / hz, int(fields[12]) / hz
+
     def peak_rss_mb(self) -> float:
         return status_kb(self.proc.pid, "VmHWM") / 1024
 

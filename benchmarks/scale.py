@@ -157,10 +157,14 @@ class Poller(threading.Thread):
         self.lat: dict[str, list[float]] = {"submit": [], "run": []}
         self.errors: list[str] = []
         self.last: dict | None = None
+        self.began = 0.0            # monotonic time the run was followed from
+        self.all_but: int | None = None
+        self.all_but_at: float | None = None   # seconds until all frames but the fan-in were done
         self.finished = threading.Event()
         self.halt = threading.Event()
 
-    def follow(self, job: int) -> None:
+    def follow(self, job: int, all_but: int) -> None:
+        self.began, self.all_but = time.monotonic(), all_but
         self.path, self.phase = f"/api/v1/jobs/{job}", "run"
 
     def run(self) -> None:
@@ -175,6 +179,8 @@ class Poller(threading.Thread):
                     self.errors.append(f"GET {path}: {r.status_code}")
                 elif phase == "run":
                     self.last = r.json()
+                    if self.all_but_at is None and self.last.get("frames", {}).get("done", 0) >= self.all_but:
+                        self.all_but_at = time.monotonic() - self.began
                     if self.last.get("state") in ("done", "failed", "cancelled"):
                         self.finished.set()
             except (httpx.HTTPError, ValueError) as exc:
@@ -250,7 +256,8 @@ def run_size(root: Path, plugin: Path, n: int, slots: int, timeout: float) -> di
                 res["why"] = "refused: " + "; ".join(sub["refused"])
                 return res
             t_run = time.monotonic()
-            poller.follow(sub["job"])
+            cpu0 = server.cpu_seconds()
+            poller.follow(sub["job"], n)
             last_note = t_run
             while not poller.finished.wait(1.0):
                 now = time.monotonic()
@@ -264,7 +271,9 @@ def run_size(root: Path, plugin: Path, n: int, slots: int, timeout: float) -> di
             poller.stop()
             last = poller.last or {}
             done = last.get("frames", {}).get("done", 0)
-            res.update(wall=wall, done=done, state=last.get("state"))
+            cpu1 = server.cpu_seconds()
+            res.update(wall=wall, done=done, state=last.get("state"), frames_at=poller.all_but_at,
+                       cpu_user=cpu1[0] - cpu0[0], cpu_sys=cpu1[1] - cpu0[1])
             res["fps"] = (done if done else 0) / wall if wall > 0 else float("nan")
             if last.get("state") == "done":
                 res["ok"] = True
@@ -358,6 +367,13 @@ def describe(r: dict) -> list[str]:
         lines.append(f"  run           {r['wall']:8.2f} s   {r.get('done', 0)}/{r['total']} frames done, "
                      f"{r['fps']:.1f} frames/s" + (f", fan-in frame has {r['fan_in_deps']} dependencies"
                                                    if "fan_in_deps" in r else ""))
+    if r.get("frames_at"):
+        lines.append(f"  phases        the {n} frames done after {r['frames_at']:.2f} s ({n / r['frames_at']:.0f} frames/s), "
+                     f"the fan-in frame (its {n} dependencies unpacked, then rendered) "
+                     f"{r['wall'] - r['frames_at']:.2f} s more (seen by polling every {POLL * 1000:.0f} ms)")
+    if "cpu_user" in r:
+        lines.append(f"  server CPU    {r['cpu_user']:.1f} s user + {r['cpu_sys']:.1f} s system during the run "
+                     f"({(r['cpu_user'] + r['cpu_sys']) / r['wall']:.2f} cores; its threads, not its child processes)")
     if "rss" in r:
         lines.append(f"  peak RSS      {r['rss']:8.1f} MB  (server process; intake worker {r.get('worker_rss', 0):.1f} MB)")
     for phase, label in (("run_lag", "status during run"), ("submit_lag", "/server during submit")):

@@ -101,6 +101,18 @@ def make_scene(folder: Path, final: int = 9) -> Path:
     return ini
 
 
+def failing_package(folder: Path, final: int, failing: int, message: str = "boom") -> Path:
+    """The test scene (frames 0..final) packed with `distren pack`, its frame `failing` ending
+    in a POV-Ray #error; returns the package."""
+    make_scene(folder, final=final)
+    (folder / "scene.pov").write_text((folder / "scene.pov").read_text()
+                                      + f'#if (frame_number = {failing}) #error "{message}" #end\n')
+    pkg = folder.parent / f"{folder.name}.tar.gz"
+    r = run_cli("pack", str(folder / "scene.ini"), "-o", str(pkg))
+    assert r.returncode == 0, r.stderr
+    return pkg
+
+
 def dependent_package(folder: Path, dep_url: str, dep_file: str, last_frame: int = 0) -> Path:
     """A package whose frames 0..last_frame depend on dep_url and map its output file onto a
     plane: they cannot even parse unless the dependency's output is unpacked where

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import httpx
 
-from conftest import dependent_package, make_scene, pixels, povray_direct, run_cli
+from conftest import dependent_package, failing_package, make_scene, pixels, povray_direct, run_cli
 
 SLOW_POV = """#version 3.7;
 global_settings { assumed_gamma 1.0 }
@@ -168,12 +168,7 @@ def test_restart_keeps_jobs_and_never_reissues_ids(server_factory, tmp_path):
 
 def test_failed_frame_has_its_log_and_retry_requeues(server_factory, tmp_path):
     s = server_factory("alpha", extra=["--max-failures", "2"])
-    scene = tmp_path / "scene"
-    make_scene(scene, final=3)
-    (scene / "scene.pov").write_text((scene / "scene.pov").read_text()
-                                      + '#if (frame_number = 2) #error "boom2" #end\n')
-    pkg = tmp_path / "p.tar.gz"
-    assert run_cli("pack", str(scene / "scene.ini"), "-o", str(pkg)).returncode == 0
+    pkg = failing_package(tmp_path / "scene", final=3, failing=2, message="boom2")
     r = run_cli("submit", str(pkg), "--server", s.url, "--wait")
     assert r.returncode == 1, r.stderr
     url = r.stdout.strip().splitlines()[0]

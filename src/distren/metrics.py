@@ -46,6 +46,9 @@ class Metrics:
                                "of its frames are done)", registry=r)
         self.refusals = Counter("distren_intake_refusals", "Packages refused at POST /api/v1/jobs, by error code",
                                 ["code"], registry=r)
+        self.dependencies = Counter("distren_dependencies_prepared", "Dependencies' outputs put into renders' work "
+                                    "folders, by how: kept (moved from the outputs kept unpacked) or unpacked "
+                                    "(from the output tarball)", ["how"], registry=r)
         self.snapshot = snapshot
         r.register(_Collector(self))
 

@@ -335,6 +335,15 @@ class Scheduler:
         ).fetchall()
         return [(r[0], r[1]) for r in rows]
 
+    def awaited(self, job: int, frames: list[int]) -> set[int]:
+        """Those of `frames` (of this server's `job`) that a waiting frame here depends on: an
+        index look-up each."""
+        c = self.conn
+        return {f for f in frames if c.execute(
+            "SELECT 1 FROM deps d JOIN frames w ON w.job_id=d.job_id AND w.frame=d.frame"
+            " WHERE d.dep_server=? AND d.dep_job=? AND d.dep_frame=? AND w.state='waiting' LIMIT 1",
+            (self.server, job, f)).fetchone() is not None}
+
     def _dependency_done(self, c: sqlite3.Connection, server: str, job: int, frame: int) -> None:
         """One dependency finished: its waiting dependents count down; at zero they are ready."""
         for dj, df in self._dependents(c, job, frame, server):

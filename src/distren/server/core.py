@@ -28,6 +28,7 @@ from ..job.spec import JOB_XML_NAME, MAX_XML_BYTES, RESERVED_NAMES, parse_job_xm
 from ..scheduler import Scheduler
 from ..store import db
 from ..store.blobs import Blob, BlobStore, BlobWriter
+from ..store.unpacked import UnpackedOutputs
 from ..tarballs import iter_tar_files, safe_extract
 from ..url import check_server_name
 from .config import ServerConfig
@@ -52,6 +53,9 @@ class Core:
         self.tmp_dir = data / "tmp"
         for d in (self.scenes_dir, self.work_dir, self.tmp_dir):
             d.mkdir(exist_ok=True)
+        # outputs of frames rendered here kept unpacked for the frames here that wait for them
+        # (emptied by the storage's start-up sweep)
+        self.unpacked = UnpackedOutputs(data / "unpacked", UNPACKED_BUDGET)
         # Leftovers of a crash: half-extracted scratch folders and frame work folders.
         for d in (self.work_dir, self.tmp_dir):
             for child in d.iterdir():
@@ -214,22 +218,33 @@ class Core:
                     del self._scene_locks[sha256]
 
     # -- outputs -------------------------------------------------------------------------
-    def put_outputs(self, outputs: list[list[Path]], root: Path) -> list[Blob]:
+    def put_outputs(self, outputs: list[list[Path]], root: Path, keep: list[bool] | None = None) -> list[Blob]:
         """Frames' output tarballs (deterministic; one a frame, files named relative to `root`)
         into the blob store, committed as one group; pinned until `storage.release(...,
-        written=True)`."""
+        written=True)`. The files of the frames marked in `keep` (frames here wait for them)
+        are then moved into `unpacked` (within its budget, unless the disk is low)."""
         from ..tarballs import write_tar
 
         def tarball(files: list[Path]):
             return lambda out: write_tar(out, [(p.relative_to(root).as_posix(), p) for p in files])
 
-        return self.blobs.put_many([tarball(files) for files in outputs])
+        blobs = self.blobs.put_many([tarball(files) for files in outputs])
+        if keep and not self.storage.low:
+            for blob, files, kept in zip(blobs, outputs, keep):
+                if kept:
+                    self.unpacked.adopt(blob.sha256, files, root)
+        return blobs
 
     def extract_output(self, blob: Blob, dest: Path) -> None:
-        """Unpack a dependency's output tarball into dest, a new folder (strictly: removed
-        again on any refusal)."""
+        """A dependency's output into dest, a new folder: its copy kept unpacked when this
+        server has one (store/unpacked.py), else its tarball unpacked (strictly: removed again
+        on any refusal)."""
         dest.parent.mkdir(parents=True, exist_ok=True)
+        if self.unpacked.take(blob.sha256, dest):
+            self.metrics.dependencies.labels("kept").inc()
+            return
         safe_extract(self.blobs.path(blob.sha256), self.tmp_dir, self.config.tar_limits, into=dest)
+        self.metrics.dependencies.labels("unpacked").inc()
 
     async def bundle(self, job: int) -> Blob:
         """The job's bundle: every finished frame's files as `<frame>/<file>`, in frame order,
@@ -419,6 +434,8 @@ def _intake_worker_init() -> None:
 
 
 PREVIEW_MEMORY = 4 << 30   # address space of the preview worker
+# most bytes of frame outputs kept unpacked for the frames that wait for them (store/unpacked.py)
+UNPACKED_BUDGET = 1 << 30
 
 
 def _preview_worker_init() -> None:

@@ -370,8 +370,14 @@ class Runner:
             if good:
                 try:
                     # one trip to a thread: the outputs into the blob store, the work folder gone
-                    stored = await asyncio.to_thread(_store_outputs, core, [results[f].outputs for f in good], work)
-                    blobs, cleaned = dict(zip(good, stored)), True
+                    # the files of frames that frames here wait for are kept unpacked for them;
+                    # a work folder that holds dependencies (maybe many) is removed after the
+                    # results are recorded, not before
+                    awaited = core.scheduler.awaited(first.job, good) if home is None else set()
+                    with_deps = any(one.depends for one in leases)
+                    stored = await asyncio.to_thread(_store_outputs, core, [results[f].outputs for f in good], work,
+                                                     [f in awaited for f in good], not with_deps)
+                    blobs, cleaned = dict(zip(good, stored)), not with_deps
                 except OSError as exc:  # a full disk fails the frames, not the server
                     for f in good:
                         results[f] = RenderResult(False, results[f].log,
@@ -561,9 +567,10 @@ def _finish_times(outputs: list[list[Path]]) -> list[float | None]:
     return times
 
 
-def _store_outputs(core: Core, outputs: list[list[Path]], work: Path) -> list[Blob]:
-    """Each frame's output into the blob store (one tarball a frame); then the work folder is
-    removed."""
-    blobs = core.put_outputs(outputs, work / "out")
-    shutil.rmtree(work, True)
+def _store_outputs(core: Core, outputs: list[list[Path]], work: Path, keep: list[bool], remove: bool) -> list[Blob]:
+    """Each frame's output into the blob store (one tarball a frame), those marked in `keep`
+    kept unpacked; then, with `remove`, the work folder is removed."""
+    blobs = core.put_outputs(outputs, work / "out", keep)
+    if remove:
+        shutil.rmtree(work, True)
     return blobs

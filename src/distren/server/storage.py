@@ -198,9 +198,10 @@ class Storage:
         return gone
 
     def _trash_extras(self, sha256: str) -> None:
-        """A reclaimed blob's scene folder and preview go with it."""
+        """A reclaimed blob's scene folder, preview and unpacked output go with it."""
         if not _HASH_RE.fullmatch(sha256):
             return
+        self.core.unpacked.discard(sha256, self.trash)
         if sha256 in self.scene_bytes:   # (every scene folder there is, is counted)
             try:
                 os.replace(f"{self._scenes}/{sha256}", f"{self._trash}/{sha256}.scene")
@@ -216,7 +217,9 @@ class Storage:
     def sweep(self) -> list[str]:
         """Empty the trash; count the blobs' and scenes' bytes; return the hashes of blobs,
         scene folders and previews that nothing references (orphans of a crash, or of a
-        version that did not reclaim). Runs in a thread before the server serves."""
+        version that did not reclaim). Runs in a thread before the server serves. Outputs kept
+        unpacked (store/unpacked.py) are dropped: their accounting is in memory."""
+        self.core.unpacked.reset(self.trash)
         empty(self.trash)
         reader = sqlite3.connect(self.core.data / "distren.sqlite3", timeout=30)
         try:
@@ -294,7 +297,7 @@ class Storage:
                               "free (--min-free-bytes): new packages are refused until space is freed")
 
     async def usage(self) -> dict:
-        """Disk use, bytes: `blobs` and `scenes` (counted as they change), `previews` and
+        """Disk use, bytes: `blobs`, `scenes` and `unpacked` (counted as they change), `previews` and
         `scratch` (tmp, work and trash folders; a walk in a thread at most every WALK_SECONDS),
         the file system's `free` bytes and the reserve."""
         walked = self._walked
@@ -302,7 +305,8 @@ class Storage:
             if self._walking is None or self._walking.done():
                 self._walking = asyncio.ensure_future(asyncio.to_thread(self._walk))
             walked = await asyncio.shield(self._walking)
-        return {"blobs": self.blobs.bytes, "scenes": self.scenes_total, **walked[1],
+        return {"blobs": self.blobs.bytes, "scenes": self.scenes_total, "unpacked": self.core.unpacked.bytes,
+                **walked[1],
                 "free": self.check_free(), "min_free": self.min_free, "low": self.low}
 
     def _walk(self) -> tuple[float, dict]:
