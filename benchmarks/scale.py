@@ -26,7 +26,8 @@ smallest <= 2); idle server: status p99 <= 20 ms, frame list first page <= 0.2 s
 <= 5 s, delete <= 10 s. Each figure is printed with "pass" or "MISS".
 
 The no-cost backend is not part of distren: the benchmark writes a module
-`distren_nullbackend.py` (backend "null": writes one tiny file per frame, starts no process)
+`distren_nullbackend.py` (backend "null": one `/bin/sh` process a render, a chunk's frames in one
+run, writing one tiny file a frame with shell built-ins)
 and its `.dist-info` with a `distren.backends` entry point into a temporary folder, and puts
 that folder on the servers' PYTHONPATH, exactly as an installed plug-in would be found.
 
@@ -79,6 +80,10 @@ import asyncio
 
 from distren.backends.base import Backend, RenderResult
 
+# the renderer: one small process a render (a chunk's frames in one run, as a real renderer),
+# writing one tiny file a frame with shell built-ins
+WRITE = 'for f in "$@"; do echo "$f" > "$f.txt"; done'
+
 
 class NullBackend(Backend):
     name = "null"
@@ -93,25 +98,21 @@ class NullBackend(Backend):
     def command(self, task):
         return []
 
+    async def _write(self, task, frames):
+        proc = await asyncio.create_subprocess_exec("/bin/sh", "-c", WRITE, "null", *map(str, frames),
+                                                    cwd=task.out)
+        ok = await proc.wait() == 0
+        return {f: RenderResult(ok, "", None if ok else "the writer failed", [task.out / ("%d.txt" % f)] if ok else [])
+                for f in frames}
+
     async def render(self, task):
-        # in a thread, as a real renderer runs in its own process: the file writes are the
-        # plug-in's cost, not the server's event loop's
-        path = task.out / "frame.txt"
-        await asyncio.to_thread(path.write_bytes, b"%d\\n" % task.frame)
-        return RenderResult(True, "", None, [path])
+        return (await self._write(task, [task.frame]))[task.frame]
 
     def chunkable(self, settings):
         return True
 
     async def render_chunk(self, task):
-        def write():
-            out = {}
-            for frame in task.chunk:
-                path = task.out / ("%d.txt" % frame)
-                path.write_bytes(b"%d\\n" % frame)
-                out[frame] = RenderResult(True, "", None, [path])
-            return out
-        return await asyncio.to_thread(write)
+        return await self._write(task, task.chunk)
 '''
 
 

@@ -101,6 +101,18 @@ def make_scene(folder: Path, final: int = 9) -> Path:
     return ini
 
 
+def wait_for(check, timeout: float = 30, what: str = "condition", every: float = 0.05):
+    """Call `check` until it returns something true (returned); AssertionError naming `what`
+    after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        got = check()
+        if got:
+            return got
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(every)
+
+
 def failing_package(folder: Path, final: int, failing: int, message: str = "boom") -> Path:
     """The test scene (frames 0..final) packed with `distren pack`, its frame `failing` ending
     in a POV-Ray #error; returns the package."""

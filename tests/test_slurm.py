@@ -9,14 +9,13 @@ import os
 import shutil
 import subprocess
 import tempfile
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
 import pytest
 
-from conftest import ROOT, ServerProcess, bundle_images, make_scene, pixels, povray_direct, run_cli
+from conftest import ROOT, ServerProcess, bundle_images, make_scene, pixels, povray_direct, run_cli, wait_for
 
 # with pytest-xdist, the whole module in one worker: one cluster for all its tests
 pytestmark = pytest.mark.xdist_group("slurm")
@@ -63,16 +62,6 @@ def package(tmp_path: Path, final: int, *options: str) -> tuple[Path, Path]:
     r = run_cli("pack", str(ini), "-o", str(pkg), *options)
     assert r.returncode == 0, r.stderr
     return ini.parent, pkg
-
-
-def wait_for(check, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = check()
-        if got:
-            return got
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_slurm_worker_jobs_render_a_job_and_go_away_when_idle(slurm, tmp_path):

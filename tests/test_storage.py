@@ -10,16 +10,18 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import re
 import signal
 import sqlite3
 import tarfile
+import stat
 import time
 from pathlib import Path
 
 import httpx
 
-from conftest import TOY_ENV, ServerProcess, run_cli
+from conftest import TOY_ENV, ServerProcess, run_cli, wait_for
 from distren.scheduler import Scheduler
 from distren.store import db
 from distren.store.blobs import Blob
@@ -59,16 +61,6 @@ def job(s: ServerProcess, j: int) -> dict | None:
     return r.json()
 
 
-def wait_for(check, timeout: float = 30, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        got = check()
-        if got:
-            return got
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
-
-
 def wait_state(s: ServerProcess, j: int, *states: str, timeout: float = 60) -> dict:
     return wait_for(lambda: (info := job(s, j)) and info["state"] in states and info, timeout, f"job {j} {states}")
 
@@ -86,12 +78,21 @@ def get(s: ServerProcess, path: str) -> httpx.Response:
 
 def stored(data: Path) -> dict[str, int]:
     """Every file a job leaves in the data folder (blobs, scenes, previews) with its size;
-    not the database, nor the scratch folders (tmp, work, trash, blobs/tmp)."""
+    not the database, nor the scratch folders (tmp, work, trash, blobs/tmp). A file that goes
+    while the folders are walked (a running server reclaims it) is not counted."""
     out = {}
     for top in ("blobs", "scenes", "previews"):
-        for p in (data / top).rglob("*"):
-            if p.is_file() and not p.relative_to(data).as_posix().startswith("blobs/tmp/"):
-                out[p.relative_to(data).as_posix()] = p.stat().st_size
+        for folder, _, names in os.walk(data / top):   # (a folder that goes meanwhile is skipped)
+            for name in names:
+                p = Path(folder) / name
+                if p.relative_to(data).as_posix().startswith("blobs/tmp/"):
+                    continue
+                try:
+                    st = p.lstat()
+                except FileNotFoundError:
+                    continue
+                if stat.S_ISREG(st.st_mode):
+                    out[p.relative_to(data).as_posix()] = st.st_size
     return out
 
 

@@ -16,7 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import dependent_package, failing_package, make_scene, pixels, run_cli
 from distren.store.blobs import BlobStore
-from distren.store.unpacked import UnpackedOutputs
+from distren.store.unpacked import UnpackedOutputs, stage
 from distren.tarballs import TarLimits, safe_extract, write_tar
 
 SHA = "ab" * 32
@@ -47,8 +47,9 @@ def test_a_kept_entry_is_what_unpacking_its_tarball_gives(tmp_path):
     extracted = safe_extract(store.path(blob.sha256), tmp_path, TarLimits(), into=tmp_path / "deps" / "extracted")
 
     kept = UnpackedOutputs(tmp_path / "unpacked", budget=1 << 20)
-    assert kept.adopt(blob.sha256, files, tmp_path / "out")
-    assert not any(p.exists() for p in files)   # moved, not copied
+    part, size = stage(files, tmp_path / "out", tmp_path)
+    assert size == 5006 and not any(p.exists() for p in files)   # moved, not copied
+    assert kept.install(blob.sha256, part, size) and not Path(part).exists()
     assert kept.bytes == 5006 and len(kept) == 1
     assert kept.take(blob.sha256, tmp_path / "deps" / "kept")
     assert tree(tmp_path / "deps" / "kept") == tree(extracted)
@@ -59,21 +60,24 @@ def test_a_kept_entry_is_what_unpacking_its_tarball_gives(tmp_path):
     assert not (tmp_path / "deps" / "again").exists()
 
 
-def test_links_and_other_files_are_not_adopted(tmp_path):
+def test_links_and_other_files_are_not_kept(tmp_path):
     kept = UnpackedOutputs(tmp_path / "unpacked", budget=1 << 20)
     out = tmp_path / "out"
     out.mkdir()
     (out / "host.txt").write_text("a file of the host")
     os.symlink(out / "host.txt", out / "link.png")
-    assert not kept.adopt(SHA, [out / "link.png"], out)
+    assert stage([out / "link.png"], out, tmp_path) is None
     os.link(out / "host.txt", out / "second-name.png")
-    assert not kept.adopt(SHA, [out / "second-name.png"], out)
+    assert stage([out / "second-name.png"], out, tmp_path) is None
     os.mkfifo(out / "fifo.png")
-    assert not kept.adopt(SHA, [out / "fifo.png"], out)
-    assert not kept.adopt(SHA, [out / "missing.png"], out)
-    assert not kept.adopt("not-a-hash", [out / "host.txt"], out)
-    assert len(kept) == 0 and kept.bytes == 0
+    assert stage([out / "fifo.png"], out, tmp_path) is None
+    assert stage([out / "missing.png"], out, tmp_path) is None
     assert sorted(p.name for p in out.iterdir()) == ["fifo.png", "host.txt", "link.png", "second-name.png"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "unpacked"]   # no folder made
+    (out / "plain.png").write_text("a plain output")
+    part, size = stage([out / "plain.png"], out, tmp_path)
+    assert not kept.install("not-a-hash", part, size) and not Path(part).exists()
+    assert len(kept) == 0 and kept.bytes == 0
     assert [p.name for p in (tmp_path / "unpacked").iterdir()] == []
 
 
@@ -83,13 +87,15 @@ def test_the_budget_bounds_the_entries_and_reclaiming_frees_it(tmp_path):
     trash.mkdir()
     first = outputs(tmp_path / "one")
     second = outputs(tmp_path / "two")
-    assert kept.adopt("01" * 32, first, tmp_path / "one")
-    assert not kept.adopt("02" * 32, second, tmp_path / "two")   # 2 x 5006 > 10,000
-    assert all(p.exists() for p in second)                      # left where they were
-    assert not kept.adopt("01" * 32, second, tmp_path / "two")   # the same output: kept once
+    assert kept.install("01" * 32, *stage(first, tmp_path / "one", tmp_path))
+    part, size = stage(second, tmp_path / "two", tmp_path)
+    assert not kept.install("02" * 32, part, size)               # 2 x 5006 > 10,000: dropped
+    assert not Path(part).exists() and kept.bytes == 5006
+    third = outputs(tmp_path / "three")
+    assert not kept.install("01" * 32, *stage(third, tmp_path / "three", tmp_path))   # kept once
     kept.discard("01" * 32, trash)                               # its blob is reclaimed
     assert kept.bytes == 0 and not (tmp_path / "unpacked" / ("01" * 32)).exists()
-    assert kept.adopt("02" * 32, second, tmp_path / "two")
+    assert kept.install("02" * 32, *stage(outputs(tmp_path / "four"), tmp_path / "four", tmp_path))
     kept.reset(trash)                                            # start-up: all dropped
     assert kept.bytes == 0 and len(kept) == 0 and list((tmp_path / "unpacked").iterdir()) == []
 

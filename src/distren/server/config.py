@@ -113,6 +113,9 @@ class ServerConfig(BaseModel):
     # the embedded server of `distren render` does). Not for users: hostile packages are parsed
     # outside the server's interpreter (docs/security.md).
     intake_processes: int = setting(1, internal=True, ge=0)
+    # Processes that write frames' outputs into the blob store (0: a thread of the server):
+    # server/outputs.py says why.
+    output_processes: int = setting(1, internal=True, ge=0)
     header_timeout: float = setting(
         10.0, "seconds a client may take to send a request's head; silent and slow clients are disconnected",
         **SECONDS)

@@ -32,6 +32,7 @@ from ..store.unpacked import UnpackedOutputs
 from ..tarballs import iter_tar_files, safe_extract
 from ..url import check_server_name
 from .config import ServerConfig
+from .outputs import OutputStore
 from .storage import Storage
 
 
@@ -84,6 +85,8 @@ class Core:
         self._bundles_making: dict[tuple[int, str], asyncio.Future] = {}
         # reclaiming blobs and scenes, disk use, the free-space reserve, --keep-finished
         self.storage = Storage(self)
+        # frames' outputs are written into the blob store by a process of their own (outputs.py)
+        self.outputs = OutputStore(self, config.output_processes if backends is None else 0)
 
     def _new_intake_pool(self) -> ProcessPoolExecutor:
         pool = ProcessPoolExecutor(self.config.intake_processes, initializer=_intake_worker_init,
@@ -218,23 +221,6 @@ class Core:
                     del self._scene_locks[sha256]
 
     # -- outputs -------------------------------------------------------------------------
-    def put_outputs(self, outputs: list[list[Path]], root: Path, keep: list[bool] | None = None) -> list[Blob]:
-        """Frames' output tarballs (deterministic; one a frame, files named relative to `root`)
-        into the blob store, committed as one group; pinned until `storage.release(...,
-        written=True)`. The files of the frames marked in `keep` (frames here wait for them)
-        are then moved into `unpacked` (within its budget, unless the disk is low)."""
-        from ..tarballs import write_tar
-
-        def tarball(files: list[Path]):
-            return lambda out: write_tar(out, [(p.relative_to(root).as_posix(), p) for p in files])
-
-        blobs = self.blobs.put_many([tarball(files) for files in outputs])
-        if keep and not self.storage.low:
-            for blob, files, kept in zip(blobs, outputs, keep):
-                if kept:
-                    self.unpacked.adopt(blob.sha256, files, root)
-        return blobs
-
     def extract_output(self, blob: Blob, dest: Path) -> None:
         """A dependency's output into dest, a new folder: its copy kept unpacked when this
         server has one (store/unpacked.py), else its tarball unpacked (strictly: removed again
@@ -333,6 +319,7 @@ class Core:
             self._preview_pool.shutdown(cancel_futures=True)
         if self._intake_pool is not None:
             self._intake_pool.shutdown(cancel_futures=True)
+        self.outputs.close()
         self._checkpointer.stop()
         self.conn.close()
 
@@ -423,6 +410,12 @@ def check_database(data: Path) -> None:
 
 def _intake_worker_init() -> None:
     """An intake worker dies with the server (also on kill -9) and yields the CPU to it."""
+    _worker_init(5)
+
+
+def _worker_init(nice: int) -> None:
+    """A worker process of the server's dies with it (also on kill -9); `nice` > 0 yields the
+    CPU to the server."""
     import ctypes
 
     PR_SET_PDEATHSIG = 1
@@ -430,7 +423,8 @@ def _intake_worker_init() -> None:
         ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     except (OSError, AttributeError):
         pass
-    os.nice(5)
+    if nice:
+        os.nice(nice)
 
 
 PREVIEW_MEMORY = 4 << 30   # address space of the preview worker

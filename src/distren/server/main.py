@@ -232,6 +232,7 @@ class EmbeddedServer:
         root = Path(self._tmp.name)
         # the private server takes one package: no intake worker process to start
         settings.setdefault("intake_processes", 0)
+        settings.setdefault("output_processes", 0)
         # its one package is taken whatever the free space (no reserve for other users' jobs)
         settings.setdefault("min_free_bytes", 0)
         self.config = ServerConfig(name=name, data=root / "data", slots=slots, **settings)

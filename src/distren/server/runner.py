@@ -369,14 +369,14 @@ class Runner:
             good = [one.frame for one in leases if results[one.frame].ok]
             if good:
                 try:
-                    # one trip to a thread: the outputs into the blob store, the work folder gone
-                    # the files of frames that frames here wait for are kept unpacked for them;
-                    # a work folder that holds dependencies (maybe many) is removed after the
-                    # results are recorded, not before
+                    # the outputs into the blob store (written by the output process, published
+                    # in a thread: outputs.py), the files of frames that frames here wait for
+                    # kept unpacked for them, the work folder gone; one that holds dependencies
+                    # (maybe many) is removed after the results are recorded, not before
                     awaited = core.scheduler.awaited(first.job, good) if home is None else set()
                     with_deps = any(one.depends for one in leases)
-                    stored = await asyncio.to_thread(_store_outputs, core, [results[f].outputs for f in good], work,
-                                                     [f in awaited for f in good], not with_deps)
+                    stored = await core.outputs.store([results[f].outputs for f in good], work / "out",
+                                                      [f in awaited for f in good], None if with_deps else work)
                     blobs, cleaned = dict(zip(good, stored)), not with_deps
                 except OSError as exc:  # a full disk fails the frames, not the server
                     for f in good:
@@ -565,12 +565,3 @@ def _finish_times(outputs: list[list[Path]]) -> list[float | None]:
         except OSError:
             times.append(None)
     return times
-
-
-def _store_outputs(core: Core, outputs: list[list[Path]], work: Path, keep: list[bool], remove: bool) -> list[Blob]:
-    """Each frame's output into the blob store (one tarball a frame), those marked in `keep`
-    kept unpacked; then, with `remove`, the work folder is removed."""
-    blobs = core.put_outputs(outputs, work / "out", keep)
-    if remove:
-        shutil.rmtree(work, True)
-    return blobs

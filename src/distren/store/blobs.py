@@ -54,13 +54,14 @@ class BlobWriter:
     With `name`, the writer continues the temporary file of that name in the store's tmp folder
     (a download resumed with HTTP Range): the bytes already there are read once, to hash them."""
 
-    def __init__(self, store: "BlobStore", max_size: int | None, name: str | None = None):
+    def __init__(self, store: "BlobStore | None", max_size: int | None, name: str | None = None,
+                 tmp_dir: Path | None = None):
         self._store = store
         self._max_size = max_size
         self._hash = hashlib.sha256()
         self.size = 0
         if name is None:
-            fd, path = tempfile.mkstemp(dir=store.tmp_dir, prefix="blob-")
+            fd, path = tempfile.mkstemp(dir=tmp_dir or store.tmp_dir, prefix="blob-")
             self.path = Path(path)
             self._file = os.fdopen(fd, "wb")
         else:
@@ -116,6 +117,9 @@ class BlobWriter:
             if sync and not self._synced:
                 self.sync()
             self._file.close()
+
+    def digest(self) -> str:
+        return self._hash.hexdigest()
 
     def commit(self, expect_sha256: str | None = None, sync: bool = True) -> Blob:
         """Publish the blob under its hash (verified against `expect_sha256` when given),
@@ -302,26 +306,27 @@ class BlobStore:
                 w.write(chunk)
             return w.commit()
 
-    def put_many(self, writes: list[Callable[[BinaryIO], None]]) -> list[Blob]:
+    def put_many(self, writes: list[Callable[[BinaryIO], None]], tmp_dir: Path | None = None) -> list[Blob]:
         """Several blobs, each written by one callable into the file it is given, committed as a
-        group: all written, one file-system sync (their data durable), all renamed into place,
-        one more sync (their names durable). A chunk of 50 frame outputs costs two syncs instead
-        of a hundred fsyncs. The blobs are pinned (`release`). On any error no blob of the group is left half-written (the ones
-        already published are whole, and content-addressed: harmless)."""
-        writers: list[BlobWriter] = []
+        group: `write_group`, then `publish_group`. A chunk of 50 frame outputs costs two
+        syncs instead of a hundred fsyncs. The blobs are pinned (`release`)."""
+        return self.publish_group(write_group(writes, tmp_dir or self.tmp_dir))
+
+    def publish_group(self, staged: list[tuple[str, str, int]]) -> list[Blob]:
+        """Publish files written by `write_group` (in this process or another) under their
+        hashes, then one sync makes their names durable. Pinned (`release`). On any error
+        the files not published yet are removed (those published are whole, and
+        content-addressed: harmless) and nothing stays pinned."""
         blobs: list[Blob] = []
         try:
-            for write in writes:
-                w = self.writer()
-                writers.append(w)
-                write(w)
-                w.close(sync=False)
-            _sync_filesystem(self.tmp_dir, [w.path for w in writers])
-            for w in writers:
-                blobs.append(w.commit(sync=False))
+            for path, digest, size in staged:
+                if not _HASH_RE.fullmatch(digest):
+                    raise ValueError(f"not a blob hash: {digest!r}")
+                self._publish(Path(path), digest, sync=False)
+                blobs.append(Blob(digest, size))
         except BaseException:
-            for w in writers:
-                w.abort()
+            for path, _, _ in staged[len(blobs):]:
+                Path(path).unlink(missing_ok=True)
             self.release(b.sha256 for b in blobs)
             raise
         _sync_filesystem(self.root, sorted({self.path(b.sha256).parent for b in blobs}))
@@ -343,6 +348,28 @@ class BlobStore:
             self.bytes += size
         if sync:
             _fsync_path(final.parent)
+
+
+def write_group(writes: list[Callable[[BinaryIO], None]], tmp_dir: Path) -> list[tuple[str, str, int]]:
+    """Files for blobs, each written by one callable into the file it is given, in `tmp_dir`
+    (on the blob store's file system), then one file-system sync makes their data durable.
+    Returns `(path, sha256, size)` each, to be published by `BlobStore.publish_group`. Needs no
+    BlobStore: an output process (server/outputs.py) runs it. `tmp_dir` is best a folder of the
+    caller's (a render's work folder): creating files is the costly part on ext4, and creations
+    in one folder wait for each other. On any error none of the files is left."""
+    writers: list[BlobWriter] = []
+    try:
+        for write in writes:
+            w = BlobWriter(None, None, tmp_dir=tmp_dir)
+            writers.append(w)
+            write(w)
+            w.close(sync=False)
+        _sync_filesystem(tmp_dir, [w.path for w in writers])
+    except BaseException:
+        for w in writers:
+            w.abort()
+        raise
+    return [(str(w.path), w.digest(), w.size) for w in writers]
 
 
 def _fsync_path(path: Path) -> None:

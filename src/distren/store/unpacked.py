@@ -35,6 +35,45 @@ from pathlib import Path
 from .blobs import _HASH_RE
 
 
+_names = itertools.count()
+
+
+def stage(files: list[Path], root: Path, scratch: Path) -> tuple[str, int] | None:
+    """Move `files` (named relative to `root`) into a new folder in `scratch`, each file mode
+    0644, as unpacking their output tarball would make them: `(folder, bytes)` for
+    `UnpackedOutputs.install`, or None, nothing moved, when a file is not a plain regular
+    file with one link (a renderer's symbolic link or second name for a file is never kept).
+    Needs no UnpackedOutputs: an output process (server/outputs.py) runs it. `scratch` is
+    best a folder of the caller's (a render's work folder): folders made in one folder wait
+    for each other on ext4."""
+    total = 0
+    modes = []
+    try:
+        for f in files:
+            st = os.lstat(f)
+            if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+                return None
+            total += st.st_size
+            modes.append(stat.S_IMODE(st.st_mode))
+    except OSError:
+        return None
+    part = Path(scratch) / f".part-{os.getpid()}-{next(_names)}"
+    try:
+        os.mkdir(part, 0o700)
+        for f, mode in zip(files, modes):
+            relative = Path(f).relative_to(root)
+            target = part / relative
+            if len(relative.parts) > 1:
+                target.parent.mkdir(parents=True, exist_ok=True)
+            os.rename(f, target)
+            if mode != 0o644:
+                os.chmod(target, 0o644, follow_symlinks=False)
+    except (OSError, ValueError):
+        shutil.rmtree(part, ignore_errors=True)   # (files moved in are lost: this is a cache)
+        return None
+    return str(part), total
+
+
 class UnpackedOutputs:
     def __init__(self, root: Path, budget: int):
         self.root = root
@@ -42,7 +81,6 @@ class UnpackedOutputs:
         self.bytes = 0
         self._sizes: dict[str, int] = {}   # sha256 -> bytes of its entry (-1: being made)
         self._lock = threading.Lock()
-        self._names = itertools.count()
         root.mkdir(parents=True, exist_ok=True)
 
     def __len__(self) -> int:
@@ -57,45 +95,29 @@ class UnpackedOutputs:
             os.replace(self.root, trash / "unpacked")
         self.root.mkdir(parents=True, exist_ok=True)
 
-    def adopt(self, sha256: str, files: list[Path], root: Path) -> bool:
-        """Move `files` (named relative to `root`, as in the output tarball `sha256`) into an
-        entry of their own. False, nothing moved, when the entry is there already, the budget
-        is spent or a file is not a plain regular file with one link. Safe in a thread."""
-        if not _HASH_RE.fullmatch(sha256) or sha256 in self._sizes:
-            return False
-        total = 0
-        try:
-            for f in files:
-                st = os.lstat(f)
-                if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
-                    return False
-                total += st.st_size
-        except OSError:
-            return False
+    def install(self, sha256: str, part: str, size: int) -> bool:
+        """Put a folder made by `stage` (`size` bytes) in place as the entry of `sha256`; when
+        the entry is there already or the budget would be exceeded, the folder is removed
+        and False returned. Safe in a thread."""
         with self._lock:
-            if sha256 in self._sizes or self.bytes + total > self.budget:
-                return False
-            self._sizes[sha256] = -1
-            self.bytes += total
-        part = self.root / f".part-{os.getpid()}-{next(self._names)}"
-        try:
-            os.mkdir(part, 0o700)
-            for f in files:
-                relative = f.relative_to(root)
-                target = part / relative
-                if len(relative.parts) > 1:
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                os.rename(f, target)
-                os.chmod(target, 0o644, follow_symlinks=False)
-            os.rename(part, self.root / sha256)
-        except (OSError, ValueError):
+            if not _HASH_RE.fullmatch(sha256) or sha256 in self._sizes or self.bytes + size > self.budget:
+                ok = False
+            else:
+                ok, self._sizes[sha256] = True, -1
+                self.bytes += size
+        if ok:
+            try:
+                os.rename(part, self.root / sha256)
+            except OSError:
+                with self._lock:
+                    del self._sizes[sha256]
+                    self.bytes -= size
+                ok = False
+        if not ok:
             shutil.rmtree(part, ignore_errors=True)
-            with self._lock:
-                del self._sizes[sha256]
-                self.bytes -= total
             return False
         with self._lock:
-            self._sizes[sha256] = total
+            self._sizes[sha256] = size
         return True
 
     def take(self, sha256: str, dest: Path) -> bool:
