@@ -4,7 +4,8 @@
 video encode), rendered by a backend whose render costs nothing, so that only the server's
 own work is timed: intake, scheduling, leases, results, readiness of the fan-in frame.
 
-Per size, on a fresh `distren serve` (loopback port, temporary data folder, --slots 4,
+Per size, on a fresh `distren serve` (loopback port, temporary data folder, --slots as the
+server's own default: one per usable core,
 --max-frames N+1 so that the cap itself is not what is measured):
 
   submit s     POST /api/v1/jobs of the package until its 201
@@ -26,8 +27,8 @@ smallest <= 2); idle server: status p99 <= 20 ms, frame list first page <= 0.2 s
 <= 5 s, delete <= 10 s. Each figure is printed with "pass" or "MISS".
 
 The no-cost backend is not part of distren: the benchmark writes a module
-`distren_nullbackend.py` (backend "null": one `/bin/sh` process a render, a chunk's frames in one
-run, writing one tiny file a frame with shell built-ins)
+`distren_nullbackend.py` (backend "null": one `/bin/sh` process a render at nice 10, as distren
+runs renderers, a chunk's frames in one run, writing one tiny file a frame with shell built-ins)
 and its `.dist-info` with a `distren.backends` entry point into a temporary folder, and puts
 that folder on the servers' PYTHONPATH, exactly as an installed plug-in would be found.
 
@@ -38,7 +39,7 @@ instead (printed: which form was used). A size that does not finish within --tim
 Ctrl-C and SIGTERM. The last line is machine-readable, for the largest size:
 `frames_per_s=N submit_s=N rss_mb=N max_lag_ms=N`.
 
-Run: .venv/bin/python benchmarks/scale.py [--sizes 1000,10000,100000] [--slots 4] [--timeout 900] [--keep]
+Run: .venv/bin/python benchmarks/scale.py [--sizes 1000,10000,100000] [--slots N] [--timeout 900] [--keep]
 """
 
 from __future__ import annotations
@@ -81,7 +82,7 @@ import asyncio
 from distren.backends.base import Backend, RenderResult
 
 # the renderer: one small process a render (a chunk's frames in one run, as a real renderer),
-# writing one tiny file a frame with shell built-ins
+# writing one tiny file a frame with shell built-ins, at nice 10 as distren runs renderers
 WRITE = 'for f in "$@"; do echo "$f" > "$f.txt"; done'
 
 
@@ -99,8 +100,9 @@ class NullBackend(Backend):
         return []
 
     async def _write(self, task, frames):
-        proc = await asyncio.create_subprocess_exec("/bin/sh", "-c", WRITE, "null", *map(str, frames),
-                                                    cwd=task.out)
+        # at nice 10, as distren runs every renderer (backends/base.py)
+        proc = await asyncio.create_subprocess_exec("nice", "-n", "10", "/bin/sh", "-c", WRITE, "null",
+                                                    *map(str, frames), cwd=task.out)
         ok = await proc.wait() == 0
         return {f: RenderResult(ok, "", None if ok else "the writer failed", [task.out / ("%d.txt" % f)] if ok else [])
                 for f in frames}
@@ -161,6 +163,7 @@ class Poller(threading.Thread):
         self.began = 0.0            # monotonic time the run was followed from
         self.all_but: int | None = None
         self.all_but_at: float | None = None   # seconds until all frames but the fan-in were done
+        self.worst = (0.0, 0.0)    # the slowest status answer during the run: (asked at s, took s)
         self.finished = threading.Event()
         self.halt = threading.Event()
 
@@ -188,6 +191,8 @@ class Poller(threading.Thread):
                 took = time.perf_counter() - t0
                 self.errors.append(f"GET {path}: {type(exc).__name__}")
             self.lat[phase].append(took)
+            if phase == "run" and took > self.worst[1]:
+                self.worst = (time.monotonic() - self.began - took, took)
             next_at = max(next_at + POLL, time.monotonic())
             self.halt.wait(max(0.0, next_at - time.monotonic()))
         self.http.close()
@@ -294,6 +299,7 @@ def run_size(root: Path, plugin: Path, n: int, slots: int, timeout: float) -> di
             poller.stop()
             res["submit_lag"] = lag_figures(poller.lat["submit"])
             res["run_lag"] = lag_figures(poller.lat["run"])
+            res["worst_at"] = poller.worst[0]
             res["poll_errors"] = poller.errors
         if "rss" not in res and server.proc is not None and server.proc.poll() is None:
             res["rss"] = server.peak_rss_mb()
@@ -382,6 +388,8 @@ def describe(r: dict) -> list[str]:
         if f and f["n"]:
             lines.append(f"  {label:<22} n={f['n']:<6} p50 {f['p50']:7.1f} ms  p99 {f['p99']:7.1f} ms  "
                          f"max {f['max']:8.1f} ms  lag (max - p50) {f['lag']:8.1f} ms")
+    if r.get("run_lag", {}).get("n"):
+        lines.append(f"  slowest status answer asked {r['worst_at']:.2f} s into the run")
     if r.get("own_lag") is not None:
         lines.append(f"  server's own loop_lag_ms max {r['own_lag']:.1f} ms (GET /server; not used for the targets)")
     if r.get("poll_errors"):
@@ -429,7 +437,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="1000,10000,100000", help="frames per job, comma-separated (plus one fan-in"
                                                                       " frame each)")
-    parser.add_argument("--slots", type=int, default=4, help="render slots of the rendering servers (default 4)")
+    parser.add_argument("--slots", type=int, default=len(os.sched_getaffinity(0)),
+                        help="render slots of the rendering servers (default: one per usable core, as distren serve's)")
     parser.add_argument("--timeout", type=float, default=900, help="seconds to give one size (default 900)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folders (data, logs, plug-in)")
     args = parser.parse_args()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 
 import pytest
 
@@ -28,16 +29,31 @@ def test_put_many_publishes_each_blob_under_its_hash(tmp_path, monkeypatch, have
     assert list(store.tmp_dir.iterdir()) == []           # the duplicate's temporary file too
 
 
-def test_put_many_syncs_the_data_then_the_names_once_each(tmp_path, monkeypatch):
+def test_put_many_makes_the_group_durable_with_one_syncfs_after_the_renames(tmp_path, monkeypatch):
     calls = []
-    monkeypatch.setattr(blobs_mod, "_sync_filesystem", lambda anchor, paths: calls.append((anchor, list(paths))))
     store = BlobStore(tmp_path / "blobs")
+
+    def syncfs(fd):
+        # the files are in place when the one sync runs: it makes data and names durable
+        calls.append(sorted(p.name for p in store.root.glob("*/*") if p.parent != store.tmp_dir))
+        return 0
+
+    fsyncs = []
+    monkeypatch.setattr(blobs_mod, "_syncfs", syncfs)
+    monkeypatch.setattr(blobs_mod, "_fsync_path", fsyncs.append)
     got = store.put_many(writes(b"a", b"b", b"c"))
-    assert len(calls) == 2
-    (data_anchor, data_paths), (name_anchor, name_paths) = calls
-    assert data_anchor == store.tmp_dir and len(data_paths) == 3    # the temporary files, before the renames
-    assert name_anchor == store.root
-    assert set(name_paths) == {store.path(b.sha256).parent for b in got}
+    assert calls == [sorted(b.sha256 for b in got)] and fsyncs == []
+
+
+def test_without_syncfs_each_file_is_fsynced_before_its_rename_and_each_folder_after(tmp_path, monkeypatch):
+    store = BlobStore(tmp_path / "blobs")
+    order = []
+    monkeypatch.setattr(blobs_mod, "_syncfs", None)
+    monkeypatch.setattr(blobs_mod, "_fsync_path",
+                        lambda p: order.append("dir" if Path(p).is_dir() else "tmp" if Path(p).parent == store.tmp_dir
+                                               else "blob"))
+    store.put_many(writes(b"a", b"b"))
+    assert order[:2] == ["tmp", "tmp"] and set(order[2:]) <= {"blob", "dir"} and "dir" in order[2:]
 
 
 def test_put_many_leaves_nothing_half_written_when_one_write_fails(tmp_path):
@@ -52,3 +68,43 @@ def test_put_many_leaves_nothing_half_written_when_one_write_fails(tmp_path):
     assert list(store.tmp_dir.iterdir()) == []
     assert not store.has(hashlib.sha256(b"half").hexdigest())
     assert not store.has(hashlib.sha256(b"whole").hexdigest())   # nothing of the group published
+
+
+def test_threads_that_ask_at_once_share_syncfs_calls_each_started_after_they_asked(tmp_path, monkeypatch):
+    """The group commit of syncfs (`_GroupSync`), with real threads and a slow syncfs: fewer
+    calls than callers, and every caller returns only after a sync that began after it asked."""
+    import threading
+    import time
+
+    began: list[float] = []
+
+    def slow_syncfs(fd):
+        began.append(time.monotonic())
+        time.sleep(0.05)
+        return 0
+
+    monkeypatch.setattr(blobs_mod, "_syncfs", slow_syncfs)
+    monkeypatch.setattr(blobs_mod, "_group_syncs", {})
+    asked: dict[int, float] = {}
+    ended: dict[int, float] = {}
+
+    def caller(i: int) -> None:
+        time.sleep(0.005 * i)
+        asked[i] = time.monotonic()
+        assert blobs_mod._sync_filesystem(tmp_path)
+        ended[i] = time.monotonic()
+
+    threads = [threading.Thread(target=caller, args=(i,)) for i in range(12)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert 2 <= len(began) < 12
+    for i in range(12):
+        # some sync began after i asked and ended (began + 0.05 s) before i returned
+        assert any(asked[i] <= b and b + 0.05 <= ended[i] + 1e-3 for b in began), (i, asked[i], began)
+
+
+def test_without_syncfs_the_caller_is_told_to_fsync(tmp_path, monkeypatch):
+    monkeypatch.setattr(blobs_mod, "_syncfs", None)
+    assert blobs_mod._sync_filesystem(tmp_path) is False

@@ -180,3 +180,62 @@ def test_a_kept_output_nobody_takes_goes_with_its_job(server_factory, tmp_path):
     assert unpacked_bytes(c) == 0
     assert list((data / "unpacked").iterdir()) == []
     assert prepared(s.url) == {"kept": 0, "unpacked": 0}
+
+
+def test_the_pins_of_many_dependencies_are_let_go_off_the_event_loop(tmp_path):
+    """A video frame holds a pin per dependency: `Storage.release_many` lets go of them in a
+    thread, and all of them go (real blob store and Core)."""
+    import asyncio
+    import threading
+
+    from distren.server.config import ServerConfig
+    from distren.server.core import Core
+    from distren.server.storage import RELEASE_IN_THREAD
+
+    core = Core(ServerConfig(name="me", data=tmp_path / "data", slots=1, intake_processes=0), backends={})
+    try:
+        blobs = core.blobs.put_many([lambda f, i=i: f.write(b"%d" % i) for i in range(RELEASE_IN_THREAD + 5)])
+        hashes = [b.sha256 for b in blobs]
+        assert all(core.blobs.pinned(h) for h in hashes)
+
+        threads = []
+        real = core.blobs.release
+
+        def release(sha256s):
+            threads.append(threading.get_ident())
+            real(sha256s)
+
+        core.blobs.release = release
+
+        async def let_go() -> int:
+            core.storage.release_many(hashes)
+            for _ in range(200):
+                if not any(core.blobs.pinned(h) for h in hashes):
+                    break
+                await asyncio.sleep(0.01)
+            return threading.get_ident()
+
+        loop_thread = asyncio.run(let_go())
+        assert threads and threads[0] != loop_thread     # in a thread, not on the loop
+        assert not any(core.blobs.pinned(h) for h in hashes)
+        few = core.blobs.put_many([lambda f: f.write(b"few")])
+        core.storage.release_many([few[0].sha256])   # few: at once
+        assert not core.blobs.pinned(few[0].sha256)
+    finally:
+        core.close()
+
+
+def test_a_work_folder_of_many_dependencies_is_removed_by_a_process_of_its_own(tmp_path):
+    import asyncio
+
+    from distren.server.runner import _remove_work
+
+    work = tmp_path / "work"
+    for i in range(300):
+        (work / "deps" / "s" / "1" / str(i)).mkdir(parents=True)
+        (work / "deps" / "s" / "1" / str(i) / "f.png").write_bytes(b"x")
+    asyncio.run(_remove_work(work, many=True))
+    assert not work.exists()
+    (tmp_path / "small" / "out").mkdir(parents=True)
+    asyncio.run(_remove_work(tmp_path / "small", many=False))
+    assert not (tmp_path / "small").exists()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import shutil
 import time
 from pathlib import Path
@@ -32,6 +33,8 @@ LIVENESS_PERIOD = 2.0
 # A slot that cannot record a result (a database error) tries again this often, this many
 # times; after that the lease runs out and the frame is rendered again.
 REPORT_RETRIES = 5
+# a work folder holding more dependencies' outputs than this is removed by `rm -rf` (_remove_work)
+MANY_DEPENDENCIES = 1000
 DRAINING = "server draining"
 
 
@@ -400,7 +403,7 @@ class Runner:
             if heart is not None:
                 heart.cancel()
             if not cleaned:
-                await asyncio.to_thread(shutil.rmtree, work, True)
+                await _remove_work(work, sum(len(one.depends or ()) for one in leases) > MANY_DEPENDENCIES)
 
     async def _prepare_and_render(self, home: str | None, leases: list[Lease], work: Path,
                                   began: list[float]) -> dict[int, RenderResult]:
@@ -411,7 +414,8 @@ class Runner:
         try:
             return await self._prepare_and_render_held(home, leases, work, held, began)
         finally:
-            self.core.storage.release(held, peer_copy=home is not None)
+            # (a video frame holds one pin per frame of its job: let go in a thread)
+            self.core.storage.release_many(held, peer_copy=home is not None)
 
     async def _prepare_and_render_held(self, home: str | None, leases: list[Lease], work: Path,
                                        held: list[str], began: list[float]) -> dict[int, RenderResult]:
@@ -419,7 +423,8 @@ class Runner:
         first = leases[0]
         frames = tuple(one.frame for one in leases)
         out, deps = work / "out", work / "deps"
-        wanted = {dep["sha256"]: dep["size"] for one in leases for dep in one.depends}
+        # (a video frame has one dependency per frame of its job: gathered in a thread)
+        wanted = await asyncio.to_thread(_wanted, leases) if any(one.depends for one in leases) else {}
         try:
             if home is not None:   # a peer's lease, or chunk: the seed and dependencies, each once
                 await self.federation.fetch_blob(home, first.seed_sha256, first.seed_size)
@@ -549,6 +554,27 @@ def _prepare(core: Core, out: Path, deps: Path, seed_sha256: str,
     for dep in depends:
         extract(dep)
     return core.scene(seed_sha256), tuple(unique)
+
+
+async def _remove_work(work: Path, many: bool) -> None:
+    """A render's work folder removed. One that holds many dependencies' outputs (a video
+    frame's: a folder and a file each) is removed by `rm -rf` in a process of its own: in a
+    thread, Python's rmtree of 100,000 folders held the interpreter lock for seconds, and the
+    event loop waited for it (answers 250 ms late)."""
+    if many:
+        with contextlib.suppress(OSError):
+            proc = await asyncio.create_subprocess_exec(
+                "rm", "-rf", "--", str(work), stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+            await proc.wait()
+        if not os.path.lexists(work):
+            return
+    await asyncio.to_thread(shutil.rmtree, work, True)
+
+
+def _wanted(leases: list[Lease]) -> dict[str, int]:
+    """The dependencies' outputs of a render's frames, each once: sha256 -> size."""
+    return {dep["sha256"]: dep["size"] for one in leases for dep in one.depends}
 
 
 def _pin_all(core: Core, sha256s: list[str]) -> list[str]:

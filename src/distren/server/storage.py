@@ -44,6 +44,8 @@ log = logging.getLogger("distren.storage")
 BATCH = 200
 # How often the storage loop runs: lingering peer copies, the free-space check, a collection.
 PERIOD = 1.0
+# pins let go in a thread above this many (release_many)
+RELEASE_IN_THREAD = 1000
 # Scratch folders (tmp, work, trash) and previews are measured by a walk, at most this often.
 WALK_SECONDS = 5.0
 
@@ -138,6 +140,23 @@ class Storage:
         of referenced blobs in use (a render, a response)."""
         sha256s = list(sha256s)
         self.blobs.release(sha256s)
+        self._released(sha256s, written, peer_copy)
+
+    def release_many(self, sha256s: list[str], *, peer_copy: bool = False) -> None:
+        """`release` of pins in use (`peer_copy`: copies of a peer's blobs); the pins of many
+        (a video frame's dependencies) are let go in a thread, not on the event loop. Not
+        awaited: nothing waits for it, and a cancelled caller cannot leave pins held."""
+        if len(sha256s) <= RELEASE_IN_THREAD:
+            self.release(sha256s, peer_copy=peer_copy)
+            return
+        try:
+            done = asyncio.get_running_loop().run_in_executor(None, self.blobs.release, sha256s)
+        except RuntimeError:   # no loop, or its executor is shut down: here and now
+            self.release(sha256s, peer_copy=peer_copy)
+            return
+        done.add_done_callback(lambda _: self._released(sha256s, False, peer_copy))
+
+    def _released(self, sha256s: list[str], written: bool, peer_copy: bool) -> None:
         if peer_copy:
             until = time.monotonic() + self.keep_peer_copies
             for s in sha256s:

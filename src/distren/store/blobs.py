@@ -4,7 +4,8 @@ A blob is written to a temporary file inside the store, fsynced, then renamed in
 reader (or a restart after kill -9) never sees a half-written blob. Writers stream: nothing is
 held whole in memory, and the hash is computed as the bytes arrive (a blob is never read again
 to hash it). Several small blobs (a chunk's frame outputs) can be committed as a group:
-written, made durable together, renamed, made durable together (`BlobStore.put_many`).
+written, renamed, made durable together by one `syncfs` (`BlobStore.put_many`; where the C
+library has no syncfs: each file fsynced before the renames, each folder after).
 
 Blobs are reclaimed when nothing references them (server/storage.py, from the database's
 counts). A blob just published, or one a render or a download is using, is *pinned* in memory
@@ -308,13 +309,13 @@ class BlobStore:
 
     def put_many(self, writes: list[Callable[[BinaryIO], None]], tmp_dir: Path | None = None) -> list[Blob]:
         """Several blobs, each written by one callable into the file it is given, committed as a
-        group: `write_group`, then `publish_group`. A chunk of 50 frame outputs costs two
-        syncs instead of a hundred fsyncs. The blobs are pinned (`release`)."""
+        group: `write_group`, then `publish_group`. A chunk of 50 frame outputs costs one
+        syncfs instead of a hundred fsyncs. The blobs are pinned (`release`)."""
         return self.publish_group(write_group(writes, tmp_dir or self.tmp_dir))
 
     def publish_group(self, staged: list[tuple[str, str, int]]) -> list[Blob]:
         """Publish files written by `write_group` (in this process or another) under their
-        hashes, then one sync makes their names durable. Pinned (`release`). On any error
+        hashes, then one syncfs makes them durable, data and names. Pinned (`release`). On any error
         the files not published yet are removed (those published are whole, and
         content-addressed: harmless) and nothing stays pinned."""
         blobs: list[Blob] = []
@@ -329,7 +330,17 @@ class BlobStore:
                 Path(path).unlink(missing_ok=True)
             self.release(b.sha256 for b in blobs)
             raise
-        _sync_filesystem(self.root, sorted({self.path(b.sha256).parent for b in blobs}))
+        # One syncfs makes the files' data and their names durable at once: a journal commit
+        # a group, where data then names cost two (each one stalls the file system's other
+        # writers, the database's among them, for some milliseconds). Before it returns nothing
+        # references them (the caller records its references after), and a crash meanwhile
+        # leaves at most unreferenced files, possibly with incomplete data, which the start-up
+        # sweep removes: a name that was there before is never replaced (`_publish`).
+        if not _sync_filesystem(self.root):
+            for path in sorted({self.path(b.sha256) for b in blobs}):
+                _fsync_path(path)
+            for folder in sorted({self.path(b.sha256).parent for b in blobs}):
+                _fsync_path(folder)
         return blobs
 
     def _publish(self, tmp: Path, digest: str, sync: bool = True) -> None:
@@ -353,7 +364,8 @@ class BlobStore:
 def write_group(writes: list[Callable[[BinaryIO], None]], tmp_dir: Path) -> list[tuple[str, str, int]]:
     """Files for blobs, each written by one callable into the file it is given, in `tmp_dir`
     (on the blob store's file system), then one file-system sync makes their data durable.
-    Returns `(path, sha256, size)` each, to be published by `BlobStore.publish_group`. Needs no
+    Returns `(path, sha256, size)` each, to be published by `BlobStore.publish_group`, which
+    makes them durable (where there is no syncfs, each is fsynced here). Needs no
     BlobStore: an output process (server/outputs.py) runs it. `tmp_dir` is best a folder of the
     caller's (a render's work folder): creating files is the costly part on ext4, and creations
     in one folder wait for each other. On any error none of the files is left."""
@@ -364,7 +376,9 @@ def write_group(writes: list[Callable[[BinaryIO], None]], tmp_dir: Path) -> list
             writers.append(w)
             write(w)
             w.close(sync=False)
-        _sync_filesystem(tmp_dir, [w.path for w in writers])
+        if _syncfs is None:   # (else `publish_group`'s one syncfs covers the data too)
+            for w in writers:
+                _fsync_path(w.path)
     except BaseException:
         for w in writers:
             w.abort()
@@ -384,21 +398,69 @@ _libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
 _syncfs = getattr(_libc, "syncfs", None)
 
 
-def _sync_filesystem(anchor: Path, paths: list[Path]) -> None:
-    """Make `paths` (files, or folders whose entries changed) durable: one syncfs(2) of the
-    file system holding `anchor` where the C library has it (Linux), else one fsync each.
-    (Python's os module has no syncfs; ctypes reaches the C library's.)"""
-    if not paths:
-        return
-    if _syncfs is not None and len(paths) > 1:
+class _GroupSync:
+    """syncfs calls shared by the threads that ask at the same time (group commit): a caller
+    needs a sync that starts after it asked; one that finds a sync running waits for it and
+    then for the next, which one of the waiters runs for all of them. Each syncfs is a journal
+    commit that stalls the file system's other writers (the database's on the event loop among
+    them) for some milliseconds: several slots publishing at once pay one."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._asked = 0      # tickets handed out
+        self._covered = 0    # tickets whose sync has ended
+        self._ok = True
+        self._running = False
+
+    def sync(self, anchor: Path) -> bool:
+        with self._cond:
+            self._asked += 1
+            mine = self._asked
+            while self._covered < mine:
+                if self._running:
+                    self._cond.wait()
+                    continue
+                self._running, upto = True, self._asked
+                self._cond.release()
+                try:
+                    ok = _syncfs_once(anchor)
+                finally:
+                    self._cond.acquire()
+                    self._running = False
+                    self._covered, self._ok = upto, ok
+                    self._cond.notify_all()
+            return self._ok
+
+
+def _syncfs_once(anchor: Path) -> bool:
+    try:
         fd = os.open(anchor, os.O_RDONLY)
-        try:
-            if _syncfs(fd) == 0:
-                return
-        finally:
-            os.close(fd)
-    for path in paths:
-        _fsync_path(path)
+    except OSError:
+        return False
+    try:
+        return _syncfs(fd) == 0
+    finally:
+        os.close(fd)
+
+
+_group_syncs: dict[int, _GroupSync] = {}   # one per file system (st_dev)
+_group_syncs_lock = threading.Lock()
+
+
+def _sync_filesystem(anchor: Path) -> bool:
+    """syncfs(2) of the file system holding `anchor`, where the C library has it (Linux),
+    shared with the threads asking at the same time (`_GroupSync`): every file's data and
+    every name on it made durable. False when there is none (or it failed): the caller fsyncs
+    what it needs. (Python's os module has no syncfs; ctypes reaches the C library's.)"""
+    if _syncfs is None:
+        return False
+    try:
+        device = os.stat(anchor).st_dev
+    except OSError:
+        return False
+    with _group_syncs_lock:
+        group = _group_syncs.setdefault(device, _GroupSync())
+    return group.sync(anchor)
 
 
 _sync_file_range = getattr(_libc, "sync_file_range", None)
