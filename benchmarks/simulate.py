@@ -27,8 +27,9 @@ What is modelled (after server/runner.py, federation/service.py and federation/r
   Retry-After = no_work_retry_after(N-1, idle_claims_per_second=20), rounded to 0.1 s as the
   route writes it; and the home announces work as `Federation.work_appeared` does: on its
   scheduler's on_ready, when it has turned peers away, at most once a second, only when
-  `ready_backends()` is not empty, one request (POST /peer/work) per peer turned away, whose
-  pacer then calls `announced()`.
+  `ready_backends()` is not empty, one request (POST /peer/work) per peer turned away, with the
+  spread `announce_spread(told, 20)`; the peer's pacer then calls `announced()` and its slots
+  are woken (they wait for the pacer's moment).
 - slots: a free slot first claims a frame of its own server (only the home has any; its lease
   is renewed in its own database every 20 s: not a request), then asks its peers; with nothing,
   it waits min(1 s, max(0.05 s, pacer.next_in())) or until woken (the home's slots by its
@@ -85,7 +86,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from distren.errors import Conflict, NotFound
-from distren.federation.pacing import Announcer, ClaimPacer, no_work_retry_after
+from distren.federation.pacing import Announcer, ClaimPacer, announce_spread, no_work_retry_after
 from distren.job.spec import FrameSpec, JobSpec
 from distren.scheduler import Scheduler
 from distren.store import db
@@ -145,8 +146,8 @@ class IndexedPacer(ClaimPacer):
         self._due.discard(name)
         heapq.heappush(self._heap, (self.peers[name].next_claim, name))
 
-    def announced(self, name: str, now: float) -> None:
-        ClaimPacer.announced(self, name, now)
+    def announced(self, name: str, now: float, within: float | None = None) -> None:
+        ClaimPacer.announced(self, name, now, within)
         self._moved(name)
 
     def due(self, now: float) -> list[str]:
@@ -507,13 +508,16 @@ class Sim:
         self.announce_pending = False
         if not self.sched.ready_backends():
             return
-        for name in self.announcer.due(self.now):
+        names = self.announcer.due(self.now)
+        within = announce_spread(len(names), IDLE_CLAIMS_PER_SECOND)
+        for name in names:
             self.c["announce"] += 1
             peer = self.by_name[name]
             if not peer.up:
                 self.c["announce_failed"] += 1
                 continue
-            peer.pacer.announced(HOME, self.now)  # routes.work: no wake-up; the slot polls within 1 s
+            peer.pacer.announced(HOME, self.now, within)   # routes.work, and its slots woken:
+            self.wake(peer, self.now)                      # they wait for the pacer's moment
 
     # -- crashes ---------------------------------------------------------------------------
     def crash(self, s: Server) -> None:

@@ -33,3 +33,20 @@ def test_an_idle_peer_told_to_wait_is_told_when_work_comes(farm, tmp_path):
     # without the announcement B would come back only after ~50 s
     assert took < 40, took
     assert {f["rendered_by"] for f in client.frames(job["url"])} == {"B"}
+
+
+def test_an_announcements_spread_must_be_a_number_of_seconds(farm):
+    import json
+
+    from test_federation import signed
+
+    a = farm.add("A", 0, ["B"])
+    farm.start()
+    secret = farm.secret.read_bytes().strip()
+    path = "/api/v1/peer/work"
+    for within, status in ((0.05, 200), (None, 200), ("soon", 400), (-1, 400), (1e9, 400), (True, 400)):
+        body = json.dumps({} if within is None else {"within": within}).encode()
+        r = httpx.post(a.url + path, content=body, headers=signed(secret, "POST", path, body))
+        assert r.status_code == status, (within, r.text)
+        if status == 400:
+            assert "within" in r.json()["error"]["message"]

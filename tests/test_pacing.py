@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from distren.federation.pacing import Announcer, ClaimPacer, no_work_retry_after
+from distren.federation.pacing import Announcer, ClaimPacer, announce_spread, no_work_retry_after
 
 
 def test_back_off_doubles_to_its_cap_and_resets_on_work():
@@ -50,3 +50,29 @@ def test_announcements_go_to_the_peers_turned_away_at_most_once_a_period():
     a.turned_away("z")
     assert a.due(5.5) == []  # too soon
     assert a.due(6.0) == ["z"] and a.due(7.0) == []
+
+
+def test_an_announcement_spreads_the_told_peers_claims_over_the_homes_budget():
+    # one peer told: it asks at once; a thousand: over the cap (a second), as before
+    assert announce_spread(1, 20.0) == pytest.approx(0.05)
+    assert announce_spread(10, 20.0) == pytest.approx(0.5)
+    assert announce_spread(1000, 20.0) == 1.0 and announce_spread(3, 0.0) == 1.0
+    p = ClaimPacer(backoff_max=5.0, rand=lambda: 1.0)   # the latest moment of the spread
+    p.no_work("home", 0.0, retry_after=50.0)
+    p.announced("home", 10.0, within=0.05)
+    assert p.peers["home"].next_claim == pytest.approx(10.05)
+    p.announced("home", 20.0, within=30.0)              # never beyond the asker's own cap
+    assert p.peers["home"].next_claim == pytest.approx(21.0)
+    p.announced("home", 30.0)                            # an older home tells no spread
+    assert p.peers["home"].next_claim == pytest.approx(31.0)
+
+
+def test_an_announcement_wakes_the_idle_slots():
+    from distren.federation.service import Federation
+
+    woken = []
+    fed = Federation.__new__(Federation)   # only the pacer and the hook take part
+    fed.pacer = ClaimPacer(rand=lambda: 0.0)
+    fed.on_announced = lambda: woken.append(True)
+    fed.announced("home", 0.05)
+    assert woken == [True] and fed.pacer.peers["home"].backoff == 0.0

@@ -13,8 +13,9 @@ peer every few seconds. Three rules keep a home server's share bounded whatever 
   20/s every idle peer waits about 50 s, so the home answers about 20 empty claims a second.
 - **Work is announced.** A home that answered "no work" and then gets claimable frames tells
   the peers it turned away (`POST /api/v1/peer/work`, at most once per `announce_period`), and
-  they ask it at once (with up to `announce_jitter` of random delay), so long waits do not
-  delay new work.
+  they ask it at once, at a random moment within the spread the home tells them (its told
+  peers / `idle_claims_per_second`, at most `announce_jitter`: one peer asks at once, a
+  thousand over a second), so long waits do not delay new work.
 """
 
 from __future__ import annotations
@@ -85,11 +86,23 @@ class ClaimPacer:
         pace.backoff = min(self.error_backoff_max, max(self.backoff_min, pace.backoff * 2))
         pace.next_claim = now + self._jitter(pace.backoff)
 
-    def announced(self, name: str, now: float) -> None:
-        """The peer says it has work: ask it soon (jittered so a farm does not stampede)."""
+    def announced(self, name: str, now: float, within: float | None = None) -> None:
+        """The peer says it has work: ask it soon, at a random moment within `within` seconds
+        (the home's spread for the peers it told at once: `announce_spread`), at most
+        `announce_jitter`, so a farm does not stampede."""
         pace = self.peers.setdefault(name, PeerPace())
         pace.backoff = 0.0
-        pace.next_claim = now + self.announce_jitter * self.rand()
+        spread = self.announce_jitter if within is None else max(0.0, min(within, self.announce_jitter))
+        pace.next_claim = now + spread * self.rand()
+
+
+def announce_spread(told: int, idle_claims_per_second: float, announce_jitter: float = 1.0) -> float:
+    """The seconds over which the `told` peers told of new work at once should spread their
+    claims: the home's empty-claim budget shared among them (one peer: at once; a thousand:
+    over `announce_jitter`, as before the spread was told)."""
+    if idle_claims_per_second <= 0:
+        return announce_jitter
+    return min(announce_jitter, told / idle_claims_per_second)
 
 
 def no_work_retry_after(peer_count: int, idle_claims_per_second: float) -> float:

@@ -4,7 +4,7 @@ complete, fail and blobs; the others answer it 403.
 
     GET  /peer/hello                                   this server's name, backends and slots
     POST /peer/claim             {"backends": [...]}   200 a lease, or 204 no work (Retry-After)
-    POST /peer/work                                    the caller has work: ask it now
+    POST /peer/work                                    the caller has work: ask it within {"within": s}
     POST /peer/leases/{job}/{frame}/{attempt}/heartbeat   renew; 409 when the lease is gone
     PUT  /peer/leases/{job}/{frame}/{attempt}/output      the frame tarball (body hash signed)
     POST /peer/leases/{job}/{frame}/{attempt}/complete {"sha256", "size", "log"}
@@ -125,8 +125,12 @@ def create_peer_router(get_core: Callable, get_fed: Callable) -> APIRouter:
 
     @router.post("/work")
     async def work(request: Request) -> dict:
-        peer, _ = await signed_json(request)
-        get_fed().announced(peer)
+        peer, data = await signed_json(request)
+        within = data.get("within")
+        if within is not None and (isinstance(within, bool) or not isinstance(within, (int, float))
+                                   or not 0 <= within <= 3600):
+            raise BadJob("\"within\" must be a number of seconds from 0 to 3600")
+        get_fed().announced(peer, within)
         return {}
 
     @router.post("/claim", responses={204: {"description": "no work"}})

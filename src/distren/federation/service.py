@@ -20,7 +20,7 @@ from ..scheduler import Lease
 from ..store.blobs import Blob, StreamWriter
 from ..url import DistrenURL, parse_url
 from .auth import is_worker
-from .pacing import Announcer, ClaimPacer, no_work_retry_after
+from .pacing import Announcer, ClaimPacer, announce_spread, no_work_retry_after
 from .peers import Peer, PeerClient, PeerError
 
 log = logging.getLogger("distren.federation")
@@ -75,6 +75,7 @@ class Federation:
         self.pacer = ClaimPacer(backoff_max=settings.claim_backoff_max)
         self.pacer.set_peers(peers.peers)
         self.announcer = Announcer()
+        self.on_announced = None   # set by the Runner: wakes its idle slots
         self._tasks: list[asyncio.Task] = []
         self._downloads: dict[str, list] = {}  # sha256 -> [lock, users]
         self._announce_task: asyncio.Task | None = None
@@ -425,10 +426,11 @@ class Federation:
         if not self.core.scheduler.ready_backends():
             return  # a frame finished but nothing is claimable: no need to wake anybody
         names = self.announcer.due(time.monotonic())
+        within = announce_spread(len(names), self.settings.idle_claims_per_second, self.pacer.announce_jitter)
 
         async def one(name: str) -> None:
             try:
-                await self.peers.request(name, "POST", "/api/v1/peer/work", json={})
+                await self.peers.request(name, "POST", "/api/v1/peer/work", json={"within": round(within, 3)})
             except PeerError as exc:
                 log.debug("announcing work to %s failed: %s", name, exc.message)
 
@@ -440,9 +442,12 @@ class Federation:
 
         await asyncio.gather(*(gated(n) for n in names))
 
-    def announced(self, peer: str) -> None:
-        """A peer says it has work for us."""
-        self.pacer.announced(peer, time.monotonic())
+    def announced(self, peer: str, within: float | None = None) -> None:
+        """A peer says it has work for us (to be asked within `within` seconds): the idle
+        slots are woken to ask it (`on_announced`), not left to their next poll."""
+        self.pacer.announced(peer, time.monotonic(), within)
+        if self.on_announced is not None:
+            self.on_announced()
 
     # -- transfers -----------------------------------------------------------------------
     async def fetch_blob(self, server: str, sha256: str, size: int | None) -> Blob:

@@ -44,6 +44,8 @@ class Runner:
         self.slots = slots
         self.federation = federation
         self._wake = asyncio.Event()
+        if federation is not None:   # a peer that tells of new work wakes the idle slots
+            federation.on_announced = self._wake.set
         self._tasks: list[asyncio.Task] = []
         self.frame_times = FrameTimes()
         auto = core.config.slots_auto and slots > 0
