@@ -193,8 +193,10 @@ class Runner:
 
     async def _slot(self, index: int) -> None:
         """One render slot. It never ends on an error: whatever goes wrong is logged, the slot
-        waits a moment and goes on; a lease it could not settle expires by itself."""
-        backends = self.core.available_backends()
+        waits a moment and goes on; a lease it could not settle expires by itself. The renderers
+        found are asked in a thread: at start-up their version probes may still run (Blender's
+        takes a while), and the event loop does not wait for them."""
+        backends = await asyncio.to_thread(self.core.available_backends)
         while True:
             try:
                 await self._slot_turn(backends)
