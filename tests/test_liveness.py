@@ -159,7 +159,8 @@ def test_peer_killed_with_two_leases_is_not_blocklisted(farm, tmp_path):
     assert info["blocklisted"] == []
     history = [h for f in range(4) for h in client.frame(f"{job['url']}/{f}")["history"]]
     expired = [h for h in history if h["outcome"] != "done"]
-    assert len(expired) >= 2 and all(h["renderer"] == "B" and h["outcome"] == "expired" for h in expired), history
+    assert len(expired) >= 2 and all(h["renderer"] == "B" and h["outcome"] == "expired" for h in expired), \
+        [(h["attempt"], h["renderer"], h["outcome"], (h.get("log") or "")[-200:]) for h in history]
 
 
 def test_job_fails_when_every_renderer_is_blocklisted(farm, tmp_path):
