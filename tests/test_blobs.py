@@ -29,20 +29,22 @@ def test_put_many_publishes_each_blob_under_its_hash(tmp_path, monkeypatch, have
     assert list(store.tmp_dir.iterdir()) == []           # the duplicate's temporary file too
 
 
-def test_put_many_makes_the_group_durable_with_one_syncfs_after_the_renames(tmp_path, monkeypatch):
+def test_put_many_syncs_the_data_before_the_renames_and_the_names_after(tmp_path, monkeypatch):
+    """No name is seen before its data is durable (by a writer of the same content, or after a
+    crash): one syncfs while the files are all still temporary, one after the renames."""
     calls = []
     store = BlobStore(tmp_path / "blobs")
 
     def syncfs(fd):
-        # the files are in place when the one sync runs: it makes data and names durable
-        calls.append(sorted(p.name for p in store.root.glob("*/*") if p.parent != store.tmp_dir))
+        calls.append((len(list(store.tmp_dir.iterdir())),
+                      sorted(p.name for p in store.root.glob("*/*") if p.parent != store.tmp_dir)))
         return 0
 
     fsyncs = []
     monkeypatch.setattr(blobs_mod, "_syncfs", syncfs)
     monkeypatch.setattr(blobs_mod, "_fsync_path", fsyncs.append)
     got = store.put_many(writes(b"a", b"b", b"c"))
-    assert calls == [sorted(b.sha256 for b in got)] and fsyncs == []
+    assert calls == [(3, []), (0, sorted(b.sha256 for b in got))] and fsyncs == []
 
 
 def test_without_syncfs_each_file_is_fsynced_before_its_rename_and_each_folder_after(tmp_path, monkeypatch):

@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import dependent_package, failing_package, make_scene, pixels, run_cli
+from conftest import dependent_package, failing_package, make_scene, pixels, run_cli, wait_for
 from distren.store.blobs import BlobStore
 from distren.store.unpacked import UnpackedOutputs, stage
 from distren.tarballs import TarLimits, safe_extract, write_tar
@@ -239,3 +239,18 @@ def test_a_work_folder_of_many_dependencies_is_removed_by_a_process_of_its_own(t
     (tmp_path / "small" / "out").mkdir(parents=True)
     asyncio.run(_remove_work(tmp_path / "small", many=False))
     assert not (tmp_path / "small").exists()
+
+
+def test_a_start_up_after_one_killed_while_emptying_the_trash(server_factory, tmp_path):
+    """Kept outputs are dropped at start-up, also when a start-up killed while emptying the
+    trash left a folder of the same kind there."""
+    data = tmp_path / "data-alpha"
+    server_factory("alpha", slots=1, data=data).stop()
+    (data / "trash" / "unpacked" / ("ab" * 32)).mkdir(parents=True)
+    (data / "trash" / "unpacked" / ("ab" * 32) / "a.png").write_bytes(b"left over")
+    (data / "unpacked" / ("cd" * 32)).mkdir(parents=True)
+    (data / "unpacked" / ("cd" * 32) / "b.png").write_bytes(b"kept before the stop")
+    s = server_factory("alpha", slots=1, data=data)
+    assert s.client().server_info()["storage"]["unpacked"] == 0
+    assert list((data / "unpacked").iterdir()) == []
+    assert wait_for(lambda: not any((data / "trash").iterdir()), 10, "the trash emptied")

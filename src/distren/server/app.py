@@ -93,6 +93,12 @@ def create_app(config: ServerConfig, core: Core | None = None) -> FastAPI:
         c.scheduler.on_frame = events.frame
         state["events"] = app.state.events = events
         events.start()
+        # what start-up made (modules, the app, the settings) lives as long as the server: out
+        # of the collector's sight, whose full passes it made some 30-50 ms longer each, on the
+        # event loop, with a 100,000-frame job running (done before the loop-lag watch starts:
+        # this collection takes 100-200 ms once)
+        gc.collect()
+        gc.freeze()
         # the start-up sweep (orphans of a crash) before anything renders or is taken in
         await c.storage.start()
         await runner.start()
@@ -100,11 +106,6 @@ def create_app(config: ServerConfig, core: Core | None = None) -> FastAPI:
             fed.start()
         if executor is not None:
             executor.start()
-        # what start-up made (modules, the app, the settings) lives as long as the server: out
-        # of the collector's sight, whose full passes it made some 30-50 ms longer each, on the
-        # event loop, with a 100,000-frame job running
-        gc.collect()
-        gc.freeze()
         try:
             yield
         finally:
@@ -182,7 +183,9 @@ def create_app(config: ServerConfig, core: Core | None = None) -> FastAPI:
 
     @api.get("/server", summary="This server: name, version, backends, slots, peers")
     async def server_info() -> dict:
-        info = core_().server_info()
+        # (in a thread: at start-up the renderers' version probes may still run, and the event
+        # loop does not wait for them)
+        info = await asyncio.to_thread(core_().server_info)
         info["peers"] = peers_json()
         info["loop_lag_ms"] = dict(state["runner"].loop_lag_ms)
         conc = state["runner"].concurrency

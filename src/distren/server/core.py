@@ -86,7 +86,7 @@ class Core:
         # reclaiming blobs and scenes, disk use, the free-space reserve, --keep-finished
         self.storage = Storage(self)
         # frames' outputs are written into the blob store by a process of their own (outputs.py)
-        self.outputs = OutputStore(self, config.output_processes if backends is None else 0)
+        self.outputs = OutputStore(self, config.output_processes if backends is None and config.slots else 0)
 
     def _new_intake_pool(self) -> ProcessPoolExecutor:
         pool = ProcessPoolExecutor(self.config.intake_processes, initializer=_intake_worker_init,

@@ -78,13 +78,17 @@ class OutputStore:
         if self.core.storage.low or self.core.unpacked.bytes >= self.core.unpacked.budget:
             keep = [False] * len(keep)
         staged: Staged | None = None
-        if self._pool is not None:
+        pool = self._pool
+        if pool is not None:
             try:
-                staged = await asyncio.get_running_loop().run_in_executor(
-                    self._pool, stage_outputs, outputs, root, keep)
+                staged = await asyncio.get_running_loop().run_in_executor(pool, stage_outputs, outputs, root, keep)
             except BrokenProcessPool:
-                log.error("the output process ended unexpectedly; starting another (this chunk in a thread)")
-                self._pool = self._new_pool()
+                if self._pool is pool:   # (the slots that waited on it replace it once)
+                    log.error("the output process ended unexpectedly; starting another (this chunk in a thread)")
+                    self._pool = self._new_pool()
+                    pool.shutdown(wait=False)
+                # what the process had gathered of the kept files is gone with it: none kept
+                keep = [False] * len(keep)
         return await asyncio.to_thread(self._store, outputs, root, keep, staged, remove)
 
     def _store(self, outputs, root, keep, staged: Staged | None, remove: Path | None) -> list[Blob]:

@@ -149,6 +149,9 @@ class Storage:
         if len(sha256s) <= RELEASE_IN_THREAD:
             self.release(sha256s, peer_copy=peer_copy)
             return
+        if peer_copy:   # kept a while from now: set before the pins go (a collection meanwhile)
+            until = time.monotonic() + self.keep_peer_copies
+            self._linger.update(dict.fromkeys(sha256s, until))
         try:
             done = asyncio.get_running_loop().run_in_executor(None, self.blobs.release, sha256s)
         except RuntimeError:   # no loop, or its executor is shut down: here and now
@@ -238,6 +241,7 @@ class Storage:
         scene folders and previews that nothing references (orphans of a crash, or of a
         version that did not reclaim). Runs in a thread before the server serves. Outputs kept
         unpacked (store/unpacked.py) are dropped: their accounting is in memory."""
+        empty(self.trash)   # (first: a start-up killed while emptying it left things there)
         self.core.unpacked.reset(self.trash)
         empty(self.trash)
         reader = sqlite3.connect(self.core.data / "distren.sqlite3", timeout=30)

@@ -4,8 +4,9 @@ A blob is written to a temporary file inside the store, fsynced, then renamed in
 reader (or a restart after kill -9) never sees a half-written blob. Writers stream: nothing is
 held whole in memory, and the hash is computed as the bytes arrive (a blob is never read again
 to hash it). Several small blobs (a chunk's frame outputs) can be committed as a group:
-written, renamed, made durable together by one `syncfs` (`BlobStore.put_many`; where the C
-library has no syncfs: each file fsynced before the renames, each folder after).
+written, made durable together, renamed, made durable together (`BlobStore.put_many`: one
+`syncfs` each, shared with the threads syncing at the same time; where the C library has no
+syncfs, each file fsynced before the renames and each folder after).
 
 Blobs are reclaimed when nothing references them (server/storage.py, from the database's
 counts). A blob just published, or one a render or a download is using, is *pinned* in memory
@@ -309,13 +310,13 @@ class BlobStore:
 
     def put_many(self, writes: list[Callable[[BinaryIO], None]], tmp_dir: Path | None = None) -> list[Blob]:
         """Several blobs, each written by one callable into the file it is given, committed as a
-        group: `write_group`, then `publish_group`. A chunk of 50 frame outputs costs one
-        syncfs instead of a hundred fsyncs. The blobs are pinned (`release`)."""
+        group: `write_group`, then `publish_group`. A chunk of 50 frame outputs costs two
+        syncfs (data, then names) instead of a hundred fsyncs. The blobs are pinned (`release`)."""
         return self.publish_group(write_group(writes, tmp_dir or self.tmp_dir))
 
     def publish_group(self, staged: list[tuple[str, str, int]]) -> list[Blob]:
         """Publish files written by `write_group` (in this process or another) under their
-        hashes, then one syncfs makes them durable, data and names. Pinned (`release`). On any error
+        hashes, then one syncfs makes their names durable. Pinned (`release`). On any error
         the files not published yet are removed (those published are whole, and
         content-addressed: harmless) and nothing stays pinned."""
         blobs: list[Blob] = []
@@ -330,15 +331,10 @@ class BlobStore:
                 Path(path).unlink(missing_ok=True)
             self.release(b.sha256 for b in blobs)
             raise
-        # One syncfs makes the files' data and their names durable at once: a journal commit
-        # a group, where data then names cost two (each one stalls the file system's other
-        # writers, the database's among them, for some milliseconds). Before it returns nothing
-        # references them (the caller records its references after), and a crash meanwhile
-        # leaves at most unreferenced files, possibly with incomplete data, which the start-up
-        # sweep removes: a name that was there before is never replaced (`_publish`).
+        # their names durable (the data was made durable by `write_group`); threads syncing at
+        # once share one syncfs (`_GroupSync`): each is a journal commit that stalls the file
+        # system's other writers, the database's among them, for some milliseconds
         if not _sync_filesystem(self.root):
-            for path in sorted({self.path(b.sha256) for b in blobs}):
-                _fsync_path(path)
             for folder in sorted({self.path(b.sha256).parent for b in blobs}):
                 _fsync_path(folder)
         return blobs
@@ -364,8 +360,8 @@ class BlobStore:
 def write_group(writes: list[Callable[[BinaryIO], None]], tmp_dir: Path) -> list[tuple[str, str, int]]:
     """Files for blobs, each written by one callable into the file it is given, in `tmp_dir`
     (on the blob store's file system), then one file-system sync makes their data durable.
-    Returns `(path, sha256, size)` each, to be published by `BlobStore.publish_group`, which
-    makes them durable (where there is no syncfs, each is fsynced here). Needs no
+    Returns `(path, sha256, size)` each, their data durable (one syncfs, else an fsync each),
+    to be published by `BlobStore.publish_group`. Needs no
     BlobStore: an output process (server/outputs.py) runs it. `tmp_dir` is best a folder of the
     caller's (a render's work folder): creating files is the costly part on ext4, and creations
     in one folder wait for each other. On any error none of the files is left."""
@@ -376,7 +372,9 @@ def write_group(writes: list[Callable[[BinaryIO], None]], tmp_dir: Path) -> list
             writers.append(w)
             write(w)
             w.close(sync=False)
-        if _syncfs is None:   # (else `publish_group`'s one syncfs covers the data too)
+        # the data durable before any of them has its name: a name is never seen (by another
+        # writer of the same content, or after a crash) before its data is on disk
+        if not _sync_filesystem(tmp_dir):
             for w in writers:
                 _fsync_path(w.path)
     except BaseException:
@@ -422,6 +420,7 @@ class _GroupSync:
                     continue
                 self._running, upto = True, self._asked
                 self._cond.release()
+                ok = False
                 try:
                     ok = _syncfs_once(anchor)
                 finally:

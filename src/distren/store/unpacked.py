@@ -92,7 +92,10 @@ class UnpackedOutputs:
             self._sizes.clear()
             self.bytes = 0
         if self.root.is_dir():
-            os.replace(self.root, trash / "unpacked")
+            try:
+                os.replace(self.root, trash / f"unpacked-{os.getpid()}-{next(_names)}")
+            except OSError:
+                shutil.rmtree(self.root, ignore_errors=True)
         self.root.mkdir(parents=True, exist_ok=True)
 
     def install(self, sha256: str, part: str, size: int) -> bool:
