@@ -72,7 +72,7 @@ def test_slurm_worker_jobs_render_a_job_and_go_away_when_idle(slurm, tmp_path):
         assert r.returncode == 0, r.stderr
         # the worker jobs and their Slurm states, in GET /server and distren status
         info = wait_for(lambda: (i := httpx.get(s.url + "/api/v1/server").json())["slurm"]["jobs"] and i,
-                        60, "worker jobs")
+                        60, "worker jobs", every=0.2)
         assert 1 <= len(info["slurm"]["jobs"]) <= 3
         assert all(j["state"] in ("PENDING", "CONFIGURING", "RUNNING") for j in info["slurm"]["jobs"])
         status = run_cli("status", "distren://alpha", "--server", s.url)
@@ -94,8 +94,8 @@ def test_slurm_worker_jobs_render_a_job_and_go_away_when_idle(slurm, tmp_path):
         for (name, image), want in zip(sorted(images.items(), key=lambda kv: int(kv[0].split("/")[0])), direct):
             assert image == want, name
         # idle workers exit: the allocation shrinks to nothing
-        wait_for(lambda: not squeue(slurm), 30, "the worker jobs to end")
-        wait_for(lambda: not httpx.get(s.url + "/api/v1/server").json()["slurm"]["jobs"], 10, "the server to see it")
+        wait_for(lambda: not squeue(slurm), 30, "the worker jobs to end", every=0.2)
+        wait_for(lambda: not httpx.get(s.url + "/api/v1/server").json()["slurm"]["jobs"], 10, "the server to see it", every=0.2)
         assert httpx.get(s.url + "/api/v1/server").json()["slurm"]["submitted"] <= 3
     finally:
         s.stop()
@@ -114,7 +114,7 @@ def test_a_cancelled_worker_job_loses_no_frame(slurm, tmp_path):
                     return f["frame"], history[-1]["renderer"]
             return None
 
-        frame, worker = wait_for(running, 60, "a frame rendering in a worker job")
+        frame, worker = wait_for(running, 60, "a frame rendering in a worker job", every=0.2)
         job_id = worker.removeprefix("worker:slurm-")
         subprocess.run(["scancel", job_id], env={**os.environ, **slurm}, check=True, timeout=30)
         job = s.client().wait("distren://alpha/1", timeout=120)
@@ -134,10 +134,10 @@ def test_server_stop_cancels_its_worker_jobs(slurm, tmp_path):
     try:
         _, pkg = package(tmp_path, 5, "--width", "800", "--height", "600", "--antialias", "0.01")
         assert run_cli("submit", str(pkg), "--server", s.url).returncode == 0
-        wait_for(lambda: any(line.endswith("RUNNING") for line in squeue(slurm)), 60, "a running worker job")
+        wait_for(lambda: any(line.endswith("RUNNING") for line in squeue(slurm)), 60, "a running worker job", every=0.2)
     finally:
         s.stop()
-    wait_for(lambda: not squeue(slurm), 10, "scancel of the worker jobs")
+    wait_for(lambda: not squeue(slurm), 10, "scancel of the worker jobs", every=0.2)
 
 
 def test_bad_slurm_settings_stop_the_server_at_start_up(slurm, tmp_path):

@@ -71,11 +71,16 @@ class OutputStore:
         pool.submit(int)   # start the process now, not at the first render
         return pool
 
+    def keeping(self) -> bool:
+        """Whether outputs are kept unpacked now: the disk above its reserve, the budget not
+        spent."""
+        return not self.core.storage.low and self.core.unpacked.bytes < self.core.unpacked.budget
+
     async def store(self, outputs: list[list[Path]], root: Path, keep: list[bool], remove: Path | None) -> list[Blob]:
         """The frames' outputs stored (pinned until `storage.release(..., written=True)`), the
         kept ones in place; then the folder `remove` (the work folder) is removed, when given.
-        Kept files only while the disk is above its reserve."""
-        if self.core.storage.low or self.core.unpacked.bytes >= self.core.unpacked.budget:
+        Kept files only while `keeping()`."""
+        if not self.keeping():
             keep = [False] * len(keep)
         staged: Staged | None = None
         pool = self._pool

@@ -380,7 +380,8 @@ class Runner:
                     # in a thread: outputs.py), the files of frames that frames here wait for
                     # kept unpacked for them, the work folder gone; one that holds dependencies
                     # (maybe many) is removed after the results are recorded, not before
-                    awaited = core.scheduler.awaited(first.job, good) if home is None else set()
+                    awaited = core.scheduler.awaited(first.job, good) \
+                        if home is None and core.outputs.keeping() else set()
                     with_deps = any(one.depends for one in leases)
                     stored = await core.outputs.store([results[f].outputs for f in good], work / "out",
                                                       [f in awaited for f in good], None if with_deps else work)

@@ -150,20 +150,24 @@ class Storage:
             self.release(sha256s, peer_copy=peer_copy)
             return
         if peer_copy:   # kept a while from now: set before the pins go (a collection meanwhile)
-            until = time.monotonic() + self.keep_peer_copies
-            self._linger.update(dict.fromkeys(sha256s, until))
+            self._linger_from_now(sha256s)
         try:
             done = asyncio.get_running_loop().run_in_executor(None, self.blobs.release, sha256s)
         except RuntimeError:   # no loop, or its executor is shut down: here and now
             self.release(sha256s, peer_copy=peer_copy)
             return
-        done.add_done_callback(lambda _: self._released(sha256s, False, peer_copy))
+        done.add_done_callback(lambda _: self._released(sha256s, False, peer_copy, lingering=True))
 
-    def _released(self, sha256s: list[str], written: bool, peer_copy: bool) -> None:
+    def _linger_from_now(self, sha256s: list[str]) -> None:
+        until = time.monotonic() + self.keep_peer_copies
+        self._linger.update(dict.fromkeys(sha256s, until))
+
+    def _released(self, sha256s: list[str], written: bool, peer_copy: bool, lingering: bool = False) -> None:
+        """After pins went: peer copies linger (`lingering`: set already), written blobs become
+        candidates, others wake the collector."""
         if peer_copy:
-            until = time.monotonic() + self.keep_peer_copies
-            for s in sha256s:
-                self._linger[s] = until
+            if not lingering:
+                self._linger_from_now(sha256s)
             if self.keep_peer_copies <= 0:
                 self._end_lingering()
         elif written:

@@ -123,18 +123,18 @@ class BlobWriter:
     def digest(self) -> str:
         return self._hash.hexdigest()
 
-    def commit(self, expect_sha256: str | None = None, sync: bool = True) -> Blob:
+    def commit(self, expect_sha256: str | None = None) -> Blob:
         """Publish the blob under its hash (verified against `expect_sha256` when given),
-        pinned (`BlobStore.release`). `sync=False` only within `BlobStore.put_many`, which
-        makes the group durable."""
-        digest = self._hash.hexdigest()
+        durable, pinned (`BlobStore.release`). (A group of blobs: `write_group` and
+        `BlobStore.publish_group`.)"""
+        digest = self.digest()
         if expect_sha256 is not None and digest != expect_sha256:
             self.abort()
             raise ValueError(f"hash mismatch: expected {expect_sha256}, got {digest}")
-        self.close(sync)
-        if sync and not self._synced:
+        self.close()
+        if not self._synced:   # (closed before without a sync: `close(sync=False)`)
             self.sync()
-        self._store._publish(self.path, digest, sync)
+        self._store._publish(self.path, digest)
         return Blob(digest, self.size)
 
     def abort(self) -> None:
@@ -359,10 +359,9 @@ class BlobStore:
 
 def write_group(writes: list[Callable[[BinaryIO], None]], tmp_dir: Path) -> list[tuple[str, str, int]]:
     """Files for blobs, each written by one callable into the file it is given, in `tmp_dir`
-    (on the blob store's file system), then one file-system sync makes their data durable.
-    Returns `(path, sha256, size)` each, their data durable (one syncfs, else an fsync each),
-    to be published by `BlobStore.publish_group`. Needs no
-    BlobStore: an output process (server/outputs.py) runs it. `tmp_dir` is best a folder of the
+    (on the blob store's file system), their data then made durable (one syncfs, else an
+    fsync each). Returns `(path, sha256, size)` each, to be published by
+    `BlobStore.publish_group`. Needs no BlobStore: an output process (server/outputs.py) runs it. `tmp_dir` is best a folder of the
     caller's (a render's work folder): creating files is the costly part on ext4, and creations
     in one folder wait for each other. On any error none of the files is left."""
     writers: list[BlobWriter] = []
