@@ -85,10 +85,31 @@ def unconfined_sandbox(tmp_path_factory):
     yield
     os.environ["PATH"] = old
 
+_PORTS_PER_WORKER = 1500
+_next_port: list[int] = []
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free loopback port below the kernel's ephemeral range (32768 and up here), from a block
+    of its own for each xdist worker. A port the kernel hands out for port 0 can be taken by some
+    other test's outgoing connection before the server binds it (seen in CI: "the port is
+    taken"); outgoing connections never get ports below the ephemeral range."""
+    if not _next_port:
+        worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+        index = int(worker[2:]) if worker[2:].isdigit() else 0
+        _next_port.append(10000 + (index % 14) * _PORTS_PER_WORKER + os.getpid() % 100 * 10)
+    base = 10000 + (_next_port[0] - 10000) // _PORTS_PER_WORKER * _PORTS_PER_WORKER
+    for _ in range(_PORTS_PER_WORKER):
+        port = _next_port[0]
+        _next_port[0] = base + (port + 1 - base) % _PORTS_PER_WORKER
+        with socket.socket() as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free loopback port in this worker's block")
 
 
 def make_scene(folder: Path, final: int = 9) -> Path:
