@@ -195,6 +195,10 @@ def run_job(servers: list[Server], package: Path, root: Path, quiet_wait: float)
     finally:
         for s in servers:
             s.stop()
+    if os.environ.get("DISTREN_BENCH_TIMELINE"):   # each frame: who, lease to result, attempts
+        for f in sorted(frames, key=lambda f: f["started"]):
+            print(f"    frame {f['frame']:3d} {f['rendered_by']:6s} {f['started'] - t0_wall:6.2f} -> "
+                  f"{f['finished'] - t0_wall:6.2f} s, attempt {f['attempts']}", file=sys.stderr)
     per_server = {}
     for s in servers:
         mine = [f for f in frames if f["rendered_by"] == s.name]

@@ -134,3 +134,23 @@ class JobRenderers:
         for owner in [o for o, t in owners.items() if t < now - self.window]:
             del owners[owner]
         return max(1, len(owners))
+
+
+def tail_to_release(held: list[int], started: set[int], seconds_per_frame: float | None = None,
+                    startup: float | None = None) -> list[int]:
+    """Which frames of a running chunk to give back for another renderer (pure logic; see
+    docs/architecture.md, "Splitting a chunk"). `held`: the chunk's frames still held, in the
+    order the renderer renders them; `started`: those it has written output for. The frame
+    after the last started one is taken to be rendering now, half done; the frames after it
+    are shared so that both renderers end at about the same time: this one finishes the frame
+    it is on and keeps the first of the rest, the other pays a renderer's start-up and takes
+    the last ones. With the time per frame and the start-up measured (`seconds_per_frame`,
+    `startup`) the start-up is weighed in; without, the last half (rounded down) goes."""
+    last = max((i for i, f in enumerate(held) if f in started), default=-1)
+    unstarted = held[last + 2:]
+    if seconds_per_frame is not None and startup is not None and seconds_per_frame > 0:
+        count = round((len(unstarted) + 0.5 - startup / seconds_per_frame) / 2)
+    else:
+        count = len(unstarted) // 2
+    count = max(0, min(len(unstarted), count))
+    return unstarted[len(unstarted) - count:] if count else []

@@ -46,6 +46,9 @@ class Metrics:
                                "of its frames are done)", registry=r)
         self.refusals = Counter("distren_intake_refusals", "Packages refused at POST /api/v1/jobs, by error code",
                                 ["code"], registry=r)
+        self.chunk_splits = Counter("distren_chunk_splits", "Chunks rendering here whose unstarted tail was given "
+                                    "back for another renderer that had nothing to do (docs/architecture.md, "
+                                    "\"Splitting a chunk\")", registry=r)
         self.dependencies = Counter("distren_dependencies_prepared", "Dependencies' outputs put into renders' work "
                                     "folders, by how: kept (moved from the outputs kept unpacked) or unpacked "
                                     "(from the output tarball)", ["how"], registry=r)

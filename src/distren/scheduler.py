@@ -38,6 +38,11 @@ from .url import MAX_ID, DistrenURL, format_url
 FRAME_STATES = ("waiting", "ready", "running", "done", "failed", "cancelled")
 TERMINAL = ("done", "failed", "cancelled")
 UNFINISHED = ("waiting", "ready", "running")
+# Splitting a chunk (split_candidates): the jobs looked at, the running frames read of each,
+# and the fewest frames a holder must be rendering for its chunk to be worth splitting.
+SPLIT_JOBS = 5
+SPLIT_SAMPLE = 200
+SPLIT_LEAST = 3
 LOG_LIMIT = 256 * 1024
 # Interrupted attempts (not the frame's fault: a stop, a drain, a renderer killed from outside)
 # do not count against a frame, up to this many per allowed failure; beyond, each counts.
@@ -491,6 +496,55 @@ class Scheduler:
             backend = c.execute("SELECT backend FROM frames WHERE job_id=? AND frame=?", (job, frame)).fetchone()[0]
         first = Lease(job, frame, attempt, backend, {}, "", 0, (), None, owner, lease_seconds)
         return self.claim_more(first, limit)
+
+    def release(self, job: int, frames: list[tuple[int, int]], owner: str) -> list[int]:
+        """The holder of a chunk gives back frames of it that it has not started (`(frame,
+        attempt)` each; chunks.py, "Splitting a chunk"): they are ready again at once, for
+        another renderer. Not a failure and not an interruption (the attempt ends `released`,
+        which nothing counts). A frame whose lease is no longer `owner`'s is skipped. Returns
+        the frames released."""
+        done: list[int] = []
+        with self._tx() as c:
+            for frame, attempt in frames:
+                try:
+                    self._running(c, job, frame, attempt, owner)
+                except (Conflict, NotFound):
+                    continue
+                c.execute("UPDATE frames SET state='ready', lease_owner=NULL, lease_expires=NULL,"
+                          " upload_sha256=NULL, upload_size=NULL WHERE job_id=? AND frame=?", (job, frame))
+                self._end_attempt(c, job, frame, attempt, "released", None)
+                self._note(job, frame, "ready", attempt)
+                done.append(frame)
+        if done:
+            self.on_ready()
+        return done
+
+    def split_candidates(self, claimer: str, backends: Iterable[str], *, jobs: int = SPLIT_JOBS,
+                         sample: int = SPLIT_SAMPLE, least: int = SPLIT_LEAST) -> list[tuple[int, str]]:
+        """`claimer` found nothing to lease: the jobs it could render that have no ready frame
+        but frames running in chunks, and who holds those chunks, as `(job, holder)` (at most
+        two holders a job, those holding most first; `claimer` itself only when it is one of
+        this server's own slots, which render side by side). Bounded whatever the job's size or
+        the farm's: at most `jobs` jobs, and of each the `sample` highest running frames (the
+        latest chunks)."""
+        names = sorted(set(backends))
+        if not names:
+            return []
+        out: list[tuple[int, str]] = []
+        for (job,) in self.conn.execute(
+                "SELECT id FROM jobs WHERE status='active' AND paused=0 AND n_ready=0 AND n_running>=?"
+                " AND NOT EXISTS (SELECT 1 FROM blocklist b WHERE b.job_id=jobs.id AND b.renderer=?)"
+                " ORDER BY priority DESC, id LIMIT ?", (least, claimer, jobs)).fetchall():
+            counts: dict[str, int] = {}
+            for backend in names:
+                for (owner,) in self.conn.execute(
+                        "SELECT lease_owner FROM frames WHERE job_id=? AND state='running' AND backend=?"
+                        " ORDER BY frame DESC LIMIT ?", (job, backend, sample)):
+                    if owner and (owner != claimer or is_local(owner)):
+                        counts[owner] = counts.get(owner, 0) + 1
+            holders = sorted((n, owner) for owner, n in counts.items() if n >= least)[::-1][:2]
+            out += [(job, owner) for _, owner in holders]
+        return out
 
     def _depends(self, c: sqlite3.Connection, job: int, frame: int) -> tuple[dict, ...]:
         return tuple({"url": format_url(r[0], r[1], r[2]), "sha256": r["sha256"], "size": r["size"]}

@@ -23,7 +23,7 @@ import shutil
 import signal
 import subprocess
 import threading
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterable
 
@@ -52,6 +52,9 @@ class FrameTask:
     job: int = 0
     depends: tuple[str, ...] = ()     # dependency frame URLs, in order
     frames: tuple[int, ...] = ()      # a chunk: consecutive frame ids, `frame` first; () = (frame,)
+    # set by the server to stop a chunk's renderer early (its tail was given to another
+    # renderer: docs/architecture.md, "Splitting a chunk"); render_chunk kills it then
+    stop: asyncio.Event | None = field(default=None, compare=False, repr=False)
 
     @property
     def chunk(self) -> tuple[int, ...]:
@@ -227,7 +230,7 @@ class Backend:
             return self._all_failed(frames, "", exc.message)
         except Exception as exc:
             return self._all_failed(frames, "", f"cannot start the renderer: {exc}")
-        rc, log, timed_out = await run_process(argv, task.timeout, task.limits)
+        rc, log, timed_out = await run_process(argv, task.timeout, task.limits, task.stop)
         # finding and checking the outputs is file-system work and scene parsing: in a thread
         return await asyncio.to_thread(self._chunk_verdicts, task, log, rc, timed_out)
 
@@ -316,9 +319,11 @@ class RenderLimits:
                 resource.setrlimit(limit, (value, value))
 
 
-async def run_process(argv: list[str], timeout: float, limits: RenderLimits | None = None) -> tuple[int, str, bool]:
-    """Run argv in its own process group, under `limits`; on timeout or cancellation kill the
-    whole group. Returns (exit code, the tail of stdout+stderr, timed out)."""
+async def run_process(argv: list[str], timeout: float, limits: RenderLimits | None = None,
+                      stop: asyncio.Event | None = None) -> tuple[int, str, bool]:
+    """Run argv in its own process group, under `limits`; on timeout, cancellation or `stop`
+    (when given and set) kill the whole group. Returns (exit code, the tail of stdout+stderr,
+    timed out)."""
     # Started under a shield: a cancellation (job cancelled) that lands while the process is
     # being created must still find, and kill, the process.
     spawn = asyncio.ensure_future(asyncio.create_subprocess_exec(
@@ -349,14 +354,22 @@ async def run_process(argv: list[str], timeout: float, limits: RenderLimits | No
                 size -= len(chunks.pop(0))
 
     timed_out = False
+    running = asyncio.ensure_future(asyncio.gather(read_all(), proc.wait()))
+    stopping = asyncio.ensure_future(stop.wait()) if stop is not None else None
     try:
-        await asyncio.wait_for(asyncio.gather(read_all(), proc.wait()), timeout)
-    except asyncio.TimeoutError:
-        timed_out = True
+        done, _ = await asyncio.wait({running} if stopping is None else {running, stopping}, timeout=timeout,
+                                     return_when=asyncio.FIRST_COMPLETED)
+        timed_out = not done
     finally:
+        if stopping is not None:
+            stopping.cancel()
         if proc.returncode is None:
             kill_group(proc.pid)
             await proc.wait()
+        if not running.done():
+            running.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await running
     log = b"".join(chunks)[-LOG_TAIL:].decode("utf-8", "replace")
     return proc.returncode, log, timed_out
 

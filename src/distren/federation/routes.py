@@ -5,6 +5,10 @@ complete, fail and blobs; the others answer it 403.
     GET  /peer/hello                                   this server's name, backends and slots
     POST /peer/claim             {"backends": [...]}   200 a lease, or 204 no work (Retry-After)
     POST /peer/work                                    the caller has work: ask it within {"within": s}
+    POST /peer/split             {"job": id}           the caller (a home) asks for the unstarted tail of
+                                                       a chunk of its job rendering here
+    POST /peer/release   {"job": id, "frames": [[frame, attempt], ...]}   the caller gives back frames
+                                                       of a chunk it holds (not started): {"released": [...]}
     POST /peer/leases/{job}/{frame}/{attempt}/heartbeat   renew; 409 when the lease is gone
     PUT  /peer/leases/{job}/{frame}/{attempt}/output      the frame tarball (body hash signed)
     POST /peer/leases/{job}/{frame}/{attempt}/complete {"sha256", "size", "log"}
@@ -146,6 +150,8 @@ def create_peer_router(get_core: Callable, get_fed: Callable) -> APIRouter:
             fed.peers.learn_backends(fed.peers.get(peer), backends)
         lease = await with_depends(core.scheduler, core.scheduler.claim(peer, backends, fed.settings.lease_seconds))
         if lease is None:
+            if fed.on_hungry is not None:   # chunks others render here may be split for it
+                fed.on_hungry(peer, backends)
             wait = fed.no_work_answer(peer)
             return Response(status_code=204, headers={"Retry-After": f"{wait:.1f}"})
         fed.announcer.served(peer)
@@ -156,6 +162,35 @@ def create_peer_router(get_core: Callable, get_fed: Callable) -> APIRouter:
         # an encode frame's lease names every frame's output: encoded in a thread
         body = await asyncio.to_thread(json.dumps, data)
         return Response(body, media_type="application/json")
+
+    @router.post("/split")
+    async def split(request: Request) -> dict:
+        """A home asks for the unstarted tail of a chunk of its job that renders here (one of
+        its renderers has nothing to do): answered at once, the tail is given back (release)
+        by this server when its renderer has not reached it."""
+        peer, data = await signed_json(request)
+        job = data.get("job")
+        if isinstance(job, bool) or not isinstance(job, int) or not 0 <= job <= MAX_ID:
+            raise BadJob("split needs {\"job\": id}")
+        fed = get_fed()
+        if fed.on_split is not None:
+            fed.on_split(peer, job)
+        return {}
+
+    @router.post("/release")
+    async def release(request: Request) -> dict:
+        """The caller gives back frames of a chunk it holds that its renderer has not started:
+        ready again at once (Scheduler.release). Frames no longer leased to it are skipped."""
+        peer, data = await signed_json(request, workers=True)
+        job, frames = data.get("job"), data.get("frames")
+        if (isinstance(job, bool) or not isinstance(job, int) or not isinstance(frames, list)
+                or not 1 <= len(frames) <= MAX_CHUNK
+                or not all(isinstance(f, list) and len(f) == 2 and all(type(v) is int and 0 <= v <= MAX_ID for v in f)
+                           for f in frames)):
+            raise BadJob(f"release needs {{\"job\": id, \"frames\": [[frame, attempt], ...]}} (1..{MAX_CHUNK})")
+        check_ids(job, 0, 0)
+        released = get_core().scheduler.release(job, [(f, a) for f, a in frames], peer)
+        return {"released": released}
 
     @router.post("/leases/{job}/{frame}/{attempt}/more")
     async def more(job: int, frame: int, attempt: int, request: Request):

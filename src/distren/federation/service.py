@@ -76,6 +76,10 @@ class Federation:
         self.pacer.set_peers(peers.peers)
         self.announcer = Announcer()
         self.on_announced = None   # set by the Runner: wakes its idle slots
+        # set by the Runner: a peer found no work here (claimer, backends); a home asks for the
+        # unstarted tail of a chunk of its job rendering here (home, job)
+        self.on_hungry = None
+        self.on_split = None
         self._tasks: list[asyncio.Task] = []
         self._downloads: dict[str, list] = {}  # sha256 -> [lock, users]
         self._announce_task: asyncio.Task | None = None
@@ -532,6 +536,28 @@ class Federation:
 
     async def heartbeat(self, home: str, lease: Lease) -> None:
         await self.peers.request(home, "POST", self._lease_path(lease, "heartbeat"), json={})
+
+    async def ask_split(self, holder: str, job: int) -> None:
+        """Ask a peer that renders a chunk of this server's job to give back its unstarted
+        tail (another renderer has nothing to do; docs/architecture.md, "Splitting a chunk")."""
+        try:
+            await self.peers.request(holder, "POST", "/api/v1/peer/split", json={"job": job}, timeout=CLAIM_TIMEOUT)
+        except PeerError as exc:
+            log.debug("asking %s to split its chunk of job %d failed: %s", holder, job, exc.message)
+
+    async def release(self, home: str, job: int, leases: list[Lease]) -> list[int]:
+        """Give frames of a chunk leased from `home` back to it (not started here); returns
+        those it took back (the others had moved on)."""
+        resp = await self.peers.request(home, "POST", "/api/v1/peer/release", ok=(200,), timeout=CLAIM_TIMEOUT,
+                                        json={"job": job, "frames": [[one.frame, one.attempt] for one in leases]})
+        try:
+            released = resp.json()["released"]
+            wanted = {one.frame for one in leases}
+            if not all(isinstance(f, int) and f in wanted for f in released):
+                raise ValueError(released)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise PeerError(f"malformed answer to a release from {home}: {exc!r}") from None
+        return sorted(released)
 
     async def upload_result(self, home: str, lease: Lease, blob: Blob, log_text: str) -> None:
         path = self.core.blobs.path(blob.sha256)

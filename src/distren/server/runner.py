@@ -12,11 +12,12 @@ import logging
 import os
 import shutil
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import failpoints, logs
-from ..backends.base import FrameTask, RenderResult
-from ..chunks import FrameTimes, chunk_size
+from ..backends.base import Backend, FrameTask, RenderResult
+from ..chunks import FrameTimes, chunk_size, tail_to_release
 from ..concurrency import Concurrency
 from ..errors import Conflict, DistrenError, NotFound
 from ..liveness import FarmView, Liveness, RendererView
@@ -36,6 +37,32 @@ REPORT_RETRIES = 5
 # a work folder holding more dependencies' outputs than this is removed by `rm -rf` (_remove_work)
 MANY_DEPENDENCIES = 1000
 DRAINING = "server draining"
+# Splitting chunks (docs/architecture.md, "Splitting a chunk"): a renderer that found nothing
+# makes this server look for chunks to split at most this often; a holder is asked to split
+# its chunk of a job at most this often; a split chunk's outputs are looked at this often
+# until its renderer has passed the frames it kept.
+SPLIT_LOOK_PERIOD = 0.5
+SPLIT_ASK_PERIOD = 1.0
+SPLIT_WATCH_PERIOD = 0.1
+
+
+@dataclass
+class ChunkRun:
+    """A chunk being rendered here: its leases, those not reported yet (`unsettled`), and what
+    splitting it needs: the renderer's task (its outputs tell how far it got), the frames
+    given back, and the event that stops the renderer once it has passed the frames kept."""
+
+    home: str | None
+    leases: list[Lease]
+    unsettled: dict[int, Lease]
+    rendering: bool = True
+    task: FrameTask | None = None
+    released: set[int] = field(default_factory=set)
+    stop: asyncio.Event = field(default_factory=asyncio.Event)
+    splitting: bool = False
+
+    def held(self) -> list[int]:
+        return [one.frame for one in self.leases if one.frame in self.unsettled and one.frame not in self.released]
 
 
 class Runner:
@@ -46,11 +73,17 @@ class Runner:
         self._wake = asyncio.Event()
         if federation is not None:   # a peer that tells of new work wakes the idle slots
             federation.on_announced = self._wake.set
+            federation.on_hungry = self.hungry          # a peer found no work here
+            federation.on_split = self._split_soon      # a home asks for a chunk's tail back
         self._tasks: list[asyncio.Task] = []
         self.frame_times = FrameTimes()
         auto = core.config.slots_auto and slots > 0
         self.concurrency = Concurrency(min(usable_cores(), slots) if auto else slots, slots)
         self._renders: dict[tuple[str, int, int, int], asyncio.Task] = {}
+        self._chunk_runs: dict[tuple[str, int], list[ChunkRun]] = {}   # (home, job) -> its chunks here
+        self._split_looked = 0.0
+        self._split_asked: dict[tuple[int, str], float] = {}
+        self._split_tasks: set[asyncio.Task] = set()
         self.liveness = Liveness(core.scheduler, core.config.remote_dep_timeout)
         # drained (`POST /server/drain`): the slots start nothing new, of this server or of peers
         self.draining = core.draining()
@@ -126,9 +159,10 @@ class Runner:
 
     async def stop(self) -> None:
         await self.concurrency.stop()
-        for task in self._tasks:
+        tasks = self._tasks + list(self._split_tasks)
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         self._tasks = []
 
     def set_draining(self, on: bool) -> int:
@@ -155,6 +189,110 @@ class Runner:
     def lease_seconds(self) -> float:
         return self.core.config.lease_seconds
 
+    # -- splitting chunks ----------------------------------------------------------------
+    def hungry(self, claimer: str, backends) -> None:
+        """A renderer (one of this server's slots, or a peer that claimed here) found no frame
+        of this server's to lease: the chunks of this server's jobs that others are rendering
+        are asked for their unstarted tails (docs/architecture.md, "Splitting a chunk"): a
+        chunk of this server's slots at once, a peer's by `POST /peer/split`. A render-only
+        worker's chunks are not split (it cannot be asked). This server's slots split each
+        other's chunks only while a core is idle. Looked at most every SPLIT_LOOK_PERIOD s,
+        each holder asked at most every SPLIT_ASK_PERIOD s per job; bounded work
+        (Scheduler.split_candidates)."""
+        now = time.monotonic()
+        if now - self._split_looked < SPLIT_LOOK_PERIOD or self.draining:
+            return
+        self._split_looked = now
+        try:
+            candidates = self.core.scheduler.split_candidates(claimer, backends)
+        except Exception:
+            log.exception("could not look for chunks to split")
+            return
+        for key in [k for k, t in self._split_asked.items() if t < now - SPLIT_ASK_PERIOD]:
+            del self._split_asked[key]
+        for job, holder in candidates:
+            if (job, holder) in self._split_asked:
+                continue
+            if holder == self.core.lease_owner:
+                if claimer == holder and self.concurrency.rendering >= min(usable_cores(), self.concurrency.limit):
+                    continue   # every core renders already: another renderer would only share them
+                self._split_asked[(job, holder)] = now
+                self._split_soon(None, job)
+            elif self.federation is not None and holder in self.federation.peers.peers:
+                self._split_asked[(job, holder)] = now
+                self._spawn(self.federation.ask_split(holder, job))
+
+    def _spawn(self, coro) -> None:
+        task = asyncio.ensure_future(coro)
+        self._split_tasks.add(task)
+        task.add_done_callback(self._split_done)
+
+    def _split_done(self, task: asyncio.Task) -> None:
+        self._split_tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("splitting a chunk failed: %r", task.exception())
+
+    def _split_soon(self, home: str | None, job: int) -> None:
+        self._spawn(self.split(home, job))
+
+    async def split(self, home: str | None, job: int) -> list[int]:
+        """Give back the unstarted tail of each chunk of the job (`home`'s, None: this
+        server's) rendering here: the chunks that render side by side share this server's
+        cores, and each keeps what it can finish about when the other renderer finishes what
+        it takes. A chunk's renderer is stopped once it has passed the frames it keeps.
+        Returns the frames given back."""
+        runs = [r for r in self._chunk_runs.get((home or self.core.name, job), ())
+                if r.task is not None and r.rendering and not r.splitting]
+        given: list[int] = []
+        for run in runs:
+            run.splitting = True
+            try:
+                given += await self._split_run(home, job, run)
+            finally:
+                run.splitting = False
+        return given
+
+    async def _split_run(self, home: str | None, job: int, run: ChunkRun) -> list[int]:
+        first = run.leases[0]
+        backend = self.core.backends[first.backend]
+        key = (home or self.core.name, job)
+        started = await asyncio.to_thread(_frames_with_output, backend, run.task)
+        give = tail_to_release(run.held(), started, self.frame_times.get(key),
+                               self.frame_times.startup(first.backend))
+        if not give or not run.rendering:
+            return []
+        leases = [run.unsettled[f] for f in give]
+        run.released.update(give)   # before asking: a heartbeat meanwhile must not stop the render
+        try:
+            if home is None:
+                released = self.core.scheduler.release(job, [(one.frame, one.attempt) for one in leases],
+                                                       self.core.lease_owner)
+            else:
+                released = await self.federation.release(home, job, leases)
+        except Exception:
+            run.released.difference_update(give)
+            raise
+        run.released.difference_update(set(give) - set(released))
+        for f in released:
+            run.unsettled.pop(f, None)
+        if released:
+            self.core.metrics.chunk_splits.inc()
+            log.info("gave back frames %s of distren://%s/%d (a chunk's unstarted tail) for another renderer",
+                     _ranges(released), home or self.core.name, job,
+                     extra=logs.about(home or self.core.name, job, released[0]))
+            self._spawn(self._stop_after(run, backend, min(released)))
+        return released
+
+    async def _stop_after(self, run: ChunkRun, backend: Backend, first_given: int) -> None:
+        """Stop the split chunk's renderer once it has written output for a frame given back
+        (the frames before it, the ones kept, are then whole)."""
+        while run.rendering:
+            started = await asyncio.to_thread(_frames_with_output, backend, run.task)
+            if any(f >= first_given for f in started):
+                run.stop.set()
+                return
+            await asyncio.sleep(SPLIT_WATCH_PERIOD)
+
     async def _next(self, backends: list[str]) -> tuple[str | None, Lease] | None:
         """A frame of this server's, else one claimed from a peer. While the peers are asked,
         work of this server's own that comes meanwhile (a wake) is taken at once; a peer's
@@ -163,6 +301,7 @@ class Runner:
             self.core.lease_owner, backends, self.lease_seconds()))
         if lease is not None:
             return None, lease
+        self.hungry(self.core.lease_owner, backends)
         if self.federation is None or self.core.storage.low:
             return None   # (below the free-space reserve: peers' frames need their seeds fetched)
         asking = asyncio.create_task(self.federation.claim(backends))
@@ -352,28 +491,33 @@ class Runner:
         first = leases[0]
         job_key = (home or core.name, first.job)
         work = core.work_dir / f"{home or core.name}-{first.job}-{first.frame}-{first.attempt}"
-        # the leases not reported yet: the heartbeat renews these only; once the renderer has
-        # ended, a lost lease no longer stops anything (the others are still to be reported)
-        unsettled = {one.frame: one for one in leases}
-        rendering = [True]
-        heart = asyncio.create_task(self._heartbeat(home, unsettled, asyncio.current_task(), rendering))
+        # the leases not reported yet (run.unsettled): the heartbeat renews these only; once
+        # the renderer has ended, a lost lease no longer stops anything (the others are still
+        # to be reported). Frames given back (a split: run.released) are neither renewed nor
+        # reported, nor stored when the renderer got to them anyway.
+        run = ChunkRun(home, leases, {one.frame: one for one in leases})
+        runs = self._chunk_runs.setdefault(job_key, [])
+        runs.append(run)
+        heart = asyncio.create_task(self._heartbeat(home, run, asyncio.current_task()))
         cleaned = False
         blobs: dict[int, Blob] = {}
         try:
             began: list[float] = []   # when the renderer started (wall clock), once prepared
-            results = await self._prepare_and_render(home, leases, work, began)
-            rendering[0] = False
+            results = await self._prepare_and_render(home, leases, work, began, run)
+            run.rendering = False
             seconds = time.time() - began[0] if began else 0.0
-            if began and all(r.ok for r in results.values()):
-                finished = await asyncio.to_thread(_finish_times, [results[one.frame].outputs for one in leases])
-                self.frame_times.add(job_key, seconds, len(leases), backend=first.backend,
+            kept = [one for one in leases if one.frame not in run.released]
+            results = {f: r for f, r in results.items() if f not in run.released}
+            if began and kept and all(r.ok for r in results.values()):
+                finished = await asyncio.to_thread(_finish_times, [results[one.frame].outputs for one in kept])
+                self.frame_times.add(job_key, seconds, len(kept), backend=first.backend,
                                      started=began[0], finished=finished)
             for r in results.values():
                 outcome = "done" if r.ok else "failed" if r.counts else "interrupted"
-                core.metrics.render(first.backend, outcome, seconds / len(leases) if r.ok and seconds else None)
+                core.metrics.render(first.backend, outcome, seconds / len(kept) if r.ok and seconds else None)
             if any(r.alone for r in results.values()):
                 self.frame_times.render_alone(job_key)
-            good = [one.frame for one in leases if results[one.frame].ok]
+            good = [one.frame for one in kept if results[one.frame].ok]
             if good:
                 try:
                     # the outputs into the blob store (written by the output process, published
@@ -392,16 +536,20 @@ class Runner:
                                                   f"cannot store the output: {exc.strerror or exc}", [])
             if home is None and blobs:
                 # this server's own chunk: every done frame in one transaction
-                await self._complete_local([one for one in leases if one.frame in blobs], results, blobs)
+                await self._complete_local([one for one in kept if one.frame in blobs], results, blobs)
                 for f in blobs:
-                    unsettled.pop(f, None)
+                    run.unsettled.pop(f, None)
             # the heartbeat goes on during the uploads: a long upload must not lose the lease
-            for one in leases:
-                if one.frame in unsettled:
+            for one in kept:
+                if one.frame in run.unsettled:
                     await self._report(home, one, results[one.frame], blobs.get(one.frame))
-                    unsettled.pop(one.frame, None)
+                    run.unsettled.pop(one.frame, None)
                     await asyncio.sleep(0)   # one transaction (or upload) each, others run between
         finally:
+            run.rendering = False
+            runs.remove(run)
+            if not runs:
+                self._chunk_runs.pop(job_key, None)
             # the outputs are recorded here (referenced), or uploaded home (this copy is not
             # needed), or were refused: reclaimed unless referenced
             core.storage.release([b.sha256 for b in blobs.values()], written=True)
@@ -411,19 +559,20 @@ class Runner:
                 await _remove_work(work, sum(len(one.depends or ()) for one in leases) > MANY_DEPENDENCIES)
 
     async def _prepare_and_render(self, home: str | None, leases: list[Lease], work: Path,
-                                  began: list[float]) -> dict[int, RenderResult]:
+                                  began: list[float], run: ChunkRun) -> dict[int, RenderResult]:
         """The seed and the dependencies' outputs are pinned while the frames render (a delete
         meanwhile does not take them away); a peer's are kept a while after (--keep-peer-copies).
         `began` gets the wall-clock time the renderer started at."""
         held: list[str] = []
         try:
-            return await self._prepare_and_render_held(home, leases, work, held, began)
+            return await self._prepare_and_render_held(home, leases, work, held, began, run)
         finally:
             # (a video frame holds one pin per frame of its job: let go in a thread)
             self.core.storage.release_many(held, peer_copy=home is not None)
 
     async def _prepare_and_render_held(self, home: str | None, leases: list[Lease], work: Path,
-                                       held: list[str], began: list[float]) -> dict[int, RenderResult]:
+                                       held: list[str], began: list[float],
+                                       run: ChunkRun) -> dict[int, RenderResult]:
         core = self.core
         first = leases[0]
         frames = tuple(one.frame for one in leases)
@@ -465,12 +614,13 @@ class Runner:
             out=out, deps=deps, timeout=timeout, threads=core.config.threads(),
             limits=core.config.render_limits(first.timeout, len(frames)),
             home=home or core.name, job=first.job, depends=urls,
-            frames=frames if len(frames) > 1 else (),
+            frames=frames if len(frames) > 1 else (), stop=run.stop,
         )
         backend = core.backends[first.backend]
         began.append(time.time())
         if len(frames) == 1:
             return {first.frame: await backend.render(task)}
+        run.task = task   # from now on the chunk can be split
         return await backend.render_chunk(task)
 
     async def _complete_local(self, leases: list[Lease], results: dict[int, RenderResult],
@@ -503,12 +653,13 @@ class Runner:
                         home, lease.job, lease.frame, lease.attempt, exc.message,
                         extra=logs.about(home, lease.job, lease.frame))
 
-    async def _heartbeat(self, home: str | None, unsettled: dict[int, Lease], render: asyncio.Task,
-                         rendering: list[bool]) -> None:
+    async def _heartbeat(self, home: str | None, run: ChunkRun, render: asyncio.Task) -> None:
         """Renew the leases not reported yet every third of their length (a local slot's in the
         database, a peer's at its home server). A lease gone while the renderer runs
         (cancelled, expired, superseded) stops the render: the chunk's other frames are then
-        interrupted, not failed; after the renderer ended it is only dropped."""
+        interrupted, not failed; after the renderer ended it is only dropped. A frame given
+        back (run.released) is neither."""
+        unsettled = run.unsettled
         if home is None:
             period = self.lease_seconds() / 3
         else:
@@ -516,6 +667,8 @@ class Runner:
         while unsettled:
             await asyncio.sleep(period)
             for lease in list(unsettled.values()):
+                if lease.frame in run.released:
+                    continue
                 try:
                     if home is None:
                         self.core.scheduler.heartbeat(lease.job, lease.frame, lease.attempt, self.core.lease_owner,
@@ -524,12 +677,15 @@ class Runner:
                         await self.federation.heartbeat(home, lease)
                 except DistrenError as exc:
                     status = getattr(exc, "http_status", None) or exc.status
+                    if lease.frame in run.released:   # given back meanwhile
+                        unsettled.pop(lease.frame, None)
+                        continue
                     if status in (404, 409):
                         log.warning("lease of distren://%s/%d/%d lost: %s", home or self.core.name, lease.job,
                                     lease.frame, exc.message,
                                     extra=logs.about(home or self.core.name, lease.job, lease.frame))
                         unsettled.pop(lease.frame, None)
-                        if rendering[0]:
+                        if run.rendering:
                             render.cancel()
                             return
                     # unreachable: keep rendering, try again next period
@@ -596,3 +752,16 @@ def _finish_times(outputs: list[list[Path]]) -> list[float | None]:
         except OSError:
             times.append(None)
     return times
+
+
+def _frames_with_output(backend: Backend, task: FrameTask) -> set[int]:
+    """The frames of a rendering chunk that have output files so far (in a thread)."""
+    try:
+        split = backend.split_outputs(task, backend.outputs(task.out))
+    except Exception:   # files that belong to no frame: nothing is known
+        return set()
+    return {f for f, files in split.items() if files}
+
+
+def _ranges(frames: list[int]) -> str:
+    return f"{frames[0]}-{frames[-1]}" if len(frames) > 1 else str(frames[0])
