@@ -685,6 +685,30 @@ class FarmMachine(RuleBasedStateMachine):
             assert current, f"heartbeat of {h} accepted, but the lease is not current"
             assert expires == self.clock.now + LEASE
 
+    @rule(i=st.integers(0, 15), n=st.integers(1, 3))
+    def give_back(self, i, n):
+        """A renderer gives back the last n frames it holds of a job (a chunk split for an idle
+        renderer: `Scheduler.release`): taken exactly when the lease is current; those frames
+        are ready again, and a give-back counts as nothing (no failure, no interruption)."""
+        usable = self._usable()
+        if not usable or not hasattr(self.servers[usable[0].home].sched, "release"):
+            return
+        pick = usable[i % len(usable)]
+        same = sorted((h for h in usable if (h.home, h.holder, h.job) == (pick.home, pick.holder, pick.job)),
+                      key=lambda h: h.frame)[-n:]
+        home = self.servers[pick.home]
+        before = {h.frame: (self._current(home, h), home.conn.execute(
+            "SELECT failures FROM frames WHERE job_id=? AND frame=?", (h.job, h.frame)).fetchone()) for h in same}
+        got = home.sched.release(pick.job, [(h.frame, h.attempt) for h in same], pick.owner)
+        assert got == [h.frame for h in same if before[h.frame][0]], (same, got)
+        for h in same:
+            self.held.remove(h)
+            if h.frame in got:
+                row = home.conn.execute("SELECT state, failures, lease_owner FROM frames WHERE job_id=? AND frame=?",
+                                        (h.job, h.frame)).fetchone()
+                assert tuple(row) == ("ready", before[h.frame][1][0], None), tuple(row)
+        event(f"gave back {len(got)} of {len(same)}")
+
     @rule(name=st.sampled_from(NAMES), graceful=st.booleans())
     def renderer_stops(self, name, graceful):
         """The slots of a server stop: gracefully they hand their leases back (an interrupted

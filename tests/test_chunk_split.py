@@ -1,0 +1,247 @@
+"""Splitting a chunk (docs/architecture.md, "Splitting a chunk"): a renderer that finds nothing
+to lease gets the unstarted tail of a chunk another renderer holds, so that the last frames of
+a job do not wait behind one long chunk while renderers stand idle. Pure logic, the scheduler
+on a real SQLite file, and real servers rendering with POV-Ray (one server's two slots; a farm
+of three servers)."""
+
+from __future__ import annotations
+
+import json
+import re
+import tarfile
+from pathlib import Path
+
+import httpx
+import pytest
+
+from conftest import povray_direct, run_cli
+from distren.chunks import tail_to_release
+from distren.errors import Conflict
+from distren.store.blobs import Blob
+from test_federation import png_pixels, signed
+from test_scheduler import add_job, sched, states  # noqa: F401 (the fixture)
+
+FRAMES = 12
+
+# about 0.35 s a frame on one core here, most of it POV-Ray's own idle time between frames:
+# a chunk of 12 lasts some 4 s, long enough for an idle renderer to ask for its tail
+SLOW_POV = """#version 3.7;
+global_settings { assumed_gamma 1.0 }
+camera { location <0, 2, -6> look_at <0, 0, 0> }
+light_source { <4, 6, -5> color rgb 1 }
+#declare I = 0;
+#while (I < 60)
+  sphere { <mod(I, 10) * 0.6 - 2.7, int(I / 10) * 0.5 - 1.2, 1 + clock>, 0.28
+           pigment { rgb <mod(I, 3) / 2, mod(I, 5) / 4, 0.6> } finish { reflection 0.4 } }
+  #declare I = I + 1;
+#end
+plane { y, -1.6 pigment { checker rgb 1 rgb 0.2 } finish { reflection 0.3 } }
+"""
+SLOW_INI = f"""Input_File_Name=scene.pov
+Initial_Frame=1
+Final_Frame={FRAMES}
+Initial_Clock=0
+Final_Clock=1
+Width=160
+Height=120
+Antialias=on
+Antialias_Threshold=0.05
+"""
+
+
+def slow_package(tmp: Path, chunk: int = FRAMES) -> tuple[Path, Path]:
+    """The scene folder and its package, whose frames lease as one chunk of `chunk`."""
+    scene = tmp / "slow"
+    scene.mkdir()
+    (scene / "scene.pov").write_text(SLOW_POV)
+    (scene / "scene.ini").write_text(SLOW_INI)
+    pkg = tmp / "slow.tar.gz"
+    r = run_cli("pack", str(scene / "scene.ini"), "--chunk", str(chunk), "-o", str(pkg))
+    assert r.returncode == 0, r.stderr
+    return scene, pkg
+
+
+def released_frames(client, url: str) -> dict[int, dict]:
+    """The frames of the job with an attempt given back, each frame's whole record."""
+    out = {}
+    for f in client.frames(url):
+        info = client.frame(f["url"])
+        if any(h["outcome"] == "released" for h in info["history"]):
+            out[f["frame"]] = info
+    return out
+
+
+def metric(url: str, name: str) -> float:
+    text = httpx.get(url + "/metrics").text
+    m = re.search(rf"^{name} ([0-9.e+]+)$", text, re.M)
+    return float(m.group(1)) if m else 0.0
+
+
+# -- pure logic ----------------------------------------------------------------------------
+def test_the_unstarted_half_of_a_tail_is_given():
+    held = list(range(1, 9))
+    assert tail_to_release(held, set()) == [6, 7, 8]            # 1 rendering, 2..8 unstarted
+    assert tail_to_release(held, {1, 2, 3}) == [7, 8]           # 4 rendering, 5..8 unstarted
+    assert tail_to_release(held, {1, 2, 3, 4, 5, 6}) == []      # 7 rendering, only 8 left
+    assert tail_to_release(held, set(held)) == []               # all written
+    assert tail_to_release([], set()) == []
+
+
+def test_a_measured_start_up_is_weighed_in():
+    held = list(range(10))
+    # frames of 1 s, a start-up of 0.3 s: the other renderer takes about half
+    assert tail_to_release(held, set(), seconds_per_frame=1.0, startup=0.3) == [5, 6, 7, 8, 9]
+    # frames of 0.1 s, a start-up of 0.5 s: it takes fewer, as it starts later
+    assert tail_to_release(held, set(), seconds_per_frame=0.1, startup=0.5) == [8, 9]
+    # a start-up longer than the whole tail: nothing is worth giving
+    assert tail_to_release(held, set(), seconds_per_frame=0.1, startup=5.0) == []
+
+
+# -- the scheduler -------------------------------------------------------------------------
+def test_released_frames_are_ready_again_and_count_nothing(sched):  # noqa: F811
+    job = add_job(sched, {f: [] for f in range(6)})
+    first = sched.claim("B", ["povray"], 30)
+    chunk = [first] + sched.claim_more(first, 5)
+    assert [one.frame for one in chunk] == list(range(6))
+    assert sched.split_candidates("C", ["povray"]) == [(job, "B")]
+    assert sched.split_candidates("B", ["povray"]) == []          # a peer does not split its own chunk
+    assert sched.split_candidates("C", ["blender"]) == []
+    # a stale attempt and a frame leased to someone else are skipped
+    got = sched.release(job, [(3, chunk[3].attempt + 1), (4, chunk[4].attempt), (5, chunk[5].attempt)], "B")
+    assert got == [4, 5]
+    assert sched.release(job, [(0, chunk[0].attempt)], "C") == []
+    assert states(sched, job) == {0: "running", 1: "running", 2: "running", 3: "running", 4: "ready", 5: "ready"}
+    assert sched.split_candidates("C", ["povray"]) == []           # frames are ready: nothing to split
+    info = sched.frame(job, 4)
+    assert [h["outcome"] for h in info["history"]] == ["released"] and info["failures"] == 0
+    # given back again and again, a frame never fails for it (released counts as nothing)
+    for _ in range(20):
+        lease = sched.claim("C", ["povray"], 30)
+        assert lease.frame == 4
+        assert sched.release(job, [(4, lease.attempt)], "C") == [4]
+    assert states(sched, job)[4] == "ready" and sched.frame(job, 4)["failures"] == 0
+    with pytest.raises(Conflict):    # the holder's late result for a frame it gave back is refused
+        sched.complete(job, 5, chunk[5].attempt, Blob("c" * 64, 5), "B", "", owner="B")
+
+
+def test_split_candidates_skip_paused_and_blocked_jobs_and_small_holders(sched):  # noqa: F811
+    job = add_job(sched, {f: [] for f in range(4)})
+    first = sched.claim("B", ["povray"], 30)
+    sched.claim_more(first, 1)                       # B holds 2 frames: too few to split
+    other = sched.claim("local:me", ["povray"], 30)
+    sched.claim_more(other, 1)                       # this server's slot holds 2
+    assert sched.split_candidates("C", ["povray"]) == []
+    job2 = add_job(sched, {f: [] for f in range(5)})
+    lease = sched.claim("local:me", ["povray"], 30)
+    assert lease.job == job2
+    sched.claim_more(lease, 4)
+    # this server's own slots split each other's chunks; a peer gets them too
+    assert sched.split_candidates("local:me", ["povray"]) == [(job2, "local:me")]
+    assert sched.split_candidates("C", ["povray"]) == [(job2, "local:me")]
+    sched.pause(job2)
+    assert sched.split_candidates("C", ["povray"]) == []
+    sched.resume(job2)
+    sched.conn.execute("INSERT INTO blocklist(job_id, renderer, since) VALUES (?, 'C', 0)", (job2,))
+    assert sched.split_candidates("C", ["povray"]) == []
+    assert sched.split_candidates("D", ["povray"]) == [(job2, "local:me")]
+    assert job != job2
+
+
+# -- real servers --------------------------------------------------------------------------
+def check_bundle(client, url: str, scene: Path, tmp: Path, frames: list[int]) -> None:
+    """The job's bundle holds every frame, and the frames given back render as POV-Ray renders
+    them alone (pixels)."""
+    bundle = tmp / "bundle.tar"
+    client.download(url, bundle)
+    with tarfile.open(bundle) as t:
+        pngs = {m.name: t.extractfile(m).read() for m in t.getmembers() if m.name.endswith(".png")}
+    assert len(pngs) == FRAMES, sorted(pngs)
+    for frame in frames:
+        mine = [data for name, data in pngs.items() if re.search(rf"\D0*{frame}\.png$", name)]
+        assert len(mine) == 1, (frame, sorted(pngs))
+        direct = povray_direct(scene, frame, tmp / f"direct-{frame}", extra=["+WT1"])
+        assert png_pixels(mine[0]) == png_pixels(direct.read_bytes()), frame
+
+
+def test_an_idle_slot_takes_the_tail_of_the_other_slots_chunk(server_factory, tmp_path):
+    """One server, two slots, a job leased as one chunk of 12: the slot left without work takes
+    the chunk's unstarted tail, the chunk's renderer stops before it, and every frame is
+    rendered once and recorded once."""
+    s = server_factory(slots=2)
+    scene, pkg = slow_package(tmp_path)
+    client = s.client()
+    job = client.submit(pkg)
+    info = client.wait(job["url"], interval=0.2, timeout=120)
+    assert info["state"] == "done" and info["frames"]["done"] == FRAMES, info
+    given = released_frames(client, job["url"])
+    assert given, "no frame of the chunk was given back"
+    assert metric(s.url, "distren_chunk_splits_total") >= 1
+    for frame, one in given.items():
+        outcomes = [h["outcome"] for h in one["history"]]
+        assert outcomes[-1] == "done" and set(outcomes[:-1]) == {"released"}, (frame, outcomes)
+        assert one["failures"] == 0
+    # the chunk's renderer stopped before the last frame it gave back: the log of a frame it
+    # kept (its chunk's log) never got to it
+    kept = client.frame(f"{job['url']}/1")
+    assert [h["outcome"] for h in kept["history"]] == ["done"]
+    last = max(given)
+    assert f"Rendering frame {last} of" not in kept["log"] and "Rendering frame 1 of" in kept["log"], kept["log"][-800:]
+    check_bundle(client, job["url"], scene, tmp_path, [min(given), last])
+
+
+def test_a_peer_left_without_work_takes_the_tail_of_another_peers_chunk(farm, tmp_path):
+    """A home that renders nothing and two peers with one slot each: one peer leases the job
+    as one chunk of 12; the other, turned away, is given the chunk's unstarted tail (the home
+    asks the holder, `POST /peer/split`; the holder gives it back, `POST /peer/release`)."""
+    a = farm.add("A", 0, ["B", "C"])
+    farm.add("B", 1, ["A"])
+    farm.add("C", 1, ["A"])
+    farm.start()
+    scene, pkg = slow_package(tmp_path)
+    client = a.client()
+    job = client.submit(pkg)
+    info = client.wait(job["url"], interval=0.2, timeout=180)
+    assert info["state"] == "done" and info["frames"]["done"] == FRAMES, info
+    frames = client.frames(job["url"])
+    by = {f["rendered_by"] for f in frames}
+    assert by == {"B", "C"}, by
+    given = released_frames(client, job["url"])
+    assert given, "no frame of the chunk was given back"
+    holders = {one["history"][0]["renderer"] for one in given.values()}
+    assert len(holders) == 1 and holders <= {"B", "C"}, holders
+    for frame, one in given.items():
+        assert one["history"][-1]["outcome"] == "done" and one["history"][-1]["renderer"] != one["history"][0]["renderer"]
+    holder = farm.servers[holders.pop()]
+    assert metric(holder.url, "distren_chunk_splits_total") >= 1
+    check_bundle(client, job["url"], scene, tmp_path, [max(given)])
+
+
+def test_the_split_routes_check_their_input(farm, tmp_path):
+    """POST /peer/release: 400 for a body that is not {"job", "frames": [[frame, attempt]]},
+    frames not leased to the caller skipped; POST /peer/split: 400 for a bad job id, {} else."""
+    a = farm.add("A", 0, ["B"])
+    farm.start()
+    secret = farm.secret.read_bytes().strip()
+    _, pkg = slow_package(tmp_path, chunk=3)
+    job = a.client().submit(pkg)
+    jid = int(job["url"].rsplit("/", 1)[1])
+
+    def post(path: str, data) -> httpx.Response:
+        body = json.dumps(data).encode()
+        return httpx.post(a.url + path, content=body, headers=signed(secret, "POST", path, body))
+
+    lease = post("/api/v1/peer/claim", {"backends": ["povray"]}).json()
+    for bad in ({}, {"job": jid}, {"job": jid, "frames": []}, {"job": jid, "frames": [[1]]},
+                {"job": jid, "frames": [["1", 1]]}, {"job": True, "frames": [[1, 1]]},
+                {"job": jid, "frames": [[1, -1]]}, {"job": jid, "frames": [[1, 1]] * 51}):
+        r = post("/api/v1/peer/release", bad)
+        assert r.status_code == 400 and r.json()["error"]["code"] == "bad_job", (bad, r.text)
+    r = post("/api/v1/peer/release", {"job": jid, "frames": [[lease["frame"], lease["attempt"] + 1], [5, 1]]})
+    assert r.status_code == 200 and r.json() == {"released": []}
+    r = post("/api/v1/peer/release", {"job": jid, "frames": [[lease["frame"], lease["attempt"]]]})
+    assert r.status_code == 200 and r.json() == {"released": [lease["frame"]]}
+    assert {f["frame"]: f["state"] for f in a.client().frames(job["url"])}[lease["frame"]] == "ready"
+    for bad in ({}, {"job": "1"}, {"job": -1}, {"job": False}):
+        assert post("/api/v1/peer/split", bad).status_code == 400, bad
+    assert post("/api/v1/peer/split", {"job": jid}).json() == {}
+
