@@ -180,13 +180,15 @@ def test_an_idle_slot_takes_the_tail_of_the_other_slots_chunk(server_factory, tm
         outcomes = [h["outcome"] for h in one["history"]]
         assert outcomes[-1] == "done" and set(outcomes[:-1]) == {"released"}, (frame, outcomes)
         assert one["failures"] == 0
-    # the chunk's renderer stopped before the last frame it gave back: the log of a frame it
-    # kept (its chunk's log) never got to it
+    # the chunk's renderer was stopped as it began the first frame it gave back: the log of
+    # a frame it kept (its chunk's log) shows it begin that frame, and never end
     kept = client.frame(f"{job['url']}/1")
     assert [h["outcome"] for h in kept["history"]] == ["done"]
-    last = max(given)
-    assert f"Rendering frame {last} of" not in kept["log"] and "Rendering frame 1 of" in kept["log"], kept["log"][-800:]
-    check_bundle(client, job["url"], scene, tmp_path, [min(given), last])
+    first, last = min(given), max(given)
+    assert f"Rendering frame {first - 1} of {FRAMES}" in kept["log"], kept["log"][-800:]
+    assert f"Rendering frame {first + 1} of" not in kept["log"], kept["log"][-800:]
+    assert "POV-Ray finished" not in kept["log"], kept["log"][-800:]
+    check_bundle(client, job["url"], scene, tmp_path, [first, last])
 
 
 def test_a_peer_left_without_work_takes_the_tail_of_another_peers_chunk(farm, tmp_path):

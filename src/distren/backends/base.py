@@ -52,9 +52,9 @@ class FrameTask:
     job: int = 0
     depends: tuple[str, ...] = ()     # dependency frame URLs, in order
     frames: tuple[int, ...] = ()      # a chunk: consecutive frame ids, `frame` first; () = (frame,)
-    # set by the server to stop a chunk's renderer early (its tail was given to another
-    # renderer: docs/architecture.md, "Splitting a chunk"); render_chunk kills it then
-    stop: asyncio.Event | None = field(default=None, compare=False, repr=False)
+    # how the server follows a chunk's renderer and stops it early (its tail given to another
+    # renderer: docs/architecture.md, "Splitting a chunk")
+    control: "ChunkControl | None" = field(default=None, compare=False, repr=False)
 
     @property
     def chunk(self) -> tuple[int, ...]:
@@ -76,6 +76,27 @@ class FrameTask:
                 continue
             return inside if str(rel) == "." else f"{inside}/{rel.as_posix()}"
         raise ValueError(f"{host} is not visible in the sandbox")
+
+
+RECENT_OUTPUT = 16 * 1024
+
+
+@dataclass
+class ChunkControl:
+    """A chunk's renderer as the server follows it: its latest output (`recent`, the last
+    RECENT_OUTPUT bytes, for `Backend.frame_begun`), and `stop`, which kills it when set. When
+    the server stops it knowing that every frame up to `whole_through` was written whole (the
+    renderer had begun a later frame), those frames are judged on their outputs and the frames
+    after them were given back (not failures)."""
+
+    stop: asyncio.Event = field(default_factory=asyncio.Event)
+    whole_through: int | None = None
+    recent: bytearray = field(default_factory=bytearray)
+
+    def heard(self, data: bytes) -> None:
+        self.recent += data
+        if len(self.recent) > RECENT_OUTPUT:
+            del self.recent[:-RECENT_OUTPUT]
 
 
 @dataclass
@@ -167,6 +188,14 @@ class Backend:
         """Whether frames of a job with these settings may render several in one process."""
         return False
 
+    def frame_begun(self, task: FrameTask, output: str) -> int | None:
+        """The frame of the chunk `task.chunk` that the renderer has begun, read from the end
+        of what it has printed so far (`output`), such that every frame before it is written
+        whole; None when that cannot be told. It lets the server stop a split chunk's renderer
+        as soon as it has finished the frames it keeps; without it the server waits for an
+        output of a frame it gave back (docs/architecture.md, "Splitting a chunk")."""
+        return None
+
     def split_outputs(self, task: FrameTask, outputs: list[Path]) -> dict[int, list[Path]]:
         """Which of a chunk's outputs are each frame's (only called when `chunkable`; runs in a
         thread). A file that belongs to no frame, or to several, makes the whole chunk's outputs
@@ -230,12 +259,14 @@ class Backend:
             return self._all_failed(frames, "", exc.message)
         except Exception as exc:
             return self._all_failed(frames, "", f"cannot start the renderer: {exc}")
-        rc, log, timed_out = await run_process(argv, task.timeout, task.limits, task.stop)
+        rc, log, timed_out = await run_process(argv, task.timeout, task.limits, task.control)
         # finding and checking the outputs is file-system work and scene parsing: in a thread
         return await asyncio.to_thread(self._chunk_verdicts, task, log, rc, timed_out)
 
     def _chunk_verdicts(self, task: FrameTask, log: str, rc: int, timed_out: bool) -> dict[int, RenderResult]:
         frames = task.chunk
+        control = task.control
+        kept_through = control.whole_through if control is not None and control.stop.is_set() else None
         outputs = self.outputs(task.out)
         try:
             split = self.split_outputs(task, outputs)
@@ -247,6 +278,14 @@ class Backend:
         if why is not None:
             return {f: RenderResult(False, log, f"the chunk's outputs cannot be told apart by frame ({why}); "
                                     "its frames render one by one", [], counts=False, alone=True) for f in frames}
+        if kept_through is not None:
+            # stopped by the server once the renderer had begun a frame it gave back: the frames
+            # it kept are whole, the others are another renderer's now
+            return {f: (self._judge_now(replace(task, frame=f, frames=()), log, split[f]) if split.get(f) else
+                        RenderResult(False, log, f"{self.name} wrote no output for frame {f}", []))
+                    if f <= kept_through else
+                    RenderResult(False, log, "given back to another renderer (its chunk was split)", [], counts=False)
+                    for f in frames}
         error = None
         trusted = len(frames)
         if timed_out or rc != 0:
@@ -320,10 +359,10 @@ class RenderLimits:
 
 
 async def run_process(argv: list[str], timeout: float, limits: RenderLimits | None = None,
-                      stop: asyncio.Event | None = None) -> tuple[int, str, bool]:
-    """Run argv in its own process group, under `limits`; on timeout, cancellation or `stop`
-    (when given and set) kill the whole group. Returns (exit code, the tail of stdout+stderr,
-    timed out)."""
+                      control: ChunkControl | None = None) -> tuple[int, str, bool]:
+    """Run argv in its own process group, under `limits`; on timeout, cancellation or
+    `control.stop` kill the whole group (`control` also hears the output as it comes).
+    Returns (exit code, the tail of stdout+stderr, timed out)."""
     # Started under a shield: a cancellation (job cancelled) that lands while the process is
     # being created must still find, and kill, the process.
     spawn = asyncio.ensure_future(asyncio.create_subprocess_exec(
@@ -350,12 +389,14 @@ async def run_process(argv: list[str], timeout: float, limits: RenderLimits | No
         while chunk := await proc.stdout.read(65536):
             chunks.append(chunk)
             size += len(chunk)
+            if control is not None:
+                control.heard(chunk)
             while size > LOG_TAIL and len(chunks) > 1:
                 size -= len(chunks.pop(0))
 
     timed_out = False
     running = asyncio.ensure_future(asyncio.gather(read_all(), proc.wait()))
-    stopping = asyncio.ensure_future(stop.wait()) if stop is not None else None
+    stopping = asyncio.ensure_future(control.stop.wait()) if control is not None else None
     try:
         done, _ = await asyncio.wait({running} if stopping is None else {running, stopping}, timeout=timeout,
                                      return_when=asyncio.FIRST_COMPLETED)

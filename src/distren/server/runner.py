@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import failpoints, logs
-from ..backends.base import Backend, FrameTask, RenderResult
+from ..backends.base import Backend, ChunkControl, FrameTask, RenderResult
 from ..chunks import FrameTimes, chunk_size, tail_to_release
 from ..concurrency import Concurrency
 from ..errors import Conflict, DistrenError, NotFound
@@ -50,7 +50,8 @@ SPLIT_WATCH_PERIOD = 0.1
 class ChunkRun:
     """A chunk being rendered here: its leases, those not reported yet (`unsettled`), and what
     splitting it needs: the renderer's task (its outputs tell how far it got), the frames
-    given back, and the event that stops the renderer once it has passed the frames kept."""
+    given back, and the renderer's control (its output so far; stopped once it has passed the
+    frames kept)."""
 
     home: str | None
     leases: list[Lease]
@@ -58,7 +59,7 @@ class ChunkRun:
     rendering: bool = True
     task: FrameTask | None = None
     released: set[int] = field(default_factory=set)
-    stop: asyncio.Event = field(default_factory=asyncio.Event)
+    control: ChunkControl = field(default_factory=ChunkControl)
     splitting: bool = False
 
     def held(self) -> list[int]:
@@ -284,12 +285,20 @@ class Runner:
         return released
 
     async def _stop_after(self, run: ChunkRun, backend: Backend, first_given: int) -> None:
-        """Stop the split chunk's renderer once it has written output for a frame given back
-        (the frames before it, the ones kept, are then whole)."""
+        """Stop the split chunk's renderer once it has begun a frame given back, as it says
+        (Backend.frame_begun: the frames kept are then whole and are judged on their
+        outputs), or, when it does not say, once it has written output for such a frame (the
+        frames before that one are then whole: the chunk's usual verdicts)."""
+        control = run.control
         while run.rendering:
-            started = await asyncio.to_thread(_frames_with_output, backend, run.task)
-            if any(f >= first_given for f in started):
-                run.stop.set()
+            begun = backend.frame_begun(run.task, control.recent.decode("utf-8", "replace"))
+            if begun is not None:
+                if begun >= first_given:
+                    control.whole_through = first_given - 1
+                    control.stop.set()
+                    return
+            elif any(f >= first_given for f in await asyncio.to_thread(_frames_with_output, backend, run.task)):
+                control.stop.set()
                 return
             await asyncio.sleep(SPLIT_WATCH_PERIOD)
 
@@ -614,7 +623,7 @@ class Runner:
             out=out, deps=deps, timeout=timeout, threads=core.config.threads(),
             limits=core.config.render_limits(first.timeout, len(frames)),
             home=home or core.name, job=first.job, depends=urls,
-            frames=frames if len(frames) > 1 else (), stop=run.stop,
+            frames=frames if len(frames) > 1 else (), control=run.control,
         )
         backend = core.backends[first.backend]
         began.append(time.time())

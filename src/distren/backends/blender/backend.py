@@ -63,6 +63,7 @@ DENOISE_MESSAGE_CONSISTENT = ("distren: denoising switched off (distren renders 
 
 _INT_RE = re.compile(r"[0-9]{1,9}")
 _STEM_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+_BEGUN = re.compile(r"^Fra:(\d+) ", re.M)
 
 
 @dataclass(frozen=True)
@@ -278,6 +279,13 @@ class BlenderBackend(Backend):
 
     def chunkable(self, settings: dict[str, str]) -> bool:
         return True
+
+    def frame_begun(self, task: FrameTask, output: str) -> int | None:
+        """Blender prints "Fra:N" lines while it renders frame N, from after it saved the frame
+        before."""
+        found = _BEGUN.findall(output)
+        frame = int(found[-1]) if found else None
+        return frame if frame in task.chunk else None
 
     def split_outputs(self, task: FrameTask, outputs: list[Path]) -> dict[int, list[Path]]:
         """Each frame's image(s) `<stem>_<frame:06d>[_<view>].<ext>` in the output folder, and

@@ -113,6 +113,16 @@ class PovrayBackend(Backend):
         differ in their arguments)."""
         return _split(settings)[1] is None
 
+    def frame_begun(self, task: FrameTask, output: str) -> int | None:
+        """POV-Ray prints "Rendering frame K of N" (K counted from 1 within the run) when it
+        begins a frame, after it wrote the one before."""
+        found = _BEGUN.findall(output)
+        if not found:
+            return None
+        k, n = (int(v) for v in found[-1])
+        chunk = task.chunk
+        return chunk[k - 1] if n == len(chunk) and 1 <= k <= n else None
+
     def split_outputs(self, task: FrameTask, outputs: list[Path]) -> dict[int, list[Path]]:
         """Each frame's image, by the name POV-Ray gives it (`output_file`)."""
         rest, _ = _split(task.settings)
@@ -133,6 +143,7 @@ class PovrayBackend(Backend):
         return None
 
 
+_BEGUN = re.compile(r"^Rendering frame (\d+) of (\d+)", re.M)
 SDL_SUFFIXES = (".pov", ".inc", ".mcr", ".mac")
 _WORD = b"radiosity"
 
