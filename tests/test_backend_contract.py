@@ -160,3 +160,61 @@ def test_timeout_kills_the_whole_process_group(name, tmp_path, monkeypatch):
             and time.monotonic() < deadline:
         time.sleep(0.05)
     assert left == [], f"processes of the render's session {session} survived its timeout"
+
+
+# The backends that tell which frame of a chunk their renderer has begun (Backend.frame_begun),
+# with settings under which their renderer says so (Blender prints "Fra:N" with Cycles).
+BEGUN = sorted(n for n, b in BACKENDS.items() if type(b).frame_begun is not Backend.frame_begun)
+BEGUN_SETTINGS = {"blender": {"engine": "CYCLES", "samples": "1"}}
+
+
+@pytest.mark.parametrize("name", BEGUN)
+def test_a_chunk_stopped_as_it_begins_a_frame_keeps_the_frames_before_it_whole(name, tmp_path):
+    """What frame_begun says is true: when the renderer of a chunk of 6 frames has begun the
+    second, the first is written whole; stopped there (as a split chunk is), the first is done
+    and the others are given back (not failures), and the last was never written."""
+    from PIL import Image
+
+    from distren.backends.base import ChunkControl
+
+    backend, task = task_for(name, tmp_path)
+    chunk = (1, 2, 3, 4, 5, 6)
+    settings = {**task.settings, **BEGUN_SETTINGS.get(name, {}), "final-frame": "6"} if name == "povray" else \
+        {**task.settings, **BEGUN_SETTINGS.get(name, {})}
+    control = ChunkControl()
+    task = FrameTask(settings=settings, scene=task.scene, frame=1, out=task.out, deps=task.deps,
+                     timeout=task.timeout, home="alpha", job=1, frames=chunk, control=control)
+    assert backend.chunkable(settings)
+    seen: list[int] = []
+
+    async def run():
+        async def watch():
+            while True:
+                begun = backend.frame_begun(task, control.recent.decode("utf-8", "replace"))
+                if begun is not None:
+                    seen.append(begun)
+                    if begun >= 2:
+                        control.whole_through = begun - 1
+                        control.stop.set()
+                        return
+                await asyncio.sleep(0.01)
+
+        watcher = asyncio.ensure_future(watch())
+        results = await backend.render_chunk(task)
+        watcher.cancel()
+        return results
+
+    results = asyncio.run(run())
+    assert control.stop.is_set(), f"the renderer never said it began frame 2 (saw {seen})"
+    kept = control.whole_through
+    assert 1 <= kept < 6, kept
+    split = backend.split_outputs(task, backend.outputs(task.out))
+    for f in chunk:
+        if f <= kept:
+            assert results[f].ok, results[f].error
+            for path in results[f].outputs:
+                with Image.open(path) as im:
+                    im.load()   # whole: a truncated image raises
+        else:
+            assert not results[f].ok and not results[f].counts and "given back" in results[f].error
+    assert not split.get(6), "the renderer was not stopped: it wrote the last frame"
