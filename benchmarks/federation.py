@@ -187,6 +187,7 @@ def run_job(servers: list[Server], package: Path, root: Path, quiet_wait: float)
                 raise RuntimeError(f"job {job['url']}: bundle holds {len(pngs)} frames, expected {FRAMES}")
             bundle.unlink()
             render_cpu = sum(povray_cpu(client.frame(f["url"])["log"]) for f in frames)
+            histories = {f["frame"]: client.frame(f["url"])["history"] for f in frames if f["attempts"] > 1}
     except BaseException:
         for s in servers:
             if s.proc is not None and s.proc.poll() is not None:
@@ -196,9 +197,13 @@ def run_job(servers: list[Server], package: Path, root: Path, quiet_wait: float)
         for s in servers:
             s.stop()
     if os.environ.get("DISTREN_BENCH_TIMELINE"):   # each frame: who, lease to result, attempts
-        for f in sorted(frames, key=lambda f: f["started"]):
-            print(f"    frame {f['frame']:3d} {f['rendered_by']:6s} {f['started'] - t0_wall:6.2f} -> "
-                  f"{f['finished'] - t0_wall:6.2f} s, attempt {f['attempts']}", file=sys.stderr)
+        for f in sorted(frames, key=lambda f: f["frame"]):
+            if True:
+                history = histories.get(f["frame"], [])
+                print(f"    frame {f['frame']:3d} {f['rendered_by']:6s} {f['started'] - t0_wall:6.2f} -> "
+                      f"{f['finished'] - t0_wall:6.2f} s, attempt {f['attempts']}"
+                      + "".join(f"; {h['renderer']} {h['started'] - t0_wall:.2f}-{(h['finished'] or 0) - t0_wall:.2f}"
+                                f" {h['outcome']}" for h in history), file=sys.stderr)
     per_server = {}
     for s in servers:
         mine = [f for f in frames if f["rendered_by"] == s.name]
@@ -284,6 +289,9 @@ def main() -> int:
             secret.write_text(SECRET)
             secret.chmod(0o600)
             for i in range(args.repeat):
+                if os.environ.get("DISTREN_BENCH_KEEP"):   # the servers' logs, for a look after
+                    tmp = Path(tempfile.mkdtemp(prefix="distren-bench-fed-kept-"))
+                    print(f"run {i + 1}: servers' logs kept in {tmp}", file=sys.stderr)
                 run_dir = tmp / f"run{i}-single"
                 run_dir.mkdir()
                 single = run_job([Server(run_dir, "solo", 0, args.slots)], package, run_dir, args.quiet_wait)

@@ -247,3 +247,57 @@ def test_the_split_routes_check_their_input(farm, tmp_path):
         assert post("/api/v1/peer/split", bad).status_code == 400, bad
     assert post("/api/v1/peer/split", {"job": jid}).json() == {}
 
+
+
+def test_a_povray_chunk_stopped_mid_frame_keeps_the_frames_it_finished(tmp_path):
+    """POV-Ray stopped in the middle of a frame (a split chunk's renderer, or a timeout) leaves
+    that frame's `.pov-state` file behind; it is not an output: the frames it finished are
+    done, not thrown away as outputs that cannot be told apart."""
+    import asyncio
+
+    from distren.backends.base import ChunkControl, FrameTask, find_backends
+
+    backend = find_backends()["povray"]
+    scene = tmp_path / "job"   # an extracted job folder, as the server makes it
+    (scene / "_distren" / "out").mkdir(parents=True)
+    (scene / "_distren" / "deps").mkdir()
+    (scene / "scene.pov").write_text(SLOW_POV)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "deps").mkdir()
+    control = ChunkControl()
+    settings = {"scene": "scene.pov", "width": "160", "height": "120", "antialias": "0.05",
+                "initial-frame": "1", "final-frame": str(FRAMES)}
+    task = FrameTask(settings=settings, scene=scene, frame=1, out=tmp_path / "out", deps=tmp_path / "deps",
+                     timeout=120, frames=(1, 2, 3, 4), control=control)
+    left: list[str] = []
+
+    async def run():
+        async def watch():
+            while backend.frame_begun(task, control.recent.decode("utf-8", "replace")) != 2:
+                await asyncio.sleep(0.01)
+            for _ in range(100):   # until POV-Ray is tracing frame 2 (its state file written)
+                left[:] = [p.name for p in task.out.iterdir() if p.name.endswith(".pov-state")]
+                if left:
+                    break
+                await asyncio.sleep(0.01)
+            control.whole_through = 1
+            control.stop.set()
+
+        watcher = asyncio.ensure_future(watch())
+        results = await backend.render_chunk(task)
+        watcher.cancel()
+        return results
+
+    results = asyncio.run(run())
+    assert left, "POV-Ray wrote no state file in frame 2: the scene renders too fast to show it"
+    assert results[1].ok, results[1].error
+    assert [p.name for p in results[1].outputs] == ["scene01.png"], results[1].outputs
+    assert all(not results[f].ok and not results[f].counts for f in (2, 3, 4)), results
+    # the same stop without a frame known whole: the chunk's usual verdicts (as for a timeout)
+    (tmp_path / "out2").mkdir()
+    control2 = ChunkControl()
+    control2.stop.set()   # killed before it even began
+    assert not any(r.ok for r in asyncio.run(backend.render_chunk(
+        FrameTask(settings=settings, scene=scene, frame=1, out=tmp_path / "out2", deps=tmp_path / "deps",
+                  timeout=120, frames=(1, 2), control=control2))).values())
+    assert (tmp_path / "out2").is_dir()

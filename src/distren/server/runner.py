@@ -654,6 +654,10 @@ class Runner:
             else:
                 # a failure that does not count here (stopped from outside, a chunk requeued)
                 # does not count at the home either
+                log.log(logging.WARNING if result.counts else logging.INFO,
+                        "distren://%s/%d/%d attempt %d %s: %s", home, lease.job, lease.frame, lease.attempt,
+                        "failed" if result.counts else "goes back", result.error or "render failed",
+                        extra=logs.about(home, lease.job, lease.frame))
                 await self.federation.report_failure(home, lease, result.log, result.error or "render failed",
                                                      interrupted=not result.counts)
         except DistrenError as exc:

@@ -107,6 +107,12 @@ class PovrayBackend(Backend):
             args += [f"Radiosity_File_Name={rad}", "Radiosity_From_File=on"]
         return args
 
+    def outputs(self, out: Path) -> list[Path]:
+        """Every file POV-Ray wrote but its `.pov-state` files: the state of a trace under way
+        (for +C, continuing it), which it removes when the frame ends, so one is left only by
+        a render stopped mid-frame (a timeout, a split chunk): never a frame's output."""
+        return [p for p in super().outputs(out) if not p.name.endswith(STATE_SUFFIX)]
+
     def chunkable(self, settings: dict[str, str]) -> bool:
         """An animation renders a range of frames in one run (`+SFa +EFb`), computing each
         frame's clock exactly as for one frame; not with a radiosity pre-pass (its frames
@@ -143,6 +149,7 @@ class PovrayBackend(Backend):
         return None
 
 
+STATE_SUFFIX = ".pov-state"
 _BEGUN = re.compile(r"^Rendering frame (\d+) of (\d+)", re.M)
 SDL_SUFFIXES = (".pov", ".inc", ".mcr", ".mac")
 _WORD = b"radiosity"
