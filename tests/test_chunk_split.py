@@ -49,14 +49,14 @@ Antialias_Threshold=0.05
 """
 
 
-def slow_package(tmp: Path, chunk: int = FRAMES) -> tuple[Path, Path]:
-    """The scene folder and its package, whose frames lease as one chunk of `chunk`."""
+def slow_package(tmp: Path, chunk: int = 0) -> tuple[Path, Path]:
+    """The scene folder and its package (with `chunk`: packed with --chunk)."""
     scene = tmp / "slow"
     scene.mkdir()
     (scene / "scene.pov").write_text(SLOW_POV)
     (scene / "scene.ini").write_text(SLOW_INI)
     pkg = tmp / "slow.tar.gz"
-    r = run_cli("pack", str(scene / "scene.ini"), "--chunk", str(chunk), "-o", str(pkg))
+    r = run_cli("pack", str(scene / "scene.ini"), *(["--chunk", str(chunk)] if chunk else []), "-o", str(pkg))
     assert r.returncode == 0, r.stderr
     return scene, pkg
 
@@ -144,6 +144,8 @@ def test_split_candidates_skip_paused_and_blocked_jobs_and_small_holders(sched):
     sched.conn.execute("INSERT INTO blocklist(job_id, renderer, since) VALUES (?, 'C', 0)", (job2,))
     assert sched.split_candidates("C", ["povray"]) == []
     assert sched.split_candidates("D", ["povray"]) == [(job2, "local:me")]
+    sched.conn.execute("UPDATE jobs SET chunk=5 WHERE id=?", (job2,))   # the job's own <chunk>: kept whole
+    assert sched.split_candidates("D", ["povray"]) == []
     assert job != job2
 
 
@@ -163,59 +165,98 @@ def check_bundle(client, url: str, scene: Path, tmp: Path, frames: list[int]) ->
         assert png_pixels(mine[0]) == png_pixels(direct.read_bytes()), frame
 
 
-def test_an_idle_slot_takes_the_tail_of_the_other_slots_chunk(server_factory, tmp_path):
-    """One server, two slots, a job leased as one chunk of 12: the slot left without work takes
-    the chunk's unstarted tail, the chunk's renderer stops before it, and every frame is
-    rendered once and recorded once."""
-    s = server_factory(slots=2)
-    scene, pkg = slow_package(tmp_path)
-    client = s.client()
-    job = client.submit(pkg)
-    info = client.wait(job["url"], interval=0.2, timeout=120)
+def late_thief(farm, holder: str, thief: str, client, job_url: str):
+    """Wait until `holder` renders the job's frames after its first chunk as one long chunk
+    (distren's own sizes: 2 frames before anything is measured, then the rest, one server
+    rendering the job), then start `thief`, which finds nothing ready."""
+    from conftest import wait_for
+
+    def long_chunk():
+        frames = client.frames(job_url)
+        running = [f for f in frames if f["state"] == "running"]
+        return len(running) >= FRAMES - 4 and all(f["frame"] > 2 for f in running)
+
+    wait_for(long_chunk, 60, f"{holder} to lease the job's last {FRAMES - 2} frames as one chunk", every=0.02)
+    farm.servers[thief].start()
+
+
+def check_split(client, job_url: str, holder_owner: str, thief: str, scene: Path, tmp: Path) -> None:
+    """The job is done, the holder gave back a tail of its chunk, which the thief rendered;
+    the holder's renderer stopped as it began the first frame it gave back; no frame was
+    recorded twice or failed; the frames given back are POV-Ray's own."""
+    info = client.wait(job_url, interval=0.2, timeout=180)
     assert info["state"] == "done" and info["frames"]["done"] == FRAMES, info
-    given = released_frames(client, job["url"])
+    given = released_frames(client, job_url)
     assert given, "no frame of the chunk was given back"
-    assert metric(s.url, "distren_chunk_splits_total") >= 1
     for frame, one in given.items():
-        outcomes = [h["outcome"] for h in one["history"]]
-        assert outcomes[-1] == "done" and set(outcomes[:-1]) == {"released"}, (frame, outcomes)
-        assert one["failures"] == 0
-    # the chunk's renderer was stopped as it began the first frame it gave back: the log of
-    # a frame it kept (its chunk's log) shows it begin that frame, and never end
-    kept = client.frame(f"{job['url']}/1")
-    assert [h["outcome"] for h in kept["history"]] == ["done"]
+        history = one["history"]
+        assert [h["outcome"] for h in history] == ["released", "done"], (frame, history)
+        assert history[0]["renderer"] == holder_owner and one["failures"] == 0, (frame, history)
+    # (the holder may take back a frame it gave, when it is free before the thief asks)
+    assert thief in {one["rendered_by"] for one in given.values()}, given
     first, last = min(given), max(given)
-    assert f"Rendering frame {first - 1} of {FRAMES}" in kept["log"], kept["log"][-800:]
-    assert f"Rendering frame {first + 1} of" not in kept["log"], kept["log"][-800:]
+    assert sorted(given) == list(range(first, last + 1)) and last == FRAMES, sorted(given)
+    # a frame it kept: rendered in the same chunk, whose log shows it begin the first frame
+    # it gave back and never end
+    kept = client.frame(f"{job_url}/{first - 1}")
+    assert [h["outcome"] for h in kept["history"]] == ["done"] and kept["history"][0]["renderer"] == holder_owner
+    begun = re.findall(r"^Rendering frame (\d+) of (\d+)", kept["log"], re.M)
+    k, n = (int(v) for v in begun[-1])
+    assert FRAMES - n + k == first, (begun[-3:], first)   # K counts from 1 within the chunk 3..12
     assert "POV-Ray finished" not in kept["log"], kept["log"][-800:]
-    check_bundle(client, job["url"], scene, tmp_path, [first, last])
+    check_bundle(client, job_url, scene, tmp, [first, last])
+
+
+def test_an_idle_peer_takes_the_tail_of_the_homes_chunk(farm, tmp_path):
+    """A home with one slot renders its job as a chunk of 2, then one of the 10 frames left; a
+    peer that starts then finds nothing to claim: the home splits its own chunk (in its
+    process), the peer renders the tail."""
+    a = farm.add("A", 1, ["B"])
+    farm.add("B", 1, ["A"])
+    from test_liveness import start
+    start(farm, "A")
+    scene, pkg = slow_package(tmp_path, chunk=0)
+    client = a.client()
+    job = client.submit(pkg)
+    late_thief(farm, "A", "B", client, job["url"])
+    check_split(client, job["url"], "local:A", "B", scene, tmp_path)
+    assert metric(a.url, "distren_chunk_splits_total") >= 1
 
 
 def test_a_peer_left_without_work_takes_the_tail_of_another_peers_chunk(farm, tmp_path):
-    """A home that renders nothing and two peers with one slot each: one peer leases the job
-    as one chunk of 12; the other, turned away, is given the chunk's unstarted tail (the home
-    asks the holder, `POST /peer/split`; the holder gives it back, `POST /peer/release`)."""
+    """A home that renders nothing, a peer that renders the job (a chunk of 2, then one of the
+    10 frames left) and one more peer that starts then: turned away, it is given the chunk's
+    unstarted tail (the home asks the holder, `POST /peer/split`; the holder gives it back,
+    `POST /peer/release`)."""
     a = farm.add("A", 0, ["B", "C"])
     farm.add("B", 1, ["A"])
     farm.add("C", 1, ["A"])
-    farm.start()
-    scene, pkg = slow_package(tmp_path)
+    from test_liveness import start
+    start(farm, "A", "B")
+    scene, pkg = slow_package(tmp_path, chunk=0)
     client = a.client()
     job = client.submit(pkg)
+    late_thief(farm, "B", "C", client, job["url"])
+    check_split(client, job["url"], "B", "C", scene, tmp_path)
+    assert metric(farm.servers["B"].url, "distren_chunk_splits_total") >= 1
+
+
+def test_a_chunk_of_the_jobs_own_size_is_kept_whole(farm, tmp_path):
+    """A job packed with --chunk keeps its chunks whole: the late peer renders nothing of it."""
+    a = farm.add("A", 1, ["B"])
+    farm.add("B", 1, ["A"])
+    from test_liveness import start
+    start(farm, "A")
+    _, pkg = slow_package(tmp_path, chunk=FRAMES)
+    client = a.client()
+    job = client.submit(pkg)
+    from conftest import wait_for
+    wait_for(lambda: all(f["state"] == "running" for f in client.frames(job["url"])), 60, "the chunk of 12")
+    farm.servers["B"].start()
     info = client.wait(job["url"], interval=0.2, timeout=180)
-    assert info["state"] == "done" and info["frames"]["done"] == FRAMES, info
-    frames = client.frames(job["url"])
-    by = {f["rendered_by"] for f in frames}
-    assert by == {"B", "C"}, by
-    given = released_frames(client, job["url"])
-    assert given, "no frame of the chunk was given back"
-    holders = {one["history"][0]["renderer"] for one in given.values()}
-    assert len(holders) == 1 and holders <= {"B", "C"}, holders
-    for frame, one in given.items():
-        assert one["history"][-1]["outcome"] == "done" and one["history"][-1]["renderer"] != one["history"][0]["renderer"]
-    holder = farm.servers[holders.pop()]
-    assert metric(holder.url, "distren_chunk_splits_total") >= 1
-    check_bundle(client, job["url"], scene, tmp_path, [max(given)])
+    assert info["state"] == "done", info
+    assert not released_frames(client, job["url"])
+    assert {f["rendered_by"] for f in client.frames(job["url"])} == {"A"}
 
 
 def test_the_split_routes_check_their_input(farm, tmp_path):

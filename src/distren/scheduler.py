@@ -522,7 +522,8 @@ class Scheduler:
     def split_candidates(self, claimer: str, backends: Iterable[str], *, jobs: int = SPLIT_JOBS,
                          sample: int = SPLIT_SAMPLE, least: int = SPLIT_LEAST) -> list[tuple[int, str]]:
         """`claimer` found nothing to lease: the jobs it could render that have no ready frame
-        but frames running in chunks, and who holds those chunks, as `(job, holder)` (at most
+        but frames running in chunks of the size distren chose (a job's own `<chunk>` is kept
+        whole), and who holds those chunks, as `(job, holder)` (at most
         two holders a job, those holding most first; `claimer` itself only when it is one of
         this server's own slots, which render side by side). Bounded whatever the job's size or
         the farm's: at most `jobs` jobs, and of each the `sample` highest running frames (the
@@ -533,6 +534,7 @@ class Scheduler:
         out: list[tuple[int, str]] = []
         for (job,) in self.conn.execute(
                 "SELECT id FROM jobs WHERE status='active' AND paused=0 AND n_ready=0 AND n_running>=?"
+                " AND chunk IS NULL"
                 " AND NOT EXISTS (SELECT 1 FROM blocklist b WHERE b.job_id=jobs.id AND b.renderer=?)"
                 " ORDER BY priority DESC, id LIMIT ?", (least, claimer, jobs)).fetchall():
             counts: dict[str, int] = {}
