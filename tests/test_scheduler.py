@@ -510,3 +510,19 @@ def test_a_frame_always_interrupted_still_ends(sched):
     assert frame["state"] == "failed" and "interrupted" in frame["error"], frame
     # the interruptions below the cap did not count
     assert attempts == cap + sched.max_failures - 1
+
+
+def test_a_retry_while_its_dependency_is_deleted_fails_instead_of_waiting(sched):
+    """Found by the stateful test: job 2 (cancelled) waits for job 1, which is deleted (allowed:
+    nothing waits for it); job 2 is retried while the delete is under way. Its frame must fail
+    ("dependency ... deleted"), not wait for a frame that is about to be gone."""
+    first = add_job(sched, {0: []})
+    second = add_job(sched, {0: [DistrenURL("me", first, 0)]})
+    sched.cancel(second)
+    deleting = sched.delete_steps(first)
+    next(deleting)                      # hidden, its frames not deleted yet
+    sched.retry(second)
+    for _ in deleting:
+        pass
+    info = sched.frame(second, 0)
+    assert info["state"] == "failed" and "deleted" in info["error"], info

@@ -379,8 +379,9 @@ class Scheduler:
                 work.append((self.server, dj, df))
 
     def _ended_as(self, c: sqlite3.Connection, server: str, job: int, frame: int) -> str:
-        if server == self.server:
-            row = c.execute("SELECT state FROM frames WHERE job_id=? AND frame=?", (job, frame)).fetchone()
+        if server == self.server:   # (a frame of a job being deleted is as good as deleted)
+            row = c.execute("SELECT f.state FROM frames f JOIN jobs j ON j.id=f.job_id WHERE f.job_id=?"
+                            " AND f.frame=? AND j.status != 'deleting'", (job, frame)).fetchone()
         else:
             row = c.execute("SELECT state, error FROM remote_deps WHERE server=? AND job=? AND frame=?",
                             (server, job, frame)).fetchone()
@@ -570,17 +571,21 @@ class Scheduler:
             conn.close()
 
     def _deps(self, c: sqlite3.Connection, job: int, frame: int, limit: int = -1) -> list[sqlite3.Row]:
-        """A frame's dependencies: url, state and output, for frames here and on peers."""
+        """A frame's dependencies: url, state and output, for frames here and on peers. A frame
+        here whose job is being deleted has no state (None, as a deleted one): a retry that
+        runs while the delete does must not count it as a dependency still to come."""
         return c.execute(
             "SELECT d.dep_server, d.dep_job, d.dep_frame,"
-            " CASE WHEN d.dep_server=? THEN f.state ELSE r.state END AS state,"
+            " CASE WHEN d.dep_server=? THEN (CASE WHEN j.status='deleting' THEN NULL ELSE f.state END)"
+            " ELSE r.state END AS state,"
             " CASE WHEN d.dep_server=? THEN f.output_sha256 ELSE r.output_sha256 END AS sha256,"
             " CASE WHEN d.dep_server=? THEN f.output_size ELSE r.output_size END AS size"
             " FROM deps d"
             " LEFT JOIN frames f ON d.dep_server=? AND f.job_id=d.dep_job AND f.frame=d.dep_frame"
+            " LEFT JOIN jobs j ON d.dep_server=? AND j.id=d.dep_job"
             " LEFT JOIN remote_deps r ON r.server=d.dep_server AND r.job=d.dep_job AND r.frame=d.dep_frame"
             " WHERE d.job_id=? AND d.frame=? ORDER BY d.dep_server, d.dep_job, d.dep_frame LIMIT ?",
-            (self.server, self.server, self.server, self.server, job, frame, limit),
+            (self.server, self.server, self.server, self.server, self.server, job, frame, limit),
         ).fetchall()
 
     def _running(self, c: sqlite3.Connection, job: int, frame: int, attempt: int, owner: str | None = None) -> sqlite3.Row:
