@@ -166,9 +166,10 @@ def check_bundle(client, url: str, scene: Path, tmp: Path, frames: list[int]) ->
 
 
 def late_thief(farm, holder: str, thief: str, client, job_url: str):
-    """Wait until `holder` renders the job's frames after its first chunk as one long chunk
-    (distren's own sizes: 2 frames before anything is measured, then the rest, one server
-    rendering the job), then start `thief`, which finds nothing ready."""
+    """The thief is drained (started, but taking nothing) until `holder` renders the job's
+    frames after its first chunk as one long chunk (distren's own sizes: 2 frames before
+    anything is measured, then the rest, one server rendering the job); then its drain ends
+    and it finds nothing ready."""
     from conftest import wait_for
 
     def long_chunk():
@@ -177,7 +178,7 @@ def late_thief(farm, holder: str, thief: str, client, job_url: str):
         return len(running) >= FRAMES - 4 and all(f["frame"] > 2 for f in running)
 
     wait_for(long_chunk, 60, f"{holder} to lease the job's last {FRAMES - 2} frames as one chunk", every=0.02)
-    farm.servers[thief].start()
+    farm.servers[thief].client().drain(False)
 
 
 def check_split(client, job_url: str, holder_owner: str, thief: str, scene: Path, tmp: Path) -> None:
@@ -214,7 +215,8 @@ def test_an_idle_peer_takes_the_tail_of_the_homes_chunk(farm, tmp_path):
     a = farm.add("A", 1, ["B"])
     farm.add("B", 1, ["A"])
     from test_liveness import start
-    start(farm, "A")
+    start(farm)
+    farm.servers["B"].client().drain()
     scene, pkg = slow_package(tmp_path, chunk=0)
     client = a.client()
     job = client.submit(pkg)
@@ -232,7 +234,8 @@ def test_a_peer_left_without_work_takes_the_tail_of_another_peers_chunk(farm, tm
     farm.add("B", 1, ["A"])
     farm.add("C", 1, ["A"])
     from test_liveness import start
-    start(farm, "A", "B")
+    start(farm)
+    farm.servers["C"].client().drain()
     scene, pkg = slow_package(tmp_path, chunk=0)
     client = a.client()
     job = client.submit(pkg)
@@ -246,13 +249,14 @@ def test_a_chunk_of_the_jobs_own_size_is_kept_whole(farm, tmp_path):
     a = farm.add("A", 1, ["B"])
     farm.add("B", 1, ["A"])
     from test_liveness import start
-    start(farm, "A")
+    start(farm)
+    farm.servers["B"].client().drain()
     _, pkg = slow_package(tmp_path, chunk=FRAMES)
     client = a.client()
     job = client.submit(pkg)
     from conftest import wait_for
     wait_for(lambda: all(f["state"] == "running" for f in client.frames(job["url"])), 60, "the chunk of 12")
-    farm.servers["B"].start()
+    farm.servers["B"].client().drain(False)
     info = client.wait(job["url"], interval=0.2, timeout=180)
     assert info["state"] == "done", info
     assert not released_frames(client, job["url"])
