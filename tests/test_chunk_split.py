@@ -110,6 +110,9 @@ def test_released_frames_are_ready_again_and_count_nothing(sched):  # noqa: F811
     got = sched.release(job, [(3, chunk[3].attempt + 1), (4, chunk[4].attempt), (5, chunk[5].attempt)], "B")
     assert got == [4, 5]
     assert sched.release(job, [(0, chunk[0].attempt)], "C") == []
+    # asked again (an answer lost): what the same holder gave back under that attempt counts
+    assert sched.release(job, [(4, chunk[4].attempt), (5, chunk[5].attempt)], "B") == [4, 5]
+    assert sched.release(job, [(4, chunk[4].attempt)], "C") == []
     assert states(sched, job) == {0: "running", 1: "running", 2: "running", 3: "running", 4: "ready", 5: "ready"}
     assert sched.split_candidates("C", ["povray"]) == []           # frames are ready: nothing to split
     info = sched.frame(job, 4)
@@ -144,6 +147,10 @@ def test_split_candidates_skip_paused_and_blocked_jobs_and_small_holders(sched):
     sched.conn.execute("INSERT INTO blocklist(job_id, renderer, since) VALUES (?, 'C', 0)", (job2,))
     assert sched.split_candidates("C", ["povray"]) == []
     assert sched.split_candidates("D", ["povray"]) == [(job2, "local:me")]
+    assert sched.split_candidates("D", ["blender"]) == []          # nothing of it D could render
+    sched.conn.execute("UPDATE frames SET lease_owner='worker:w' WHERE job_id=? AND state='running'", (job2,))
+    assert sched.split_candidates("D", ["povray"]) == []           # a worker cannot be asked
+    sched.conn.execute("UPDATE frames SET lease_owner='local:me' WHERE job_id=? AND state='running'", (job2,))
     sched.conn.execute("UPDATE jobs SET chunk=5 WHERE id=?", (job2,))   # the job's own <chunk>: kept whole
     assert sched.split_candidates("D", ["povray"]) == []
     assert job != job2

@@ -502,14 +502,19 @@ class Scheduler:
         """The holder of a chunk gives back frames of it that it has not started (`(frame,
         attempt)` each; chunks.py, "Splitting a chunk"): they are ready again at once, for
         another renderer. Not a failure and not an interruption (the attempt ends `released`,
-        which nothing counts). A frame whose lease is no longer `owner`'s is skipped. Returns
-        the frames released."""
+        which nothing counts). A frame whose lease is no longer `owner`'s is skipped; one that
+        `owner` gave back already under that attempt is counted as released again (the holder
+        may ask again when an answer was lost). Returns the frames released."""
         done: list[int] = []
+        again: list[int] = []
         with self._tx() as c:
             for frame, attempt in frames:
                 try:
                     self._running(c, job, frame, attempt, owner)
                 except (Conflict, NotFound):
+                    if c.execute("SELECT 1 FROM attempts WHERE job_id=? AND frame=? AND attempt=? AND renderer=?"
+                                 " AND outcome='released'", (job, frame, attempt, owner)).fetchone():
+                        again.append(frame)
                     continue
                 c.execute("UPDATE frames SET state='ready', lease_owner=NULL, lease_expires=NULL,"
                           " upload_sha256=NULL, upload_size=NULL WHERE job_id=? AND frame=?", (job, frame))
@@ -518,7 +523,7 @@ class Scheduler:
                 done.append(frame)
         if done:
             self.on_ready()
-        return done
+        return sorted(done + again)
 
     def split_candidates(self, claimer: str, backends: Iterable[str], *, jobs: int = SPLIT_JOBS,
                          sample: int = SPLIT_SAMPLE, least: int = SPLIT_LEAST) -> list[tuple[int, str]]:
@@ -526,24 +531,28 @@ class Scheduler:
         but frames running in chunks of the size distren chose (a job's own `<chunk>` is kept
         whole), and who holds those chunks, as `(job, holder)` (at most
         two holders a job, those holding most first; `claimer` itself only when it is one of
-        this server's own slots, which render side by side). Bounded whatever the job's size or
+        this server's own slots, which render side by side; never a render-only worker, which
+        cannot be asked). Bounded whatever the job's size or
         the farm's: at most `jobs` jobs, and of each the `sample` highest running frames (the
         latest chunks)."""
         names = sorted(set(backends))
         if not names:
             return []
         out: list[tuple[int, str]] = []
+        marks = ",".join("?" * len(names))
         for (job,) in self.conn.execute(
                 "SELECT id FROM jobs WHERE status='active' AND paused=0 AND n_ready=0 AND n_running>=?"
                 " AND chunk IS NULL"
                 " AND NOT EXISTS (SELECT 1 FROM blocklist b WHERE b.job_id=jobs.id AND b.renderer=?)"
-                " ORDER BY priority DESC, id LIMIT ?", (least, claimer, jobs)).fetchall():
+                f" AND EXISTS (SELECT 1 FROM frames f WHERE f.job_id=jobs.id AND f.state='running' AND f.backend IN ({marks}))"
+                " ORDER BY priority DESC, id LIMIT ?", (least, claimer, *names, jobs)).fetchall():
             counts: dict[str, int] = {}
             for backend in names:
                 for (owner,) in self.conn.execute(
                         "SELECT lease_owner FROM frames WHERE job_id=? AND state='running' AND backend=?"
                         " ORDER BY frame DESC LIMIT ?", (job, backend, sample)):
-                    if owner and (owner != claimer or is_local(owner)):
+                    # (a render-only worker serves no requests: it cannot be asked to split)
+                    if owner and (owner != claimer or is_local(owner)) and not owner.startswith("worker:"):
                         counts[owner] = counts.get(owner, 0) + 1
             holders = sorted((n, owner) for owner, n in counts.items() if n >= least)[::-1][:2]
             out += [(job, owner) for _, owner in holders]

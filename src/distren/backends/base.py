@@ -281,8 +281,10 @@ class Backend:
         if kept_through is not None:
             # stopped by the server once the renderer had begun a frame it gave back: the frames
             # it kept are whole, the others are another renderer's now
+            # (a kept frame without output renders again: the stop was the server's doing)
             return {f: (self._judge_now(replace(task, frame=f, frames=()), log, split[f]) if split.get(f) else
-                        RenderResult(False, log, f"{self.name} wrote no output for frame {f}", []))
+                        RenderResult(False, log, f"{self.name} wrote no output for frame {f} before it was "
+                                     "stopped (its chunk was split); it renders again", [], counts=False))
                     if f <= kept_through else
                     RenderResult(False, log, "given back to another renderer (its chunk was split)", [], counts=False)
                     for f in frames}

@@ -548,8 +548,10 @@ class Federation:
     async def release(self, home: str, job: int, leases: list[Lease]) -> list[int]:
         """Give frames of a chunk leased from `home` back to it (not started here); returns
         those it took back (the others had moved on)."""
-        resp = await self.peers.request(home, "POST", "/api/v1/peer/release", ok=(200,), timeout=CLAIM_TIMEOUT,
-                                        json={"job": job, "frames": [[one.frame, one.attempt] for one in leases]})
+        # (asked again when the answer is lost: the home counts frames given back already)
+        resp = await self._with_retries(lambda: self.peers.request(
+            home, "POST", "/api/v1/peer/release", ok=(200,), timeout=CLAIM_TIMEOUT,
+            json={"job": job, "frames": [[one.frame, one.attempt] for one in leases]}))
         try:
             released = resp.json()["released"]
             wanted = {one.frame for one in leases}

@@ -50,8 +50,10 @@ SPLIT_WATCH_PERIOD = 0.1
 class ChunkRun:
     """A chunk being rendered here: its leases, those not reported yet (`unsettled`), and what
     splitting it needs: the renderer's task (its outputs tell how far it got), the frames
-    given back, and the renderer's control (its output so far; stopped once it has passed the
-    frames kept)."""
+    given back, the frames whose giving back is in doubt (the home's answer was lost: a lost
+    lease of theirs stops nothing), the renderer's control (its output so far; stopped once
+    it has passed the frames kept), and a lock held while it is split (one split at a time;
+    the render's end waits for it, so that what was given back is known)."""
 
     home: str | None
     leases: list[Lease]
@@ -59,8 +61,9 @@ class ChunkRun:
     rendering: bool = True
     task: FrameTask | None = None
     released: set[int] = field(default_factory=set)
+    uncertain: set[int] = field(default_factory=set)
     control: ChunkControl = field(default_factory=ChunkControl)
-    splitting: bool = False
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     def held(self) -> list[int]:
         return [one.frame for one in self.leases if one.frame in self.unsettled and one.frame not in self.released]
@@ -201,14 +204,15 @@ class Runner:
         each holder asked at most every SPLIT_ASK_PERIOD s per job; bounded work
         (Scheduler.split_candidates)."""
         now = time.monotonic()
-        if now - self._split_looked < SPLIT_LOOK_PERIOD or self.draining:
+        if now - self._split_looked < SPLIT_LOOK_PERIOD:
             return
-        self._split_looked = now
         try:
             candidates = self.core.scheduler.split_candidates(claimer, backends)
         except Exception:
             log.exception("could not look for chunks to split")
             return
+        if candidates:   # (a look that found nothing for this claimer does not hold back others)
+            self._split_looked = now
         for key in [k for k, t in self._split_asked.items() if t < now - SPLIT_ASK_PERIOD]:
             del self._split_asked[key]
         for job, holder in candidates:
@@ -242,15 +246,13 @@ class Runner:
         cores, and each keeps what it can finish about when the other renderer finishes what
         it takes. A chunk's renderer is stopped once it has passed the frames it keeps.
         Returns the frames given back."""
-        runs = [r for r in self._chunk_runs.get((home or self.core.name, job), ())
-                if r.task is not None and r.rendering and not r.splitting]
         given: list[int] = []
-        for run in runs:
-            run.splitting = True
-            try:
-                given += await self._split_run(home, job, run)
-            finally:
-                run.splitting = False
+        for run in list(self._chunk_runs.get((home or self.core.name, job), ())):
+            if run.lock.locked():
+                continue   # being split already
+            async with run.lock:
+                if run.task is not None and run.rendering:
+                    given += await self._split_run(home, job, run)
         return given
 
     async def _split_run(self, home: str | None, job: int, run: ChunkRun) -> list[int]:
@@ -271,7 +273,10 @@ class Runner:
             else:
                 released = await self.federation.release(home, job, leases)
         except Exception:
+            # not known whether the home took them back: they render here as if kept, and a
+            # lease of theirs found lost is only dropped (it was given back after all)
             run.released.difference_update(give)
+            run.uncertain.update(give)
             raise
         run.released.difference_update(set(give) - set(released))
         for f in released:
@@ -290,16 +295,20 @@ class Runner:
         outputs), or, when it does not say, once it has written output for such a frame (the
         frames before that one are then whole: the chunk's usual verdicts)."""
         control = run.control
+        kept = [one.frame for one in run.leases if one.frame < first_given]
         while run.rendering:
             begun = backend.frame_begun(run.task, control.recent.decode("utf-8", "replace"))
-            if begun is not None:
-                if begun >= first_given:
+            if begun is None or begun >= first_given:
+                with_output = await asyncio.to_thread(_frames_with_output, backend, run.task)
+                if begun is not None and all(f in with_output for f in kept):
+                    # (what the renderer says is believed only when every frame kept has an
+                    # output: a nested render's frame number must not stop it early)
                     control.whole_through = first_given - 1
                     control.stop.set()
                     return
-            elif any(f >= first_given for f in await asyncio.to_thread(_frames_with_output, backend, run.task)):
-                control.stop.set()
-                return
+                if any(f >= first_given for f in with_output):
+                    control.stop.set()
+                    return
             await asyncio.sleep(SPLIT_WATCH_PERIOD)
 
     async def _next(self, backends: list[str]) -> tuple[str | None, Lease] | None:
@@ -513,7 +522,8 @@ class Runner:
         try:
             began: list[float] = []   # when the renderer started (wall clock), once prepared
             results = await self._prepare_and_render(home, leases, work, began, run)
-            run.rendering = False
+            async with run.lock:   # a split under way settles first: what was given back is known
+                run.rendering = False
             seconds = time.time() - began[0] if began else 0.0
             kept = [one for one in leases if one.frame not in run.released]
             results = {f: r for f, r in results.items() if f not in run.released}
@@ -690,8 +700,8 @@ class Runner:
                         await self.federation.heartbeat(home, lease)
                 except DistrenError as exc:
                     status = getattr(exc, "http_status", None) or exc.status
-                    if lease.frame in run.released:   # given back meanwhile
-                        unsettled.pop(lease.frame, None)
+                    if lease.frame in run.released or (lease.frame in run.uncertain and status in (404, 409)):
+                        unsettled.pop(lease.frame, None)   # given back
                         continue
                     if status in (404, 409):
                         log.warning("lease of distren://%s/%d/%d lost: %s", home or self.core.name, lease.job,
