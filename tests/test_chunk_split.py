@@ -353,3 +353,98 @@ def test_a_povray_chunk_stopped_mid_frame_keeps_the_frames_it_finished(tmp_path)
         FrameTask(settings=settings, scene=scene, frame=1, out=tmp_path / "out2", deps=tmp_path / "deps",
                   timeout=120, frames=(1, 2), control=control2))).values())
     assert (tmp_path / "out2").is_dir()
+
+
+class LosingProxy:
+    """A TCP proxy on a loopback port in front of a server that passes everything through but
+    the answers to `POST /api/v1/peer/release`: the request reaches the server (which acts on
+    it), then the connection is cut before its answer gets back, as a lost answer would be.
+    `lose` answers are lost (then they pass)."""
+
+    MARK = b"POST /api/v1/peer/release "
+
+    def __init__(self, target_port: int, lose: int):
+        import socket
+        import threading
+
+        self.target, self.lose, self.lost = target_port, lose, 0
+        self.listener = socket.socket()
+        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(16)
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        self.lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        import socket
+        import threading
+
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.target))
+            state = {"drop": False}
+            threading.Thread(target=self._pipe, args=(client, upstream, state, True), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(upstream, client, state, False), daemon=True).start()
+
+    def _pipe(self, src, dst, state: dict, to_server: bool) -> None:
+        try:
+            while data := src.recv(65536):
+                if to_server and self.MARK in data:
+                    with self.lock:
+                        if self.lost < self.lose:
+                            self.lost += 1
+                            state["drop"] = True
+                elif not to_server and state["drop"]:
+                    break   # the answer to a release: cut, never delivered
+                dst.sendall(data)
+        except OSError:
+            pass
+        for s in (src, dst):
+            try:
+                s.close()
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+@pytest.mark.parametrize("lose", [1, 100])
+def test_a_lost_answer_to_a_release_loses_no_frame(farm, tmp_path, lose):
+    """The holder's `POST /peer/release` reaches the home, but its answer is lost: once (the
+    holder asks again, and the home counts the frames it gave back already), or every time
+    (the holder does not know: the frames render on as kept, and their leases, found gone at
+    the next heartbeat, are only dropped). Either way the chunk's frames are not stopped or
+    counted as failures, and the job ends with every frame rendered once."""
+    a = farm.add("A", 0, ["B", "C"])
+    b = farm.add("B", 1, [])
+    farm.add("C", 1, ["A"])
+    from test_liveness import start
+    start(farm, "A")
+    proxy = LosingProxy(a.port, lose)
+    try:
+        b.extra += ["--peer", f"A={proxy.url}"]
+        start(farm, "B", "C")
+        farm.servers["C"].client().drain()
+        scene, pkg = slow_package(tmp_path)
+        client = a.client()
+        job = client.submit(pkg)
+        late_thief(farm, "B", "C", client, job["url"])
+        info = client.wait(job["url"], interval=0.2, timeout=180)
+    finally:
+        proxy.close()
+    assert info["state"] == "done" and info["frames"]["done"] == FRAMES, info
+    assert proxy.lost >= 1, "no release was asked for"
+    for f in client.frames(job["url"]):
+        history = client.frame(f["url"])["history"]
+        outcomes = [h["outcome"] for h in history]
+        assert outcomes.count("done") == 1 and "failed" not in outcomes and "expired" not in outcomes, (f, history)
+        assert "interrupted" not in outcomes, (f["frame"], history)   # the chunk was not stopped
+    if lose == 1:   # asked again: the holder learns that the home took them back after all
+        given = released_frames(client, job["url"])
+        assert given and "C" in {one["rendered_by"] for one in given.values()}, given
+        assert "gave back frames" in b.log.read_text(), b.log.read_text()[-3000:]
