@@ -385,7 +385,11 @@ class LosingProxy:
                 client, _ = self.listener.accept()
             except OSError:
                 return
-            upstream = socket.create_connection(("127.0.0.1", self.target))
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.target))
+            except OSError:   # the server is gone (the test ends)
+                client.close()
+                continue
             state = {"drop": False}
             threading.Thread(target=self._pipe, args=(client, upstream, state, True), daemon=True).start()
             threading.Thread(target=self._pipe, args=(upstream, client, state, False), daemon=True).start()
