@@ -19,6 +19,7 @@ from distren.chunks import tail_to_release
 from distren.errors import Conflict
 from distren.store.blobs import Blob
 from test_federation import png_pixels, signed
+from test_liveness import start
 from test_scheduler import add_job, sched, states  # noqa: F401 (the fixture)
 
 FRAMES = 12
@@ -215,21 +216,27 @@ def check_split(client, job_url: str, holder_owner: str, thief: str, scene: Path
     check_bundle(client, job_url, scene, tmp, sorted({first, last}))
 
 
+def split_for_a_late_thief(farm, tmp_path, holder: str, holder_owner: str, thief: str) -> None:
+    """Start the farm (home "A") with the thief drained, submit the slow job to A, end the
+    thief's drain once `holder` has its long chunk, and check the split (check_split), which
+    the holder counted."""
+    start(farm)
+    farm.servers[thief].client().drain()
+    scene, pkg = slow_package(tmp_path)
+    client = farm.servers["A"].client()
+    job = client.submit(pkg)
+    late_thief(farm, holder, thief, client, job["url"])
+    check_split(client, job["url"], holder_owner, thief, scene, tmp_path)
+    assert metric(farm.servers[holder].url, "distren_chunk_splits_total") >= 1
+
+
 def test_an_idle_peer_takes_the_tail_of_the_homes_chunk(farm, tmp_path):
     """A home with one slot renders its job as a chunk of 2, then one of the 10 frames left; a
     peer that starts then finds nothing to claim: the home splits its own chunk (in its
     process), the peer renders the tail."""
-    a = farm.add("A", 1, ["B"])
+    farm.add("A", 1, ["B"])
     farm.add("B", 1, ["A"])
-    from test_liveness import start
-    start(farm)
-    farm.servers["B"].client().drain()
-    scene, pkg = slow_package(tmp_path, chunk=0)
-    client = a.client()
-    job = client.submit(pkg)
-    late_thief(farm, "A", "B", client, job["url"])
-    check_split(client, job["url"], "local:A", "B", scene, tmp_path)
-    assert metric(a.url, "distren_chunk_splits_total") >= 1
+    split_for_a_late_thief(farm, tmp_path, "A", "local:A", "B")
 
 
 def test_a_peer_left_without_work_takes_the_tail_of_another_peers_chunk(farm, tmp_path):
@@ -237,25 +244,16 @@ def test_a_peer_left_without_work_takes_the_tail_of_another_peers_chunk(farm, tm
     10 frames left) and one more peer that starts then: turned away, it is given the chunk's
     unstarted tail (the home asks the holder, `POST /peer/split`; the holder gives it back,
     `POST /peer/release`)."""
-    a = farm.add("A", 0, ["B", "C"])
+    farm.add("A", 0, ["B", "C"])
     farm.add("B", 1, ["A"])
     farm.add("C", 1, ["A"])
-    from test_liveness import start
-    start(farm)
-    farm.servers["C"].client().drain()
-    scene, pkg = slow_package(tmp_path, chunk=0)
-    client = a.client()
-    job = client.submit(pkg)
-    late_thief(farm, "B", "C", client, job["url"])
-    check_split(client, job["url"], "B", "C", scene, tmp_path)
-    assert metric(farm.servers["B"].url, "distren_chunk_splits_total") >= 1
+    split_for_a_late_thief(farm, tmp_path, "B", "B", "C")
 
 
 def test_a_chunk_of_the_jobs_own_size_is_kept_whole(farm, tmp_path):
     """A job packed with --chunk keeps its chunks whole: the late peer renders nothing of it."""
     a = farm.add("A", 1, ["B"])
     farm.add("B", 1, ["A"])
-    from test_liveness import start
     start(farm)
     farm.servers["B"].client().drain()
     _, pkg = slow_package(tmp_path, chunk=FRAMES)
@@ -427,7 +425,6 @@ def test_a_lost_answer_to_a_release_loses_no_frame(farm, tmp_path, lose):
     a = farm.add("A", 0, ["B", "C"])
     b = farm.add("B", 1, [])
     farm.add("C", 1, ["A"])
-    from test_liveness import start
     start(farm, "A")
     proxy = LosingProxy(a.port, lose)
     try:
