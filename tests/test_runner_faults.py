@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
 from pathlib import Path
+
+import pytest
 
 from distren.backends.base import Backend, FrameTask, RenderResult
 from distren.job.spec import FrameSpec, JobSpec
@@ -32,17 +35,23 @@ class InstantBackend(Backend):
         return RenderResult(True, "", None, [out])
 
 
-def run_job(tmp_path: Path, frames: int, fail_completes: int, lease_seconds: float = 1.0) -> dict:
-    config = ServerConfig(name="me", data=tmp_path / "data", slots=1, intake_processes=0,
-                          lease_seconds=lease_seconds)
-    core = Core(config, backends={"instant": InstantBackend()})
-    sched = core.scheduler
+def core_with_job(tmp_path: Path, frames: int, **config) -> tuple[Core, int]:
+    """A server's core (one slot, the instant backend) holding one job of `frames` frames."""
+    core = Core(ServerConfig(name="me", data=tmp_path / "data", slots=1, intake_processes=0, **config),
+                backends={"instant": InstantBackend()})
     seed = core.blobs.writer()
     seed.write(b"seed")
     blob: Blob = seed.commit()
-    job = sched.begin_job()
-    sched.activate_job(job, JobSpec("j", "instant", {}, [FrameSpec(i) for i in range(frames)]), blob)
+    job = core.scheduler.begin_job()
+    core.scheduler.activate_job(job, JobSpec("j", "instant", {}, [FrameSpec(i) for i in range(frames)]), blob)
     (core.scenes_dir / blob.sha256).mkdir()
+    core.storage.release([blob.sha256], written=True)
+    return core, job
+
+
+def run_job(tmp_path: Path, frames: int, fail_completes: int, lease_seconds: float = 1.0) -> dict:
+    core, job = core_with_job(tmp_path, frames, lease_seconds=lease_seconds)
+    sched = core.scheduler
     real_complete = sched.complete
     failures = [fail_completes]
 
@@ -96,3 +105,64 @@ def test_settings_that_would_make_leases_eternal_are_refused(tmp_path):
     r = run_cli("serve", "--config", str(conf), timeout=30)
     assert r.returncode == 2 and "lease_seconds = 0 in" in r.stderr and "> 0" in r.stderr, r.stderr
     assert "Traceback" not in r.stderr
+
+
+
+@pytest.mark.parametrize("when", ["before", "after"])
+def test_a_render_killed_while_its_outputs_are_stored_leaves_no_blob_pinned(tmp_path, when):
+    # A cancel (a job cancelled or deleted, a lost lease) that lands while the outputs are being
+    # published in a thread. "before": the render's work folder goes under the thread, whose
+    # publish fails and must pin nothing; "after": the thread has published, and its pins must
+    # be let go (the blob a candidate for reclaiming) instead of holding it, unreferenced, for
+    # ever. The frame goes back and renders again; at the end no pin is left.
+    core, job = core_with_job(tmp_path, 1, output_processes=0)
+    sched = core.scheduler
+    publishing, go = threading.Event(), threading.Event()
+    outcomes: list[str] = []
+    real_publish = core.blobs.publish_group
+
+    def slow_publish(files):
+        first = not publishing.is_set()
+        publishing.set()
+        if first and when == "before":
+            assert go.wait(10)
+        try:
+            got = real_publish(files)
+        except FileNotFoundError:
+            outcomes.append("failed")
+            raise
+        outcomes.append("published")
+        if first and when == "after":
+            assert go.wait(10)
+        return got
+
+    core.blobs.publish_group = slow_publish
+
+    async def main() -> None:
+        runner = Runner(core, 1)
+        await runner.start()
+        try:
+            for _ in range(200):
+                if publishing.is_set():
+                    break
+                await asyncio.sleep(0.02)
+            assert publishing.is_set(), "the render never stored its output"
+            attempt, = core.conn.execute("SELECT attempts FROM frames WHERE job_id=? AND frame=0", (job,)).fetchone()
+            runner.kill(job, 0, attempt)
+            await asyncio.sleep(0.2)
+            go.set()
+            for _ in range(200):   # the frame goes back and renders again
+                await asyncio.sleep(0.05)
+                if sched.job(job)["state"] == "done":
+                    break
+            assert sched.job(job)["state"] == "done"
+            await asyncio.sleep(0.3)   # the killed render's publish has ended
+            assert len(outcomes) == 2 and outcomes[0 if when == "after" else 1] == \
+                ("published" if when == "after" else "failed"), outcomes
+            output = sched.frame_output(job, 0).sha256
+            assert not core.blobs.pinned(output)
+        finally:
+            await runner.stop()
+            core.close()
+
+    asyncio.run(main())

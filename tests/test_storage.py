@@ -159,7 +159,19 @@ def test_a_hundred_jobs_submitted_and_deleted_leave_the_data_folder_as_it_was(se
         if i % 10 == 0:
             assert get(s, f"/jobs/{keeper}/bundle").content == bundle
 
-    wait_for(lambda: stored(s.data) == before, 30, "the data folder to hold what it held before")
+    try:
+        wait_for(lambda: stored(s.data) == before, 30, "the data folder to hold what it held before")
+    except AssertionError:
+        now = stored(s.data)
+        conn = sqlite3.connect(s.data / "distren.sqlite3")
+        try:
+            free = conn.execute("SELECT sha256 FROM blob_free").fetchall()
+        finally:
+            conn.close()
+        raise AssertionError(f"the data folder differs: more {sorted(set(now) - set(before))}, "
+                             f"less {sorted(set(before) - set(now))}, other sizes "
+                             f"{sorted(k for k in set(now) & set(before) if now[k] != before[k])}; "
+                             f"blob_free {free}; GET /server {storage(s)}") from None
     assert get(s, f"/jobs/{keeper}/bundle").content == bundle
     info = wait_for(lambda: (st := storage(s))["blobs"] == sum(v for k, v in before.items() if k.startswith("blobs/"))
                     and st, 10, "GET /server's count of the blobs' bytes")

@@ -235,7 +235,7 @@ def create_peer_router(get_core: Callable, get_fed: Callable) -> APIRouter:
             upload.abort()
             raise
         try:
-            blob = await asyncio.to_thread(writer.commit, expect_sha256=body_sha)
+            blob = await core.storage.written(asyncio.to_thread(writer.commit, expect_sha256=body_sha))
         except ValueError:
             raise Unauthorized("body does not match its signed hash (tampered?)") from None
         except BaseException:

@@ -155,7 +155,7 @@ class Core:
                 problems = self.scheduler.check_external_deps(spec, job)
                 if problems:
                     raise BadJob("; ".join(problems))
-                seed = await asyncio.to_thread(upload.commit)
+                seed = await self.storage.written(asyncio.to_thread(upload.commit))
                 await asyncio.to_thread(self._install_scene, scratch, seed.sha256)
                 failpoints.hit("intake")
             finally:
@@ -250,7 +250,7 @@ class Core:
 
     async def _make_bundle(self, job: int) -> Blob:
         outputs = self.scheduler.done_outputs(job)
-        blob = await asyncio.to_thread(self._write_bundle, outputs)
+        blob = await self.storage.written(asyncio.to_thread(self._write_bundle, outputs))
         try:
             self.scheduler.set_cached_bundle(job, f"done:{len(outputs)}", blob.sha256)
         finally:

@@ -546,8 +546,9 @@ class Runner:
                     awaited = core.scheduler.awaited(first.job, good) \
                         if home is None and core.outputs.keeping() else set()
                     with_deps = any(one.depends for one in leases)
-                    stored = await core.outputs.store([results[f].outputs for f in good], work / "out",
-                                                      [f in awaited for f in good], None if with_deps else work)
+                    stored = await core.storage.written(core.outputs.store(
+                        [results[f].outputs for f in good], work / "out", [f in awaited for f in good],
+                        None if with_deps else work))
                     blobs, cleaned = dict(zip(good, stored)), not with_deps
                 except OSError as exc:  # a full disk fails the frames, not the server
                     for f in good:

@@ -29,16 +29,18 @@ import sqlite3
 import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable
+from typing import TYPE_CHECKING, Awaitable, Iterable, TypeVar
 
 from .. import failpoints
 from ..errors import Conflict, NotFound, StorageFull
-from ..store.blobs import _HASH_RE
+from ..store.blobs import _HASH_RE, finish_pinned
 
 if TYPE_CHECKING:
     from .core import Core
 
 log = logging.getLogger("distren.storage")
+
+T = TypeVar("T")
 
 # Candidates the collector takes at a time (the rows on the event loop, the files in a thread).
 BATCH = 200
@@ -141,6 +143,12 @@ class Storage:
         sha256s = list(sha256s)
         self.blobs.release(sha256s)
         self._released(sha256s, written, peer_copy)
+
+    async def written(self, work: Awaitable[T]) -> T:
+        """Await `work`, a step that writes blobs and returns them pinned (a `Blob` or a list);
+        a caller cancelled meanwhile lets them go as `release(written=True)` once it ends
+        (`store.blobs.finish_pinned`). Every await of a publishing step goes through here."""
+        return await finish_pinned(work, lambda sha256s: self.release(sha256s, written=True))
 
     def release_many(self, sha256s: list[str], *, peer_copy: bool = False) -> None:
         """`release` of pins in use (`peer_copy`: copies of a peer's blobs); the pins of many

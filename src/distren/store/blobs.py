@@ -33,9 +33,11 @@ from collections import Counter
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Callable
+from typing import Awaitable, BinaryIO, Callable, TypeVar
 
 from ..errors import NotFound, TooLarge
+
+T = TypeVar("T")
 
 _HASH_RE = re.compile(r"[0-9a-f]{64}")
 CHUNK = 1024 * 1024
@@ -341,20 +343,43 @@ class BlobStore:
 
     def _publish(self, tmp: Path, digest: str, sync: bool = True) -> None:
         """Rename into place (or drop the copy when the blob is there) and pin it: the caller
-        releases it once its reference is recorded, or it is not to be."""
+        releases it once its reference is recorded, or it is not to be. Pinned only once it is
+        in place: a copy that went meanwhile (its work folder removed under it) raises and
+        pins nothing."""
         final = self.path(digest)
         final.parent.mkdir(exist_ok=True)
         with self._lock:
-            self._doomed.discard(digest)
-            self._pins[digest] += 1
             if final.exists():
                 tmp.unlink()
-                return
-            size = tmp.stat().st_size
-            os.replace(tmp, final)
-            self.bytes += size
+            else:
+                size = tmp.stat().st_size
+                os.replace(tmp, final)
+                self.bytes += size
+            self._doomed.discard(digest)
+            self._pins[digest] += 1
         if sync:
             _fsync_path(final.parent)
+
+
+async def finish_pinned(work: Awaitable[T], let_go: Callable[[list[str]], None]) -> T:
+    """Await `work`, a step that publishes blobs and returns them pinned (a `Blob` or a list),
+    as a task of its own. A caller cancelled meanwhile (a render killed, a request whose client
+    went away) cannot stop it: a thread runs to its end whatever happens to the coroutine that
+    awaited it. So it ends on its own and `let_go` gets the hashes it pinned then (the caller
+    would have released them; the server's `Storage.written` makes them candidates for
+    reclaiming). Without this, a cancel between the publish and the caller's own release leaves
+    the blob pinned and unreferenced for the life of the process."""
+    task = asyncio.ensure_future(work)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        def abandoned(done: asyncio.Future) -> None:
+            if done.cancelled() or done.exception() is not None:
+                return   # (a step that fails pins nothing)
+            got = done.result()
+            let_go([b.sha256 for b in (got if isinstance(got, list) else [got])])
+        task.add_done_callback(abandoned)
+        raise
 
 
 def write_group(writes: list[Callable[[BinaryIO], None]], tmp_dir: Path) -> list[tuple[str, str, int]]:
