@@ -98,6 +98,51 @@ def test_a_measured_start_up_is_weighed_in():
     assert tail_to_release(held, set(), seconds_per_frame=0.1, startup=5.0) == []
 
 
+def test_what_is_left_of_a_chunk_counts_the_frame_being_rendered_half(tmp_path):
+    # A chunk's frames still to render, for the fair share of the next chunk (chunks.py): as
+    # the renderer says (POV-Ray's "Rendering frame K of N"), the frame it is on counts half;
+    # before it says anything, every frame held counts; given back or ended, nothing.
+    from distren.backends.base import FrameTask
+    from distren.backends.povray.backend import PovrayBackend
+    from distren.scheduler import Lease
+    from distren.server.runner import ChunkRun
+
+    leases = [Lease(1, f, 1, "povray", {}, "0" * 64, 1, (), None) for f in (5, 6, 7, 8)]
+    run = ChunkRun(None, leases, {one.frame: one for one in leases})
+    run.task = FrameTask(settings={}, scene=tmp_path, frame=5, out=tmp_path, deps=tmp_path, timeout=60,
+                         frames=(5, 6, 7, 8), control=run.control)
+    povray = PovrayBackend()
+    assert run.left(povray) == 4
+    run.control.heard(b"Parsing...\nRendering frame 2 of 4\n")
+    assert run.left(povray) == 2.5          # 5 written, 6 half done, 7 and 8 to do
+    run.released.add(8)
+    assert run.left(povray) == 1.5
+    assert run.left(None) == 3               # a backend that does not say: all held count
+    run.rendering = False
+    assert run.left(povray) == 0
+
+
+def test_the_frame_begun_stays_known_through_a_large_frames_progress_lines(tmp_path):
+    # POV-Ray rewrites one line with carriage returns as it renders ("Rendered N of M pixels
+    # (P%)"), some 50 KB a frame at 1280x960: the line that says which frame began must not
+    # scroll out of what the server keeps of the output before the frame ends.
+    from distren.backends.base import ChunkControl, FrameTask
+    from distren.backends.povray.backend import PovrayBackend
+
+    control = ChunkControl()
+    task = FrameTask(settings={}, scene=tmp_path, frame=5, out=tmp_path, deps=tmp_path, timeout=60,
+                     frames=(5, 6), control=control)
+    progress = b"".join(b"Rendered %d of 1228800 pixels (%d%%)\r" % (n, n * 100 // 1228800)
+                        for n in range(0, 1228800, 1024))
+    output = b"Parsing\nRendering frame 1 of 2\n" + progress + b"\nRender Time: 2 s\nRendering frame 2 of 2\n"
+    output += progress[: len(progress) * 9 // 10]   # frame 6, 90 % done
+    for i in range(0, len(output), 65536):          # as a pipe hands it over
+        control.heard(output[i:i + 65536])
+    assert len(progress) > 40_000
+    assert PovrayBackend().frame_begun(task, control.recent.decode()) == 6
+    assert len(control.recent) < 1000 and b"Rendered 1107968 of 1228800" in control.recent   # the last update kept
+
+
 # -- the scheduler -------------------------------------------------------------------------
 def test_released_frames_are_ready_again_and_count_nothing(sched):  # noqa: F811
     job = add_job(sched, {f: [] for f in range(6)})

@@ -154,6 +154,10 @@ def test_chunk_size_policy():
     assert chunk_size(**two, ready=10, seconds_per_frame=0.01) == 5
     assert chunk_size(**two, ready=10, in_flight=10, seconds_per_frame=0.01) == 10
     assert chunk_size(**two, ready=3, in_flight=40, seconds_per_frame=0.01) == 3   # never more than ready
+    # what is left of the chunks in flight counts, not their size: four frames left and the
+    # other render on its last frame (half done) share as 2 and 2, not 3 and 1
+    assert chunk_size(**two, ready=4, in_flight=0.5, seconds_per_frame=0.01) == 2
+    assert chunk_size(**two, ready=4, in_flight=2, seconds_per_frame=0.01) == 3
     # two servers render the job: each takes its share of the farm's, not of its own slots'
     assert chunk_size(**two, ready=24, seconds_per_frame=0.01) == 12
     assert chunk_size(**two, ready=24, servers=2, seconds_per_frame=0.01) == 6

@@ -65,3 +65,50 @@ def test_a_server_with_slots_auto_renders_and_says_so(tmp_path):
         s.stop()
     r = run_cli("serve", "--name", "x", "--data", str(tmp_path / "d2"), "--slots", "many", timeout=60)
     assert r.returncode != 0 and "--slots" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_a_jobs_last_renders_take_every_core(tmp_path, monkeypatch):
+    # Four usable cores, two slots: a render's share is two threads; a render that starts when
+    # no ready frame of its job is left takes all four (the job's other renders end first and
+    # free their cores). --render-threads, when set, is what every render gets.
+    from test_runner_faults import InstantBackend, core_with_job
+    from distren.server import config as config_module, runner as runner_module
+    from distren.server.runner import Runner
+
+    monkeypatch.setattr(config_module, "usable_cores", lambda: 4)
+    monkeypatch.setattr(runner_module, "usable_cores", lambda: 4)
+    seen: list[tuple[int, int]] = []
+    instant = InstantBackend.render
+
+    async def render(self, task):
+        seen.append((task.frame, task.threads))
+        await asyncio.sleep(0.2)   # the two slots render side by side
+        return await instant(self, task)
+
+    monkeypatch.setattr(InstantBackend, "render", render)
+
+    def run(render_threads: int | None) -> dict[int, int]:
+        seen.clear()
+        extra = {"render_threads": render_threads} if render_threads else {}
+        core, job = core_with_job(tmp_path / str(render_threads), 5, slots=2, **extra)
+
+        async def main():
+            runner = Runner(core, 2)
+            await runner.start()
+            try:
+                for _ in range(200):
+                    await asyncio.sleep(0.05)
+                    if core.scheduler.job(job)["state"] == "done":
+                        break
+                assert core.scheduler.job(job)["state"] == "done"
+            finally:
+                await runner.stop()
+                core.close()
+
+        asyncio.run(main())
+        return dict(seen)
+
+    threads = run(None)
+    assert sorted(threads) == [0, 1, 2, 3, 4], threads
+    assert threads[4] == 4 and [threads[f] for f in (0, 1, 2)] == [2, 2, 2], threads
+    assert set(run(3).values()) == {3}

@@ -36,8 +36,10 @@ class InstantBackend(Backend):
 
 
 def core_with_job(tmp_path: Path, frames: int, **config) -> tuple[Core, int]:
-    """A server's core (one slot, the instant backend) holding one job of `frames` frames."""
-    core = Core(ServerConfig(name="me", data=tmp_path / "data", slots=1, intake_processes=0, **config),
+    """A server's core (one slot unless `config` says, the instant backend) holding one job of
+    `frames` frames."""
+    config = {"slots": 1, **config}
+    core = Core(ServerConfig(name="me", data=tmp_path / "data", intake_processes=0, **config),
                 backends={"instant": InstantBackend()})
     seed = core.blobs.writer()
     seed.write(b"seed")

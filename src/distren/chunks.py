@@ -12,8 +12,10 @@ measured of the job, so nobody has to guess it:
   frames show early and the time per frame gets measured;
 - then: TARGET_SECONDS of frame work per process (one start-up more), from the measured
   seconds per frame;
-- never more than this server's fair share: the job's ready frames plus those of the job it
-  is rendering now, divided by the renders allowed now (rounded up), and, in a farm, by the
+- never more than this server's fair share: the job's ready frames plus what is left of the
+  chunks of the job it is rendering now (the frames their renderers have not begun, and half
+  the one each is on: `in_flight`), divided by the renders allowed now (rounded to the
+  nearest; a chunk is at least one frame), and, in a farm, by the
   servers rendering the job (its home counts those that took or renewed a lease of it in the
   last RENDERERS_WINDOW seconds, and tells a peer with each lease; the others are taken to be
   alike), so that every render gets work, the chunks end at about the same time, and the last
@@ -40,16 +42,17 @@ RENDERERS_WINDOW = 30.0   # a server that took or renewed a lease this recently 
 
 
 def chunk_size(*, requested: int | None, chunkable: bool, seconds_per_frame: float | None,
-               ready: int, slots: int, in_flight: int = 0, servers: int = 1) -> int:
+               ready: int, slots: int, in_flight: float = 0, servers: int = 1) -> int:
     """The frames to lease together (>= 1). `ready`: the job's ready frames (this one
-    included); `in_flight`: the job's frames this server renders now; `slots`: the renders
-    allowed now; `servers`: the servers rendering the job (this one included)."""
+    included); `in_flight`: the frames of the job this server renders now that are still to
+    do (a frame being rendered counts half); `slots`: the renders allowed now; `servers`: the
+    servers rendering the job (this one included)."""
     if not chunkable:
         return 1
     if requested:
         return max(1, min(requested, MAX_CHUNK))
     servers = max(1, servers)
-    fair = max(1, math.ceil((ready + in_flight * servers) / (max(1, slots) * servers)))
+    fair = max(1, math.floor((ready + in_flight * servers) / (max(1, slots) * servers) + 0.5))
     fair = min(fair, max(1, ready))
     if seconds_per_frame is None:
         return min(FIRST_CHUNK, fair)

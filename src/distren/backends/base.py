@@ -87,16 +87,36 @@ class ChunkControl:
     RECENT_OUTPUT bytes, for `Backend.frame_begun`), and `stop`, which kills it when set. When
     the server stops it knowing that every frame up to `whole_through` was written whole (the
     renderer had begun a later frame), those frames are judged on their outputs and the frames
-    after them were given back (not failures)."""
+    after them were given back (not failures).
+
+    `recent` holds what a terminal would show: of the updates a renderer writes over one line
+    with carriage returns (POV-Ray's "Rendered N of M pixels", some 50 KB a frame at 1280x960),
+    only the last. Kept raw, they pushed the line that says which frame began out of the window
+    long before the frame ended."""
 
     stop: asyncio.Event = field(default_factory=asyncio.Event)
     whole_through: int | None = None
     recent: bytearray = field(default_factory=bytearray)
 
     def heard(self, data: bytes) -> None:
-        self.recent += data
+        if b"\r" in data:
+            # the line being written (from the last newline before `data`) and those `data`
+            # adds, each reduced to its last non-empty carriage-return segment
+            start = self.recent.rfind(b"\n") + 1
+            lines = (bytes(self.recent[start:]) + data).split(b"\n")
+            del self.recent[start:]
+            self.recent += b"\n".join(_shown(line) for line in lines)
+        else:
+            self.recent += data
         if len(self.recent) > RECENT_OUTPUT:
             del self.recent[:-RECENT_OUTPUT]
+
+
+def _shown(line: bytes) -> bytes:
+    """Of a line written over with carriage returns, the last non-empty part."""
+    if b"\r" not in line:
+        return line
+    return next((part for part in reversed(line.split(b"\r")) if part), b"")
 
 
 @dataclass

@@ -107,8 +107,9 @@ class ServerConfig(BaseModel):
     render_processes: int | None = setting(
         4096, "process limit of a render (`RLIMIT_NPROC`, counted per user; not enforced when the server runs "
               "as root)", gt=0)
-    render_threads: int | None = setting(None, "POV-Ray threads per render", shown="usable cores / `--slots`, at least 1",
-                                         gt=0)
+    render_threads: int | None = setting(None, "renderer threads per render (POV-Ray, Blender)",
+                                         shown="usable cores / `--slots`, at least 1; a job's last renders: "
+                                               "usable cores", gt=0)
     # Worker processes that unpack and check submitted packages (0: a thread of the server, as
     # the embedded server of `distren render` does). Not for users: hostile packages are parsed
     # outside the server's interpreter (docs/security.md).
@@ -282,12 +283,14 @@ class ServerConfig(BaseModel):
     def retry_elsewhere(self) -> float:
         return self.retry_elsewhere_seconds
 
-    def render_limits(self, timeout: float | None = None, frames: int = 1) -> "RenderLimits":
+    def render_limits(self, timeout: float | None = None, frames: int = 1, threads: int | None = None) -> "RenderLimits":
         """The limits of one render; `timeout` is the job's own render timeout, if it has one;
-        a chunk of `frames` frames gets that many times the CPU time of one."""
+        a chunk of `frames` frames gets that many times the CPU time of one; `threads`: the
+        render's threads (`threads()` when not given)."""
         from ..backends.base import RenderLimits
 
-        per_frame = self.render_cpu_seconds or int((timeout or self.frame_timeout) * max(1, self.threads())) + 1
+        threads = max(1, threads or self.threads())
+        per_frame = self.render_cpu_seconds or int((timeout or self.frame_timeout) * threads) + 1
         cpu = per_frame * max(1, frames)
         return RenderLimits(self.render_memory, self.render_file_size, cpu, self.render_processes,
                             output_bytes=self.render_file_size)

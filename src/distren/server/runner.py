@@ -58,6 +58,7 @@ class ChunkRun:
     home: str | None
     leases: list[Lease]
     unsettled: dict[int, Lease]
+    threads: int = 1
     rendering: bool = True
     task: FrameTask | None = None
     released: set[int] = field(default_factory=set)
@@ -67,6 +68,19 @@ class ChunkRun:
 
     def held(self) -> list[int]:
         return [one.frame for one in self.leases if one.frame in self.unsettled and one.frame not in self.released]
+
+    def left(self, backend: Backend | None) -> float:
+        """The frames still to render: those held that the renderer has not begun, and half
+        the one it is on (as it says: `Backend.frame_begun`; when it does not say, all held)."""
+        held = self.held()
+        if not self.rendering:
+            return 0.0
+        begun = None
+        if backend is not None and self.task is not None and self.control.recent:
+            begun = backend.frame_begun(self.task, self.control.recent.decode("utf-8", "replace"))
+        if begun is None:
+            return float(len(held))
+        return sum(1.0 if f > begun else 0.5 for f in held if f >= begun)
 
 
 class Runner:
@@ -399,8 +413,10 @@ class Runner:
         if home is not None:
             self._wake.set()  # a peer has work: the other idle slots ask it too, now
         leases = [lease]
+        left: int | None = None   # the job's ready frames left once this chunk is leased
         try:
-            leases += await self._chunk(home, lease)
+            more, left = await self._chunk(home, lease)
+            leases += more
         except Exception:  # a chunk is an optimisation: the first frame renders anyway
             log.exception("could not lease a chunk; rendering one frame")
         if self.draining:   # drained while the chunk was leased: nothing starts
@@ -408,7 +424,7 @@ class Runner:
                 await self._interrupted(home, one, DRAINING)
             return
         keys = [(home or self.core.name, one.job, one.frame, one.attempt) for one in leases]
-        render = asyncio.create_task(self._render(home, leases))
+        render = asyncio.create_task(self._render(home, leases, self._threads(left)))
         for key in keys:
             self._renders[key] = render
         self.concurrency.rendering += 1
@@ -439,33 +455,50 @@ class Runner:
                 for one in leases:
                     await self._local_failure(one, "", f"internal error: {exc}")
 
-    async def _chunk(self, home: str | None, lease: Lease) -> list[Lease]:
+    async def _chunk(self, home: str | None, lease: Lease) -> tuple[list[Lease], int | None]:
         """More frames to render with `lease` in the same renderer process (chunks.py says how
         many, from what this server measured of the job): this server's own frames, or a
-        peer's (asked of the home, which gave the job's <chunk> and ready count with the lease)."""
+        peer's (asked of the home, which gave the job's <chunk> and ready count with the lease).
+        Also the job's ready frames left after them, as far as known (None: not known)."""
         core = self.core
         backend = core.backends.get(lease.backend)
         key = (home or core.name, lease.job)
-        if backend is None or key in self.frame_times.alone or not backend.chunkable(lease.settings):
-            return []
+        if backend is None:
+            return [], None
         if home is None:
             requested, ready, servers = core.scheduler.chunk_request(lease.job)
         else:
             requested, ready, servers = lease.chunk, lease.ready or 0, lease.servers or 1
-        in_flight = sum(1 for k in self._renders if k[:2] == key)   # bounded by the slots' chunks
+        known = ready if home is None or lease.ready is not None else None
+        if key in self.frame_times.alone or not backend.chunkable(lease.settings):
+            return [], known
+        # what is left of the job's chunks rendering here (bounded by the slots' chunks)
+        in_flight = sum(run.left(backend) for run in self._chunk_runs.get(key, ()))
         size = chunk_size(requested=requested, chunkable=True, seconds_per_frame=self.frame_times.get(key),
                           ready=ready + 1, slots=self.concurrency.limit, in_flight=in_flight, servers=servers)
         if size <= 1:
-            return []
+            return [], known
         if home is not None:
-            return await self.federation.claim_more(home, lease, size - 1)
+            more = await self.federation.claim_more(home, lease, size - 1)
+            return more, None if known is None else max(0, known - len(more))
         more = core.scheduler.claim_more(lease, size - 1)
         try:
-            return [await with_depends(core.scheduler, one) for one in more]
+            return [await with_depends(core.scheduler, one) for one in more], max(0, ready - len(more))
         except BaseException:
             for one in more:   # leased, never to be rendered: back at once
                 await self._local_failure(one, "", "interrupted: its chunk could not start", counts=False)
             raise
+
+    def _threads(self, left: int | None) -> int:
+        """Threads for a render: its share of the usable cores (ServerConfig.threads), or all
+        of them for one of a job's last renders (no ready frame of the job left once it is
+        leased), unless --render-threads is set. The job's other renders end before it and
+        free their cores, which would idle while it renders on its share; meanwhile the renders
+        share the CPU, the work the same (docs/architecture.md, "Adaptive concurrency")."""
+        config = self.core.config
+        if config.render_threads or left is None or left > 0:
+            return config.threads()
+        return max(config.threads(), usable_cores())
 
     async def _interrupted(self, home: str | None, lease: Lease, why: str = "server stopping") -> None:
         """Give the frame back at once (not a failure of the frame): this server is stopping,
@@ -502,7 +535,7 @@ class Runner:
                 await asyncio.sleep(delay)
                 delay *= 2
 
-    async def _render(self, home: str | None, leases: list[Lease]) -> None:
+    async def _render(self, home: str | None, leases: list[Lease], threads: int) -> None:
         """Render one frame, or a chunk of consecutive frames of one job in one renderer
         process; store each done frame's output and report each frame on its own."""
         core = self.core
@@ -513,7 +546,7 @@ class Runner:
         # the renderer has ended, a lost lease no longer stops anything (the others are still
         # to be reported). Frames given back (a split: run.released) are neither renewed nor
         # reported, nor stored when the renderer got to them anyway.
-        run = ChunkRun(home, leases, {one.frame: one for one in leases})
+        run = ChunkRun(home, leases, {one.frame: one for one in leases}, threads=threads)
         runs = self._chunk_runs.setdefault(job_key, [])
         runs.append(run)
         heart = asyncio.create_task(self._heartbeat(home, run, asyncio.current_task()))
@@ -631,8 +664,8 @@ class Runner:
             timeout = timeout + extra * (len(frames) - 1)
         task = FrameTask(
             settings=first.settings, scene=scene, frame=first.frame,
-            out=out, deps=deps, timeout=timeout, threads=core.config.threads(),
-            limits=core.config.render_limits(first.timeout, len(frames)),
+            out=out, deps=deps, timeout=timeout, threads=run.threads,
+            limits=core.config.render_limits(first.timeout, len(frames), run.threads),
             home=home or core.name, job=first.job, depends=urls,
             frames=frames if len(frames) > 1 else (), control=run.control,
         )
