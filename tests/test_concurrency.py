@@ -14,6 +14,8 @@ def test_next_limit_doubles_while_the_cpu_idles_and_steps_down_when_it_is_satura
     assert next_limit(2, 2, idle, 2, 16) == 4
     assert next_limit(8, 8, idle, 2, 16) == 16
     assert next_limit(16, 16, idle, 2, 16) == 16       # never above high
+    assert next_limit(2, 2, 0.92, 2, 16) == 8          # mostly idle: as many as would fill it, x4 at most
+    assert next_limit(4, 4, 0.99, 2, 64) == 16
     assert next_limit(4, 1, idle, 2, 16) == 4          # idle because there is little work: keep
     assert next_limit(6, 6, busy, 2, 16) == 5
     assert next_limit(2, 2, busy, 2, 16) == 2          # never below low

@@ -7,9 +7,12 @@ start-up. The policy:
 
 - start with as many renders as usable cores (`low`);
 - every PERIOD seconds, look at the share of CPU time the machine spent idle since the last
-  look (/proc/stat): more than IDLE_ABOVE idle while every allowed render runs means renderers
-  are waiting (start-up, I/O): allow twice as many, up to `high`; less than BUSY_BELOW idle
-  means the cores are saturated: allow one fewer, down to `low`;
+  look (/proc/stat): more than IDLE_ABOVE idle while every allowed render runs (and renders
+  ran already at the last look: the idle before the first renders began is not theirs) means
+  renderers are waiting (start-up, I/O): allow twice as many, or as many times more as the
+  busy share would need to reach 1 - BUSY_BELOW when that is more (at most 4 times: 2 renders
+  with the CPU 92 % idle become 8 at once), up to `high`; less than
+  BUSY_BELOW idle means the cores are saturated: allow one fewer, down to `low`;
 - a render already running is never stopped: a lower limit only holds back new ones.
 
 Slots beyond the limit wait before they claim work, so a server never takes frames it would
@@ -20,8 +23,9 @@ now, not among all slots.
 from __future__ import annotations
 
 import asyncio
+import math
 
-PERIOD = 0.5
+PERIOD = 0.25
 IDLE_ABOVE = 0.30
 BUSY_BELOW = 0.05
 
@@ -37,7 +41,8 @@ def cpu_times() -> tuple[int, int]:
 def next_limit(limit: int, running: int, idle_share: float, low: int, high: int) -> int:
     """The limit after one look at the CPU (pure logic)."""
     if idle_share > IDLE_ABOVE and running >= limit:
-        return min(high, limit * 2)
+        factor = min(4.0, (1 - BUSY_BELOW) / max(1e-3, 1 - idle_share))
+        return min(high, max(limit * 2, math.ceil(limit * factor)))
     if idle_share < BUSY_BELOW:
         return max(low, limit - 1)
     return limit
@@ -80,15 +85,18 @@ class Concurrency:
 
     async def _watch(self) -> None:
         before = cpu_times()
+        rendered = False   # renders ran at the last look
         while True:
             await asyncio.sleep(PERIOD)
             now = cpu_times()
             total = now[1] - before[1]
             if total > 0:
                 share = (now[0] - before[0]) / total
-                limit = next_limit(self.limit, self.rendering, share, self.low, self.high)
+                # (a window in which the first renders began: its idle says nothing of them)
+                limit = next_limit(self.limit, self.rendering if rendered else 0, share, self.low, self.high)
                 if limit != self.limit:
                     async with self._changed:
                         self.limit = limit
                         self._changed.notify_all()
             before = now
+            rendered = self.rendering >= self.low
