@@ -81,7 +81,7 @@ class ServerConfig(BaseModel):
     slots: int = setting(
         help="concurrent renders (`0`: render nothing); the cores are those of the process's CPU affinity "
              "(`taskset`), not all the machine's. `auto`: up to 8 per core, starting at one per core and "
-             "following the CPU (twice as many while the cores idle, one fewer while they are saturated: "
+             "following the CPU (two to four times as many while the cores idle, one fewer while they are saturated: "
              "`src/distren/concurrency.py`); `GET /api/v1/server` shows the current limit under `renders`",
         factory=usable_cores, shown="the cores this process may use", metavar="N|auto", ge=0)
     # set by `slots = "auto"`: up to `slots` renders, as many as keep the CPU busy (concurrency.py)
