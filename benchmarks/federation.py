@@ -186,7 +186,8 @@ def run_job(servers: list[Server], package: Path, root: Path, quiet_wait: float)
             if len(pngs) != FRAMES:
                 raise RuntimeError(f"job {job['url']}: bundle holds {len(pngs)} frames, expected {FRAMES}")
             bundle.unlink()
-            render_cpu = sum(povray_cpu(client.frame(f["url"])["log"]) for f in frames)
+            # (the frames of one chunk share its renderer's log: each log counted once)
+            render_cpu = sum(povray_cpu(log) for log in {client.frame(f["url"])["log"] for f in frames})
             histories = {f["frame"]: client.frame(f["url"])["history"] for f in frames if f["attempts"] > 1}
     except BaseException:
         for s in servers:
