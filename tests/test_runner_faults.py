@@ -109,6 +109,37 @@ def test_settings_that_would_make_leases_eternal_are_refused(tmp_path):
     assert "Traceback" not in r.stderr
 
 
+def kill_while_blocked(core: Core, job: int, blocked: threading.Event, go: threading.Event, check) -> None:
+    """A one-slot runner renders the job's frame 0 until a thread of that render sets `blocked`
+    (and waits for `go`); the render is killed there, the thread let go on, and the frame
+    renders again. `check()` runs once it is done, after the killed render's thread ended."""
+    async def main() -> None:
+        runner = Runner(core, 1)
+        await runner.start()
+        try:
+            for _ in range(200):
+                if blocked.is_set():
+                    break
+                await asyncio.sleep(0.02)
+            assert blocked.is_set(), "the render never got there"
+            attempt, = core.conn.execute("SELECT attempts FROM frames WHERE job_id=? AND frame=0", (job,)).fetchone()
+            runner.kill(job, 0, attempt)
+            await asyncio.sleep(0.2)
+            go.set()
+            for _ in range(200):   # the frame goes back and renders again
+                await asyncio.sleep(0.05)
+                if core.scheduler.job(job)["state"] == "done":
+                    break
+            assert core.scheduler.job(job)["state"] == "done"
+            await asyncio.sleep(0.3)   # the killed render's thread has ended
+            check()
+        finally:
+            await runner.stop()
+            core.close()
+
+    asyncio.run(main())
+
+
 
 @pytest.mark.parametrize("when", ["before", "after"])
 def test_a_render_killed_while_its_outputs_are_stored_leaves_no_blob_pinned(tmp_path, when):
@@ -140,31 +171,32 @@ def test_a_render_killed_while_its_outputs_are_stored_leaves_no_blob_pinned(tmp_
 
     core.blobs.publish_group = slow_publish
 
-    async def main() -> None:
-        runner = Runner(core, 1)
-        await runner.start()
-        try:
-            for _ in range(200):
-                if publishing.is_set():
-                    break
-                await asyncio.sleep(0.02)
-            assert publishing.is_set(), "the render never stored its output"
-            attempt, = core.conn.execute("SELECT attempts FROM frames WHERE job_id=? AND frame=0", (job,)).fetchone()
-            runner.kill(job, 0, attempt)
-            await asyncio.sleep(0.2)
-            go.set()
-            for _ in range(200):   # the frame goes back and renders again
-                await asyncio.sleep(0.05)
-                if sched.job(job)["state"] == "done":
-                    break
-            assert sched.job(job)["state"] == "done"
-            await asyncio.sleep(0.3)   # the killed render's publish has ended
-            assert len(outcomes) == 2 and outcomes[0 if when == "after" else 1] == \
-                ("published" if when == "after" else "failed"), outcomes
-            output = sched.frame_output(job, 0).sha256
-            assert not core.blobs.pinned(output)
-        finally:
-            await runner.stop()
-            core.close()
+    def check() -> None:
+        assert len(outcomes) == 2 and outcomes[0 if when == "after" else 1] == \
+            ("published" if when == "after" else "failed"), outcomes
+        assert not core.blobs.pinned(sched.frame_output(job, 0).sha256)
 
-    asyncio.run(main())
+    kill_while_blocked(core, job, publishing, go, check)
+
+
+def test_a_render_killed_while_it_pins_its_seed_leaves_it_unpinned(tmp_path):
+    # The seed and dependency outputs are pinned in a thread as a render is prepared; a cancel
+    # that lands meanwhile must not leave those pins held for ever.
+    core, job = core_with_job(tmp_path, 1)
+    seed = core.scheduler.job(job)["seed"]["sha256"]
+    pinning, go = threading.Event(), threading.Event()
+    real_pin = core.blobs.pin
+
+    def slow_pin(sha256):
+        got = real_pin(sha256)
+        if sha256 == seed and not pinning.is_set():   # the first render's pin waits until it was killed
+            pinning.set()
+            assert go.wait(10)
+        return got
+
+    core.blobs.pin = slow_pin
+
+    def check() -> None:
+        assert not core.blobs.pinned(seed)
+
+    kill_while_blocked(core, job, pinning, go, check)

@@ -17,7 +17,7 @@ from .. import logs
 from ..errors import DistrenError, NotFound
 from ..liveness import RendererView
 from ..scheduler import Lease
-from ..store.blobs import Blob, StreamWriter, finish_pinned
+from ..store.blobs import Blob, StreamWriter, finish_pinned, hashes
 from ..url import DistrenURL, parse_url
 from .auth import is_worker
 from .pacing import Announcer, ClaimPacer, announce_spread, no_work_retry_after
@@ -479,7 +479,7 @@ class Federation:
                     writer = await self._download(server, sha256, part, size)
                     # verified against the hash it was asked by (computed as it arrived), then published
                     blob = await finish_pinned(asyncio.to_thread(writer.commit, sha256),
-                                               lambda got: self.core.storage.release(got, written=True))
+                                               lambda got: self.core.storage.release(hashes(got), written=True))
                     self.core.metrics.received.inc(blob.size)
                     return blob
                 except ValueError as exc:  # hash mismatch (the part file is gone): start over

@@ -22,7 +22,7 @@ from ..concurrency import Concurrency
 from ..errors import Conflict, DistrenError, NotFound
 from ..liveness import FarmView, Liveness, RendererView
 from ..scheduler import Lease, with_depends
-from ..store.blobs import Blob
+from ..store.blobs import Blob, finish_pinned
 from ..url import parse_url
 from .config import usable_cores
 from .core import Core, run_steps
@@ -640,7 +640,8 @@ class Runner:
                     await self.federation.fetch_blob(home, sha256, size)
                     held.append(sha256)
             else:   # (those missing: the preparation below says so)
-                held += await asyncio.to_thread(_pin_all, core, [first.seed_sha256, *wanted])
+                held += await finish_pinned(asyncio.to_thread(_pin_all, core, [first.seed_sha256, *wanted]),
+                                            core.storage.release_many)
             # the folders, the scene and every dependency's output: one trip to a thread (a
             # video frame has one dependency per frame of the job: nothing per dependency runs
             # on the event loop)

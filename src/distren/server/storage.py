@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Awaitable, Iterable, TypeVar
 
 from .. import failpoints
 from ..errors import Conflict, NotFound, StorageFull
-from ..store.blobs import _HASH_RE, finish_pinned
+from ..store.blobs import _HASH_RE, finish_pinned, hashes
 
 if TYPE_CHECKING:
     from .core import Core
@@ -148,7 +148,7 @@ class Storage:
         """Await `work`, a step that writes blobs and returns them pinned (a `Blob` or a list);
         a caller cancelled meanwhile lets them go as `release(written=True)` once it ends
         (`store.blobs.finish_pinned`). Every await of a publishing step goes through here."""
-        return await finish_pinned(work, lambda sha256s: self.release(sha256s, written=True))
+        return await finish_pinned(work, lambda got: self.release(hashes(got), written=True))
 
     def release_many(self, sha256s: list[str], *, peer_copy: bool = False) -> None:
         """`release` of pins in use (`peer_copy`: copies of a peer's blobs); the pins of many

@@ -361,25 +361,28 @@ class BlobStore:
             _fsync_path(final.parent)
 
 
-async def finish_pinned(work: Awaitable[T], let_go: Callable[[list[str]], None]) -> T:
-    """Await `work`, a step that publishes blobs and returns them pinned (a `Blob` or a list),
-    as a task of its own. A caller cancelled meanwhile (a render killed, a request whose client
-    went away) cannot stop it: a thread runs to its end whatever happens to the coroutine that
-    awaited it. So it ends on its own and `let_go` gets the hashes it pinned then (the caller
-    would have released them; the server's `Storage.written` makes them candidates for
-    reclaiming). Without this, a cancel between the publish and the caller's own release leaves
-    the blob pinned and unreferenced for the life of the process."""
+async def finish_pinned(work: Awaitable[T], let_go: Callable[[T], None]) -> T:
+    """Await `work`, a step that pins blobs and returns what it pinned (blobs it published, or
+    hashes it pinned), as a task of its own. A caller cancelled meanwhile (a render killed, a
+    request whose client went away) cannot stop it: a thread runs to its end whatever happens
+    to the coroutine that awaited it. So it ends on its own and `let_go` gets its result then
+    (what the caller would have released; the server's `Storage.written` makes published blobs
+    candidates for reclaiming). Without this, a cancel between the pins and the caller's own
+    release leaves blobs pinned for the life of the process."""
     task = asyncio.ensure_future(work)
     try:
         return await asyncio.shield(task)
     except asyncio.CancelledError:
         def abandoned(done: asyncio.Future) -> None:
-            if done.cancelled() or done.exception() is not None:
-                return   # (a step that fails pins nothing)
-            got = done.result()
-            let_go([b.sha256 for b in (got if isinstance(got, list) else [got])])
+            if not done.cancelled() and done.exception() is None:   # (a step that fails pins nothing)
+                let_go(done.result())
         task.add_done_callback(abandoned)
         raise
+
+
+def hashes(blobs: "Blob | list[Blob]") -> list[str]:
+    """The hashes of a blob or a list of blobs."""
+    return [b.sha256 for b in (blobs if isinstance(blobs, list) else [blobs])]
 
 
 def write_group(writes: list[Callable[[BinaryIO], None]], tmp_dir: Path) -> list[tuple[str, str, int]]:
