@@ -69,15 +69,18 @@ class ChunkRun:
     def held(self) -> list[int]:
         return [one.frame for one in self.leases if one.frame in self.unsettled and one.frame not in self.released]
 
+    def begun(self, backend: Backend | None) -> int | None:
+        """The frame the chunk's renderer has begun, as it says (`Backend.frame_begun`), or None."""
+        if backend is None or self.task is None or not self.control.recent:
+            return None
+        return backend.frame_begun(self.task, self.control.recent.decode("utf-8", "replace"))
+
     def left(self, backend: Backend | None) -> float:
         """The frames still to render: those held that the renderer has not begun, and half
-        the one it is on (as it says: `Backend.frame_begun`; when it does not say, all held)."""
-        held = self.held()
+        the one it is on (as it says; when it does not say, all held)."""
         if not self.rendering:
             return 0.0
-        begun = None
-        if backend is not None and self.task is not None and self.control.recent:
-            begun = backend.frame_begun(self.task, self.control.recent.decode("utf-8", "replace"))
+        held, begun = self.held(), self.begun(backend)
         if begun is None:
             return float(len(held))
         return sum(1.0 if f > begun else 0.5 for f in held if f >= begun)
@@ -311,7 +314,7 @@ class Runner:
         control = run.control
         kept = [one.frame for one in run.leases if one.frame < first_given]
         while run.rendering:
-            begun = backend.frame_begun(run.task, control.recent.decode("utf-8", "replace"))
+            begun = run.begun(backend)
             if begun is None or begun >= first_given:
                 with_output = await asyncio.to_thread(_frames_with_output, backend, run.task)
                 if begun is not None and all(f in with_output for f in kept):
@@ -494,7 +497,7 @@ class Runner:
         of them for one of a job's last renders (no ready frame of the job left once it is
         leased), unless --render-threads is set. The job's other renders end before it and
         free their cores, which would idle while it renders on its share; meanwhile the renders
-        share the CPU, the work the same (docs/architecture.md, "Adaptive concurrency")."""
+        share the CPU, the work the same (docs/architecture.md, "How a frame flows", Chunk)."""
         config = self.core.config
         if config.render_threads or left is None or left > 0:
             return config.threads()
